@@ -1,0 +1,22 @@
+"""Shared pytest fixtures and availability flags."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+#: Folder of reference files written by the real STIR (beside the repository; also in CI).
+STIR_REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "stir-reference"
+
+
+@pytest.fixture
+def stir_reference() -> Path:
+    """Path of ``../shared/data/stir-reference``; skips the test when it is absent."""
+    if not (STIR_REFERENCE / "README.md").is_file():
+        pytest.skip(f"STIR reference data not found at {STIR_REFERENCE}")
+    return STIR_REFERENCE
