@@ -1,0 +1,801 @@
+"""Resumable, optionally distributed training of the 2D slice score networks.
+
+One call of :func:`train` trains one orientation (``'xy'``, ``'yz'`` or ``'xz'``) of the slice
+prior on simulated PET brain slices (:mod:`sirf_diffusion.diffusion.datasets`) with the
+denoising score-matching loss of :meth:`ScoreModel.training_loss`:
+
+* AdamW, linear learning-rate warm-up then constant (so ``steps`` can be extended on resume),
+  gradient-norm clipping, parameter EMA (:class:`~.ema.EMA`);
+* **counter-based randomness**: the data of step ``k``, the diffusion times and noise of the
+  loss and any dropout are seeded by ``(seed, k, chunk)``; nothing depends on a global or
+  carried-over RNG state, so a run interrupted after a checkpoint and resumed reproduces the
+  uninterrupted run bit for bit (CPU);
+* the global batch is split into ``micro_batches`` equal chunks (gradient accumulation); under
+  ``torchrun`` rank ``r`` of ``W`` takes chunks ``r*S/W ... (r+1)*S/W - 1`` and
+  DistributedDataParallel averages the gradients, so a ``W``-process run computes the same
+  update as a single-process run with the same ``micro_batches``;
+* rank 0 writes everything in ``out_dir``:
+
+  ================================  ==========================================================
+  ``train_config.json``             the resolved :class:`TrainConfig` (+ world size, versions)
+  ``loss.csv`` / ``val_loss.csv``   per-step training loss; EMA-model validation loss
+  ``loss.png``                      loss curves
+  ``checkpoints/step_XXXXXXXX.pt``  model, EMA, optimiser, step (``torch.load(...,
+                                    weights_only=True)``), with a ``.sha256`` sidecar; written
+                                    atomically, the previous one kept
+  ``model/``                        the EMA model (:func:`~.modelio.save_model`), refreshed at
+                                    every checkpoint
+  ``data/volumes_*.npz``            cached training/validation volumes
+  ================================  ==========================================================
+
+Launch distributed training with e.g. ``torchrun --nproc_per_node 2 -m sirf_diffusion train
+...``; :func:`train` initialises ``torch.distributed`` itself (gloo on CPU, nccl on CUDA) when
+``WORLD_SIZE > 1`` is set and works unchanged in a single process.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._version import __version__
+from .datasets import (Orientation, SliceDataset, VolumeSource, build_volume_pool, derive_seed,
+                       phantom_volume_source, split_seeds)
+from .ema import EMA
+
+__all__ = ["TrainConfig", "CheckpointError", "train", "load_checkpoint", "list_checkpoints",
+           "plot_loss"]
+
+_CKPT_FORMAT = "sirf_diffusion.train_checkpoint/1"
+# Tags of the counter-based random streams (see datasets.derive_seed).
+_TAG_INIT, _TAG_NOISE, _TAG_DROPOUT, _TAG_VAL = 11, 12, 13, 14
+_VAL_SEED_OFFSET = 1_000_003
+#: Fields that may differ between an interrupted run and its resumption.
+_RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "keep_checkpoints", "device",
+                                "val_every"})
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated, corrupt or not a training checkpoint."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved as ``train_config.json``).
+
+    Attributes
+    ----------
+    orientation
+        Slice orientation: ``'xy'`` axial, ``'yz'`` sagittal, ``'xz'`` coronal.
+    steps
+        Number of optimiser steps (may be raised when resuming).
+    batch_size
+        *Global* batch size (all ranks, all micro-batches together).
+    micro_batches
+        Chunks the global batch is split into (gradient accumulation); must be a multiple of the
+        world size.  ``None``: the world size.  Fix it to make runs with different numbers of
+        processes identical.
+    lr, warmup_steps
+        AdamW learning rate, reached linearly over ``warmup_steps``.
+    weight_decay, betas
+        AdamW decoupled weight decay and moment coefficients.
+    grad_clip
+        Maximum global gradient norm (``None``: no clipping).
+    ema_decay, ema_warmup
+        Parameter EMA (:class:`~.ema.EMA`).
+    checkpoint_every, keep_checkpoints
+        Checkpoint (and EMA-model export) period in steps; number of checkpoints kept (>= 2).
+    seed
+        Seed of everything random (initialisation, data order, augmentation, noise).
+    num_subjects, val_subjects
+        Subjects of the ``'train'`` split used for training and of the ``'val'`` split for the
+        validation loss (0: no validation).
+    val_every, val_batches
+        Validation period (steps) and number of fixed batches of ``batch_size`` it averages.
+    tracer, volume_shape, voxel_size_mm
+        Brain phantoms: tracer and voxel grid ``(z, y, x)`` (``volume_shape=None``: the
+        phantom's default shape).
+    slice_shape
+        ``(H, W)`` slices are centre-cropped / zero-padded to (``None``: as sliced).
+    psf_fwhm_mm
+        Gaussian PSF applied to the phantoms (high-quality PET targets; ``None``: none).
+    support_threshold, min_support_fraction, scale_range, flip
+        Slice selection, normalisation and augmentation (:class:`~.datasets.SliceDataset`).
+    cache_dir
+        Folder of the cached volumes (default ``out_dir/data``); share it between orientations.
+    device
+        ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or ``'auto'`` (CUDA when available); under
+        ``torchrun`` with CUDA each rank uses ``cuda:LOCAL_RANK``.
+    model
+        :class:`~.model.ScoreModelConfig` fields (``unet``, ``parametrisation``, ``schedule``,
+        ``t_min``); ``orientation``, ``image_size``, ``normalisation`` and ``training_data``
+        are filled in from this config and the data.
+    """
+
+    orientation: Orientation = "xy"
+    steps: int = 10_000
+    batch_size: int = 16
+    micro_batches: int | None = None
+    lr: float = 2e-4
+    warmup_steps: int = 200
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = 1.0
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    seed: int = 0
+    num_subjects: int = 32
+    val_subjects: int = 0
+    val_every: int = 500
+    val_batches: int = 4
+    tracer: str = "fdg"
+    volume_shape: tuple[int, int, int] | None = None
+    voxel_size_mm: tuple[float, float, float] = (2.03125, 2.08626, 2.08626)
+    slice_shape: tuple[int, int] | None = (112, 112)
+    psf_fwhm_mm: float | None = 4.5
+    support_threshold: float = 0.05
+    min_support_fraction: float = 0.05
+    scale_range: tuple[float, float] = (0.7, 1.4)
+    flip: bool = True
+    cache_dir: str | None = None
+    device: str = "cpu"
+    model: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for key in ("betas", "voxel_size_mm", "scale_range"):
+            setattr(self, key, tuple(float(v) for v in getattr(self, key)))
+        for key in ("volume_shape", "slice_shape"):
+            v = getattr(self, key)
+            setattr(self, key, None if v is None else tuple(int(n) for n in v))
+        if self.orientation not in ("xy", "yz", "xz"):
+            raise ValueError(f"orientation must be 'xy', 'yz' or 'xz', got {self.orientation!r}")
+        for key in ("steps", "batch_size", "checkpoint_every", "num_subjects", "val_every",
+                    "val_batches"):
+            if int(getattr(self, key)) <= 0:
+                raise ValueError(f"TrainConfig.{key} must be positive, got {getattr(self, key)}")
+        for key in ("warmup_steps", "val_subjects", "seed"):
+            if int(getattr(self, key)) < 0:
+                raise ValueError(f"TrainConfig.{key} must be >= 0, got {getattr(self, key)}")
+        if self.keep_checkpoints < 2:
+            raise ValueError("keep_checkpoints must be >= 2 (the previous checkpoint is kept)")
+        if self.micro_batches is not None and (
+                self.micro_batches <= 0 or self.batch_size % self.micro_batches):
+            raise ValueError(f"micro_batches={self.micro_batches} must be positive and divide "
+                             f"batch_size={self.batch_size}")
+        if not self.lr > 0 or self.weight_decay < 0:
+            raise ValueError("lr must be > 0 and weight_decay >= 0")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
+        if not isinstance(self.model, dict):
+            raise TypeError("TrainConfig.model must be a dict of ScoreModelConfig fields")
+        clash = {"orientation", "image_size"} & set(self.model)
+        if clash:
+            raise ValueError(f"TrainConfig.model must not set {sorted(clash)}: they come from "
+                             "the training config")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return json.loads(json.dumps(d))  # tuples -> lists, a JSON-clean copy
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """Build from a dict; unknown keys raise (keys starting with ``_`` are comments)."""
+        d = {k: v for k, v in d.items() if not k.startswith("_")}
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "TrainConfig":
+        """Read a JSON file such as ``configs/default_prior.json``."""
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
+
+# ---------------------------------------------------------------------------------- helpers
+@dataclass(frozen=True)
+class _Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+
+def _init_distributed(device: str) -> _Dist:
+    """Join the process group ``torchrun`` describes in the environment (if any)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return _Dist(dist.get_rank(), dist.get_world_size(),
+                     int(os.environ.get("LOCAL_RANK", dist.get_rank())), False)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    if not dist.is_available():
+        raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend, timeout=timedelta(hours=2))
+    return _Dist(dist.get_rank(), dist.get_world_size(),
+                 int(os.environ.get("LOCAL_RANK", "0")), True)
+
+
+def _resolve_device(name: str, dist_ctx: _Dist) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+        if dist_ctx.world_size > 1:
+            dev = torch.device("cuda", dist_ctx.local_rank)
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def _cpu_generator(*keys: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(derive_seed(*keys))
+    return g
+
+
+class _seeded_rng:
+    """Context manager: global RNGs of the CPU (and ``device``) seeded, restored on exit.
+
+    Only draws that bypass explicit generators (dropout, default ``nn`` initialisation) see
+    this state; the caller's global RNG state is left untouched.
+    """
+
+    def __init__(self, seed: int, device: torch.device) -> None:
+        self.seed, self.device = seed, device
+        self._fork = torch.random.fork_rng(
+            devices=[device] if device.type == "cuda" else [], device_type="cuda")
+
+    def __enter__(self) -> None:
+        self._fork.__enter__()
+        torch.default_generator.manual_seed(self.seed)
+        if self.device.type == "cuda":
+            torch.cuda.default_generators[self.device.index or 0].manual_seed(self.seed)
+
+    def __exit__(self, *exc: object) -> None:
+        self._fork.__exit__(*exc)
+
+
+class _LossModule(nn.Module):
+    """``forward`` = ``model.training_loss`` (DDP synchronises gradients through ``forward``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.model.training_loss(x0, generator)
+
+
+def _lr_at(cfg: TrainConfig, step: int) -> float:
+    """Learning rate of (0-based) step ``step``: linear warm-up, then constant."""
+    if cfg.warmup_steps == 0:
+        return cfg.lr
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def list_checkpoints(out_dir: str | os.PathLike) -> list[Path]:
+    """Checkpoint files of a run, oldest first."""
+    d = Path(out_dir) / "checkpoints"
+    return sorted(d.glob("step_*.pt")) if d.is_dir() else []
+
+
+def _save_checkpoint(out_dir: Path, payload: dict[str, Any], keep: int) -> Path:
+    d = out_dir / "checkpoints"
+    d.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    data = buf.getvalue()
+    path = d / f"step_{payload['step']:08d}.pt"
+    _atomic_write_bytes(path, data)
+    _atomic_write_text(path.with_suffix(".sha256"),
+                       f"{hashlib.sha256(data).hexdigest()}  {path.name}\n")
+    for old in list_checkpoints(out_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".sha256").unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load and check a training checkpoint (``weights_only=True``: tensors and primitives).
+
+    Raises
+    ------
+    CheckpointError
+        When the file is missing, fails its SHA-256 sidecar, cannot be unpickled (truncated or
+        corrupt) or lacks the expected entries.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    sidecar = path.with_suffix(".sha256")
+    if sidecar.is_file():
+        expected = sidecar.read_text().split()[0] if sidecar.read_text().strip() else ""
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise CheckpointError(f"checkpoint {path} is corrupt or truncated: its SHA-256 does not "
+                                  f"match {sidecar.name} ({len(data)} bytes)")
+    try:
+        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated and cannot be loaded "
+                              f"({type(exc).__name__}: {exc})") from exc
+    required = {"format", "step", "model", "ema", "optimizer", "config"}
+    if not isinstance(ckpt, dict) or ckpt.get("format") != _CKPT_FORMAT or required - set(ckpt):
+        raise CheckpointError(f"{path} is not a sirf_diffusion training checkpoint "
+                              f"(expected format {_CKPT_FORMAT!r} with {sorted(required)})")
+    return ckpt
+
+
+def _load_latest(out_dir: Path, verbose: bool) -> tuple[dict[str, Any], Path] | None:
+    """Newest readable checkpoint, falling back to older ones (with a warning) if corrupt."""
+    files = list_checkpoints(out_dir)
+    errors = []
+    for path in reversed(files):
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError as exc:
+            errors.append(str(exc))
+            if verbose:
+                warnings.warn(f"{exc}; falling back to the previous checkpoint", stacklevel=3)
+            continue
+        if errors and verbose:
+            tqdm.write(f"resuming from the previous good checkpoint {path.name}")
+        return ckpt, path
+    if files:
+        raise CheckpointError("no usable checkpoint in " f"{out_dir / 'checkpoints'}:\n  "
+                              + "\n  ".join(errors))
+    return None
+
+
+def _check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    diff = sorted(k for k in set(saved) | set(current)
+                  if k not in _RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    if diff:
+        details = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff)
+        raise ValueError(f"cannot resume: the config differs from the checkpoint's in {details} "
+                         f"(only {sorted(_RESUMABLE_CHANGES)} may change)")
+
+
+# ---------------------------------------------------------------------------------- logging
+_LOSS_FIELDS = ["step", "loss", "lr", "grad_norm", "seconds"]
+
+
+def _truncate_csv(path: Path, last_step: int) -> None:
+    """Keep the rows of ``path`` with ``step <= last_step`` (steps redone after a resume)."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= last_step]
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(kept)
+    _atomic_write_text(path, buf.getvalue())
+
+
+def _open_csv(path: Path, fields: list[str]):
+    new = not path.is_file() or path.stat().st_size == 0
+    f = open(path, "a", newline="")
+    w = csv.writer(f, lineterminator="\n")
+    if new:
+        w.writerow(fields)
+    return f, w
+
+
+def _read_csv(path: Path) -> dict[str, list[float]]:
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: [float(r[k]) for r in rows] for k in (rows[0] if rows else {})}
+
+
+def plot_loss(out_dir: str | os.PathLike, path: str | os.PathLike | None = None) -> Path:
+    """Plot ``loss.csv`` (and ``val_loss.csv``) of a run to ``loss.png``; returns its path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    out_dir = Path(out_dir)
+    path = Path(path) if path is not None else out_dir / "loss.png"
+    tr, va = _read_csv(out_dir / "loss.csv"), _read_csv(out_dir / "val_loss.csv")
+    fig = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    if tr.get("step"):
+        steps, loss = tr["step"], tr["loss"]
+        ax.plot(steps, loss, lw=0.5, alpha=0.4, color="C0", label="training loss (per step)")
+        w = max(1, len(loss) // 50)
+        if w > 1:
+            run = [sum(loss[max(0, i - w + 1):i + 1]) / len(loss[max(0, i - w + 1):i + 1])
+                   for i in range(len(loss))]
+            ax.plot(steps, run, color="C0", label=f"running mean ({w} steps)")
+    if va.get("step"):
+        ax.plot(va["step"], va["loss"], "o-", color="C1", label="validation loss (EMA model)")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("denoising score-matching loss")
+    if tr.get("loss") and min(tr["loss"]) > 0:
+        ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------ model
+def _build_model(cfg: TrainConfig, dataset: SliceDataset, seeds: list[int],
+                 model_factory: Callable[[], nn.Module] | None) -> nn.Module:
+    if model_factory is not None:
+        return model_factory()
+    from .model import ScoreModel, ScoreModelConfig
+
+    desc = dataset.describe()
+    mcfg = ScoreModelConfig.from_dict({
+        **cfg.model, "orientation": cfg.orientation, "image_size": list(dataset.slice_shape),
+        "normalisation": desc["normalisation"],
+        "training_data": {"source": "brain_phantom", "tracer": cfg.tracer, "split": "train",
+                          "num_subjects": len(seeds), "seeds": seeds,
+                          "psf_fwhm_mm": dataset.psf_fwhm_mm,
+                          "voxel_size_mm": list(dataset.voxel_size_mm),
+                          "num_slices": len(dataset), "scale_range": list(dataset.scale_range),
+                          "flip_left_right": dataset.flip}})
+    return ScoreModel(mcfg)
+
+
+def _export_ema(model: nn.Module, ema: EMA, out_dir: Path, extra: dict[str, Any]) -> Path:
+    """Write the EMA weights to ``out_dir/model`` (swapped in whole, never half-written)."""
+    target = out_dir / "model"
+    ema_model = copy.deepcopy(model).to("cpu")
+    ema.copy_to(ema_model)
+    tmp = Path(tempfile.mkdtemp(prefix="model.", suffix=".tmp", dir=out_dir))
+    try:
+        if hasattr(ema_model, "config") and hasattr(ema_model, "training_loss"):
+            from .modelio import save_model
+
+            save_model(tmp, ema_model, extra)
+        else:  # a test/custom network without ScoreModelConfig: weights + extra only
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in ema_model.state_dict().items()},
+                      str(tmp / "model.safetensors"))
+            (tmp / "extra.json").write_text(json.dumps(extra, indent=2))
+        old = out_dir / "model.old"
+        if old.exists():
+            shutil.rmtree(old)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# ------------------------------------------------------------------------------------- data
+def _datasets(cfg: TrainConfig, out_dir: Path, dist_ctx: _Dist, source: VolumeSource | None,
+              progress: bool) -> tuple[SliceDataset, SliceDataset | None, list[int]]:
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else out_dir / "data"
+    if source is None:
+        source = phantom_volume_source(cfg.tracer, cfg.volume_shape, cfg.voxel_size_mm)
+        meta = {"source": "brain_phantom", "tracer": cfg.tracer,
+                "volume_shape": cfg.volume_shape, "voxel_size_mm": list(cfg.voxel_size_mm)}
+    else:
+        meta = {"source": getattr(source, "__qualname__", type(source).__name__),
+                "voxel_size_mm": list(cfg.voxel_size_mm)}
+    meta = json.loads(json.dumps(meta))
+
+    def pool(split: str, n: int) -> tuple[Any, list[int]]:
+        seeds = split_seeds(split, n)  # type: ignore[arg-type]
+        path = cache / f"volumes_{split}.npz"
+        if dist_ctx.is_main:  # rank 0 generates and caches; the others read the cache
+            p = build_volume_pool(seeds, source, cache_path=path, meta=meta, progress=progress)
+        dist_ctx.barrier()
+        if not dist_ctx.is_main:
+            p = build_volume_pool(seeds, source, cache_path=path, meta=meta, progress=False)
+        return p, seeds
+
+    common = dict(orientation=cfg.orientation, voxel_size_mm=cfg.voxel_size_mm,
+                  psf_fwhm_mm=cfg.psf_fwhm_mm, slice_shape=cfg.slice_shape,
+                  support_threshold=cfg.support_threshold,
+                  min_support_fraction=cfg.min_support_fraction)
+    train_pool, seeds = pool("train", cfg.num_subjects)
+    train_ds = SliceDataset(train_pool.volumes, scale_range=cfg.scale_range, flip=cfg.flip,
+                            seed=cfg.seed, **common)
+    val_ds = None
+    if cfg.val_subjects > 0:
+        val_pool, _ = pool("val", cfg.val_subjects)
+        val_ds = SliceDataset(val_pool.volumes, scale_range=(1.0, 1.0), flip=False,
+                              seed=cfg.seed + _VAL_SEED_OFFSET, **common)
+    return train_ds, val_ds, seeds
+
+
+@torch.no_grad()
+def _validation_loss(model: nn.Module, ema: EMA, val_ds: SliceDataset, cfg: TrainConfig,
+                     device: torch.device) -> float:
+    """Loss of the EMA model on ``val_batches`` fixed batches with fixed noise."""
+    m = copy.deepcopy(model)
+    ema.copy_to(m)
+    m.eval()
+    total = 0.0
+    for i in range(cfg.val_batches):
+        b = val_ds.batch(i, cfg.batch_size)
+        g = _cpu_generator(cfg.seed, _TAG_VAL, i)
+        with _seeded_rng(derive_seed(cfg.seed, _TAG_VAL, i, 1), device):
+            total += float(m.training_loss(b.x.to(device), g))
+    return total / cfg.val_batches
+
+
+# ------------------------------------------------------------------------------------ train
+def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
+          progress: bool = True, volume_source: VolumeSource | None = None,
+          model_factory: Callable[[], nn.Module] | None = None,
+          callback: Callable[[dict[str, Any]], None] | None = None) -> Path:
+    """Train one orientation of the slice score prior (see module docstring).
+
+    Parameters
+    ----------
+    config
+        The run's :class:`TrainConfig`.
+    out_dir
+        Run folder (created).  Without ``resume`` it must not hold checkpoints yet.
+    resume
+        Continue from the newest readable checkpoint in ``out_dir`` (falling back to the
+        previous one, with a warning, if the newest is corrupt); starts afresh if there is none.
+    progress
+        Progress bars (rank 0 only).
+    volume_source
+        ``seed -> [z, y, x]`` volume replacing the brain phantoms (tests, own data).  Seeds still
+        come from the train/val splits.
+    model_factory
+        Builds the network instead of :class:`~.model.ScoreModel` (tests); it must have a
+        ``training_loss(x0, generator)`` method.  Called with the global RNG seeded from
+        ``config.seed`` (and restored afterwards).
+    callback
+        Called on every rank after each step with ``{'step', 'loss', 'lr', 'grad_norm',
+        'checkpoint'}``; raising ``StopIteration`` ends training after checkpointing.
+
+    Returns
+    -------
+    Path
+        ``out_dir/model``, the exported EMA model.
+    """
+    cfg = dataclasses.replace(config)  # validated copy
+    out = Path(out_dir)
+    dist_ctx = _init_distributed("cuda" if cfg.device.startswith("cuda") or (
+        cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
+    try:
+        return _train(cfg, out, dist_ctx, resume, progress, volume_source, model_factory,
+                      callback)
+    finally:
+        if dist_ctx.owns_group:
+            torch.distributed.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress: bool,
+           volume_source: VolumeSource | None, model_factory: Callable[[], nn.Module] | None,
+           callback: Callable[[dict[str, Any]], None] | None) -> Path:
+    main = dist_ctx.is_main
+    device = _resolve_device(cfg.device, dist_ctx)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    dist_ctx.barrier()
+    if not resume and list_checkpoints(out):
+        raise FileExistsError(f"{out} already holds checkpoints; pass resume=True to continue "
+                              "that run or choose another out_dir")
+
+    ckpt = None
+    if resume:
+        found = _load_latest(out, verbose=main)
+        if found is None:
+            if main:
+                tqdm.write(f"no checkpoint in {out}; starting a new run")
+        else:
+            ckpt, ckpt_path = found
+            saved = json.loads(ckpt["config"])
+            if cfg.micro_batches is None:
+                cfg.micro_batches = saved.get("micro_batches")
+    if cfg.micro_batches is None:
+        cfg.micro_batches = dist_ctx.world_size
+    if cfg.micro_batches % dist_ctx.world_size or cfg.batch_size % cfg.micro_batches:
+        raise ValueError(f"micro_batches={cfg.micro_batches} must be a multiple of the world size "
+                         f"{dist_ctx.world_size} and divide batch_size={cfg.batch_size}")
+    cfg_dict = cfg.to_dict()
+    if ckpt is not None:
+        _check_resumable(json.loads(ckpt["config"]), cfg_dict)
+
+    train_ds, val_ds, seeds = _datasets(cfg, out, dist_ctx, volume_source, progress and main)
+    with _seeded_rng(derive_seed(cfg.seed, _TAG_INIT), device):
+        model = _build_model(cfg, train_ds, seeds, model_factory)
+    if not callable(getattr(model, "training_loss", None)):
+        raise TypeError("the model must have a training_loss(x0, generator) method")
+    model.to(device)
+    ema = EMA(model, cfg.ema_decay, cfg.ema_warmup)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas,
+                            weight_decay=cfg.weight_decay)
+    start = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        ema.to(device)
+        opt.load_state_dict(ckpt["optimizer"])
+        start = int(ckpt["step"])
+        if main:
+            tqdm.write(f"resuming from {ckpt_path.name} (step {start})")
+        del ckpt
+
+    if main:
+        resolved = {**cfg_dict, "_world_size": dist_ctx.world_size, "_torch": torch.__version__,
+                    "_sirf_diffusion": __version__, "_dataset": train_ds.describe(),
+                    "_train_seeds": seeds}
+        _atomic_write_text(out / "train_config.json", json.dumps(resolved, indent=2) + "\n")
+        for name in ("loss.csv", "val_loss.csv"):
+            if start == 0:
+                (out / name).unlink(missing_ok=True)
+            else:
+                _truncate_csv(out / name, start)
+
+    loss_module: nn.Module = _LossModule(model)
+    if dist_ctx.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        loss_module = DistributedDataParallel(
+            loss_module, device_ids=[device.index] if device.type == "cuda" else None)
+    chunks = cfg.micro_batches // dist_ctx.world_size
+    my_chunks = range(dist_ctx.rank * chunks, (dist_ctx.rank + 1) * chunks)
+    extra = {"train_config": cfg_dict, "dataset": train_ds.describe()}
+
+    def export(step: int) -> None:
+        if main:
+            _export_ema(model, ema, out, {**extra, "train_step": step,
+                                          "ema_num_updates": ema.num_updates})
+
+    def checkpoint(step: int) -> Path | None:
+        path = None
+        if main:
+            payload = {"format": _CKPT_FORMAT, "step": step,
+                       "model": model.state_dict(), "ema": ema.state_dict(),
+                       "optimizer": opt.state_dict(), "config": json.dumps(cfg_dict),
+                       "rng": {"scheme": "counter-based: every draw of step k is seeded by "
+                                         "derive_seed(seed, tag, k, chunk)",
+                               "seed": cfg.seed, "next_step": step},
+                       "world_size": dist_ctx.world_size, "torch_version": torch.__version__}
+            path = _save_checkpoint(out, payload, cfg.keep_checkpoints)
+            export(step)
+            plot_loss(out)
+        dist_ctx.barrier()
+        return path
+
+    loss_f = val_f = None
+    if main:
+        loss_f, loss_w = _open_csv(out / "loss.csv", _LOSS_FIELDS)
+        if val_ds is not None:
+            val_f, val_w = _open_csv(out / "val_loss.csv", ["step", "loss"])
+    bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and main),
+               desc=f"training {cfg.orientation} prior", unit="step", dynamic_ncols=True)
+    model.train()
+    last_ckpt = start if start > 0 else -1
+    t0 = time.perf_counter()
+    smooth = None
+    try:
+        step = start
+        while step < cfg.steps:
+            lr = _lr_at(cfg, step)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            total = torch.zeros((), dtype=torch.float64, device=device)
+            for j, c in enumerate(my_chunks):
+                b = train_ds.batch(step, cfg.batch_size, rank=c, world_size=cfg.micro_batches)
+                g = _cpu_generator(cfg.seed, _TAG_NOISE, step, c)
+                sync = j == chunks - 1 or dist_ctx.world_size == 1
+                ctx = (loss_module.no_sync() if not sync else _nullcontext())
+                with ctx, _seeded_rng(derive_seed(cfg.seed, _TAG_DROPOUT, step, c), device):
+                    loss = loss_module(b.x.to(device), g) / chunks
+                    loss.backward()
+                total += loss.detach().double()
+            if dist_ctx.world_size > 1:
+                torch.distributed.all_reduce(total)
+                total /= dist_ctx.world_size
+            if cfg.grad_clip is not None:
+                gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+            else:
+                gn = float(torch.linalg.vector_norm(torch.stack(
+                    [p.grad.norm() for p in model.parameters() if p.grad is not None])))
+            loss_value = float(total)
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"non-finite training loss {loss_value} at step {step + 1}")
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            ema.update(model)
+            step += 1
+            if main:
+                loss_w.writerow([step, repr(loss_value), repr(lr), repr(gn),
+                                 f"{time.perf_counter() - t0:.3f}"])
+                loss_f.flush()
+            smooth = loss_value if smooth is None else 0.98 * smooth + 0.02 * loss_value
+            bar.update(1)
+            bar.set_postfix(loss=f"{smooth:.4f}", refresh=False)
+            if val_ds is not None and (step % cfg.val_every == 0 or step == cfg.steps) and main:
+                val_w.writerow([step, repr(_validation_loss(model, ema, val_ds, cfg, device))])
+                val_f.flush()
+            path = None
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                path = checkpoint(step)
+                last_ckpt = step
+            if callback is not None:
+                try:
+                    callback({"step": step, "loss": loss_value, "lr": lr, "grad_norm": gn,
+                              "checkpoint": path})
+                except StopIteration:
+                    if last_ckpt != step:
+                        checkpoint(step)
+                    break
+    finally:
+        bar.close()
+        for f in (loss_f, val_f):
+            if f is not None:
+                f.close()
+    return out / "model"
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
