@@ -343,3 +343,16 @@ def test_attenuation_of_uniform_water_disk():
     assert float((af[:, s.abs() > r + 3] - 1).abs().max()) == 0.0
     centre = float(af[:, s.abs() < 1e-9].mean())
     assert centre == pytest.approx(math.exp(-mu * 2 * r / 10), rel=0.02)
+
+
+def test_autograd_uses_exact_adjoint():
+    P = _projector("span3")
+    views = torch.arange(2, 16, 3)
+    x = _rand(P.image_shape, 17).requires_grad_(True)
+    data = _rand((P.data_shape[0], len(views), P.data_shape[2]), 18)
+    loss = ((P.forward(x, views) - data) ** 2).sum()
+    (grad,) = torch.autograd.grad(loss, x)
+    expected = 2 * P.adjoint(P.forward(x.detach(), views) - data, views)
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)
+    y = _rand(data.shape, 19).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda u: P.adjoint(u, views), (y,), fast_mode=True)

@@ -238,27 +238,38 @@ def trace_rays_2d(sinogram_geometry: SinogramGeometry, image_geometry: ImageGeom
 
 
 # ---------------------------------------------------------------------------- sparse helpers
+def _coalesce(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, ncols: int):
+    """Sort COO triplets by (row, col) and sum duplicates."""
+    order = torch.argsort(rows * ncols + cols)
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    new = torch.ones(len(rows), dtype=torch.bool)
+    new[1:] = (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])
+    group = torch.cumsum(new.long(), 0) - 1
+    summed = torch.zeros(int(new.sum()), dtype=vals.dtype).index_add_(0, group, vals)
+    return rows[new], cols[new], summed
+
+
 def _csr(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int],
          device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """CSR matrix from (row-sorted or not, possibly duplicated) COO triplets; duplicates summed."""
+    """CSR matrix from row-sorted COO triplets without duplicates."""
     nrows, ncols = shape
-    key = rows * ncols + cols
-    uniq, inv = torch.unique(key, sorted=True, return_inverse=True)
-    v = torch.zeros(len(uniq), dtype=vals.dtype).index_add_(0, inv, vals)
-    r, cidx = uniq // ncols, uniq % ncols
     crow = torch.zeros(nrows + 1, dtype=torch.long)
-    crow[1:] = torch.bincount(r, minlength=nrows).cumsum(0)
-    itype = torch.int32 if max(len(uniq), nrows, ncols) < 2 ** 31 - 1 else torch.long
+    crow[1:] = torch.bincount(rows, minlength=nrows).cumsum(0)
+    itype = torch.int32 if max(len(rows), nrows, ncols) < 2 ** 31 - 1 else torch.long
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow.to(itype), cidx.to(itype), v, (nrows, ncols),
+        warnings.simplefilter("ignore", UserWarning)   # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(crow.to(itype), cols.to(itype), vals, (nrows, ncols),
                                        dtype=dtype, device=device)
 
 
-def _csr_pair(rows, cols, vals, shape, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(A, A^T)`` as CSR matrices with exactly the same values."""
+def _csr_pair(rows, cols, vals, shape, device, dtype, *,
+              row_sorted_unique: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A, A^T)`` as CSR matrices holding exactly the same numbers (duplicates summed)."""
+    if not row_sorted_unique:
+        rows, cols, vals = _coalesce(rows, cols, vals, shape[1])
+    perm = torch.argsort(cols, stable=True)        # (col, row) order for the transpose
     return (_csr(rows, cols, vals, shape, device, dtype),
-            _csr(cols, rows, vals, (shape[1], shape[0]), device, dtype))
+            _csr(cols[perm], rows[perm], vals[perm], (shape[1], shape[0]), device, dtype))
 
 
 def _nbytes(*tensors: torch.Tensor) -> int:
@@ -365,6 +376,7 @@ class RayTracingProjector:
         self._axial = _axial_layout(sinogram_geometry, image_geometry)
         self._has_oblique = any(not a.direct for a in self._axial)
         self._elements: RayElements | None = None
+        self._last_view_elements: tuple | None = None
         self._cache: dict[tuple, tuple[torch.Tensor, ...]] = {}
         self._cached_bytes = 0
 
@@ -373,6 +385,7 @@ class RayTracingProjector:
         """Forget every cached matrix (the traced elements are kept)."""
         self._cache.clear()
         self._cached_bytes = 0
+        self._last_view_elements = None
 
     def _cached(self, key: tuple, build, always: bool = False) -> tuple[torch.Tensor, ...]:
         if key in self._cache:
@@ -390,20 +403,21 @@ class RayTracingProjector:
             e = trace_rays_2d(self.sinogram_geometry, self.image_geometry, num_rays=self.num_rays,
                               restrict_to_cylindrical_fov=self.restrict_to_cylindrical_fov,
                               progress=self.progress)
-            if not self._has_oblique:   # merge the sub-rays; tau is not needed
-                key = e.rows * e.num_cols + e.cols
-                uniq, inv = torch.unique(key, sorted=True, return_inverse=True)
-                vals = torch.zeros(len(uniq), dtype=e.values.dtype).index_add_(0, inv, e.values)
+            if not self._has_oblique and self.num_rays > 1:   # merge sub-rays; tau not needed
                 empty = torch.empty(0, dtype=torch.float64)
-                e = RayElements(uniq // e.num_cols, uniq % e.num_cols, vals, empty, empty,
+                e = RayElements(*_coalesce(e.rows, e.cols, e.values, e.num_cols), empty, empty,
                                 e.num_rows, e.num_cols)
             self._elements = e
         return self._elements
 
     def _view_elements(self, views: torch.Tensor | None) -> RayElements:
+        """Elements of the rows of ``views`` (the last subset is remembered)."""
         e = self.elements()
         if views is None:
             return e
+        key = self._views_key(views)
+        if self._last_view_elements is not None and self._last_view_elements[0] == key:
+            return self._last_view_elements[1]
         nv, T = self.data_shape[1], self.data_shape[2]
         pos = torch.full((nv,), -1, dtype=torch.long)
         pos[views] = torch.arange(len(views))
@@ -414,8 +428,10 @@ class RayTracingProjector:
         pick = torch.nonzero(keep).squeeze(1)[order]
         tau0 = e.tau0[pick] if e.tau0.numel() else e.tau0
         tau1 = e.tau1[pick] if e.tau1.numel() else e.tau1
-        return RayElements(rows[order], e.cols[pick], e.values[pick], tau0, tau1,
-                           len(views) * T, e.num_cols)
+        sub = RayElements(rows[order], e.cols[pick], e.values[pick], tau0, tau1,
+                          len(views) * T, e.num_cols)
+        self._last_view_elements = (key, sub)
+        return sub
 
     @staticmethod
     def _views_key(views: torch.Tensor | None):
@@ -430,7 +446,9 @@ class RayTracingProjector:
 
         def build():
             e = self._view_elements(views)
-            return _csr_pair(e.rows, e.cols, e.values, (e.num_rows, e.num_cols), device, dtype)
+            unique = self.num_rays == 1 or not self._has_oblique   # see elements()
+            return _csr_pair(e.rows, e.cols, e.values, (e.num_rows, e.num_cols), device, dtype,
+                             row_sorted_unique=unique)
         return self._cached(key, build, always=views is None)
 
     def _tan_theta_per_tangential(self, tan0: float) -> torch.Tensor:
@@ -455,22 +473,23 @@ class RayTracingProjector:
             width = umax - umin
             K = int((torch.floor(umax + 0.5) - q_lo).max()) + 1 if len(q_lo) else 1
             scale = e.values * torch.sqrt(1 + tan * tan) / ax.n_axial_rays
-            rows, qs, cols, vals = [], [], [], []
-            for k in range(K):
-                q = q_lo + k
-                ov = torch.clamp(torch.minimum(umax, q + 0.5) - torch.maximum(umin, q - 0.5), min=0)
-                frac = torch.where(width > _TINY, ov / torch.clamp(width, min=_TINY),
-                                   torch.full_like(ov, 1.0 if k == 0 else 0.0))
-                nz_ = frac > 0
-                rows.append(e.rows[nz_])
-                qs.append(q[nz_].long())
-                cols.append(e.cols[nz_])
-                vals.append((scale * frac)[nz_])
-            rows, qs, cols, vals = (torch.cat(u) for u in (rows, qs, cols, vals))
+            q = q_lo[:, None] + torch.arange(K, dtype=q_lo.dtype)[None]      # [nE, K]
+            ov = torch.clamp(torch.minimum(umax[:, None], q + 0.5)
+                             - torch.maximum(umin[:, None], q - 0.5), min=0)
+            first = torch.zeros(K, dtype=ov.dtype)
+            first[0] = 1.0
+            frac = torch.where(width[:, None] > _TINY,
+                               ov / torch.clamp(width, min=_TINY)[:, None], first[None])
+            keep = frac > 0                     # row-major flattening keeps rows sorted
+            rows = e.rows[:, None].expand(-1, K)[keep]
+            qs = q.long()[keep]
+            cols = e.cols[:, None].expand(-1, K)[keep]
+            vals = (scale[:, None] * frac)[keep]
             qmin = int(qs.min()) if len(qs) else 0
             nq = int(qs.max()) - qmin + 1 if len(qs) else 1
             A, At = _csr_pair(rows, (qs - qmin) * e.num_cols + cols, vals,
-                              (e.num_rows, nq * e.num_cols), device, dtype)
+                              (e.num_rows, nq * e.num_cols), device, dtype,
+                              row_sorted_unique=self.num_rays == 1)
             return A, At, torch.tensor([qmin, nq])
         return self._cached(key, build)
 
@@ -500,9 +519,23 @@ class RayTracingProjector:
 
     # ------------------------------------------------------------ operators
     def forward(self, x: torch.Tensor, views: torch.Tensor | None = None) -> torch.Tensor:
-        """``G x``: image ``[..., z, y, x]`` -> sinograms ``[..., sinogram, view, tangential]``."""
+        """``G x``: image ``[..., z, y, x]`` -> sinograms ``[..., sinogram, view, tangential]``.
+
+        Differentiable; the gradient is computed with the cached transpose (:meth:`adjoint`).
+        """
         self._check_input(x, self.image_shape, "image")
+        return _Linear.apply(x, self, self._check_views(views), False)
+
+    def adjoint(self, y: torch.Tensor, views: torch.Tensor | None = None) -> torch.Tensor:
+        """``G^T y``: sinograms ``[..., sinogram, view, tangential]`` -> image ``[..., z, y, x]``."""
         views = self._check_views(views)
+        V = self.data_shape[1] if views is None else len(views)
+        self._check_input(y, (self.data_shape[0], V, self.data_shape[2]), "sinogram")
+        return _Linear.apply(y, self, views, True)
+
+    __call__ = forward
+
+    def _apply_forward(self, x: torch.Tensor, views: torch.Tensor | None) -> torch.Tensor:
         lead = x.shape[:-3]
         nz, ny, nx = self.image_shape
         S, _, T = self.data_shape
@@ -522,12 +555,9 @@ class RayTracingProjector:
             out[:, ax.offset:ax.offset + ax.num_axial] = y
         return out.reshape(*lead, S, V, T)
 
-    def adjoint(self, y: torch.Tensor, views: torch.Tensor | None = None) -> torch.Tensor:
-        """``G^T y``: sinograms ``[..., sinogram, view, tangential]`` -> image ``[..., z, y, x]``."""
-        views = self._check_views(views)
+    def _apply_adjoint(self, y: torch.Tensor, views: torch.Tensor | None) -> torch.Tensor:
         S, _, T = self.data_shape
         V = self.data_shape[1] if views is None else len(views)
-        self._check_input(y, (S, V, T), "sinogram")
         lead = y.shape[:-3]
         nz, ny, nx = self.image_shape
         Y = y.reshape(-1, S, V, T)
@@ -545,8 +575,6 @@ class RayTracingProjector:
                 _, At, q = self._oblique_matrices(ax, views, y.device, y.dtype)
                 self._scatter_planes(out, At @ ys, ax, int(q[0]), int(q[1]))
         return out.reshape(*lead, nz, ny, nx)
-
-    __call__ = forward
 
     # ------------------------------------------------------------ plane bookkeeping
     def _plane_index(self, ax: _AxialSegment, qmin: int, nq: int, device) -> tuple[torch.Tensor, int, int]:
@@ -584,3 +612,16 @@ class RayTracingProjector:
         for r in range(n):
             Xp[:, r:r + L] += X2
         out += Xp[:, -lo:-lo + nz]
+
+
+class _Linear(torch.autograd.Function):
+    """``G`` or ``G^T`` with the other one as its exact derivative."""
+
+    @staticmethod
+    def forward(ctx, u, projector, views, transpose):  # type: ignore[override]
+        ctx.projector, ctx.views, ctx.transpose = projector, views, transpose
+        return projector._apply_adjoint(u, views) if transpose else projector._apply_forward(u, views)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        return _Linear.apply(grad, ctx.projector, ctx.views, not ctx.transpose), None, None, None
