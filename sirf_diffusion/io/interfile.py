@@ -402,16 +402,16 @@ def read_image(path: PathLike) -> tuple[np.ndarray, ImageGeometry]:
         warning.
     """
     h = read_header(path)
+    pdt = standardise_key(h.get("PET data type", default="Image"))
+    if pdt != "image":
+        raise InterfileError(f"{h.path}: '!PET data type' is {h.get('PET data type')!r}, expected 'Image' "
+                             "(projection data use read_sinogram)")
     ndim = h.get_int("number of dimensions", default=3)
     if ndim != 3:
         raise InterfileError(f"{h.path}: image with 'number of dimensions' = {ndim}; only 3 is supported")
     frames = h.get_int("number of time frames", default=1)
     if frames != 1:
         raise InterfileError(f"{h.path}: {frames} time frames; only single-frame images are supported")
-    pdt = standardise_key(h.get("PET data type", default="Image"))
-    if pdt != "image":
-        raise InterfileError(f"{h.path}: '!PET data type' is {h.get('PET data type')!r}, expected 'Image' "
-                             "(projection data use read_sinogram)")
     for i, lab in ((1, "x"), (2, "y"), (3, "z")):
         if h.has("matrix axis label", i) and standardise_key(h.get("matrix axis label", i)) != lab:
             raise InterfileError(f"{h.path}: 'matrix axis label [{i}]' is {h.get('matrix axis label', i)!r}, "
