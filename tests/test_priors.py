@@ -163,6 +163,18 @@ def test_separable_curvature_majorises(kind, eps, gamma):
             assert (c[finite] >= h[finite] - 1e-12).all()
 
 
+@pytest.mark.parametrize("kind", ["rdp", "quadratic"])
+def test_separable_majoriser_is_tight_for_opposite_moves(kind):
+    """Two equal voxels moved in opposite directions: the majoriser is exact to O(delta^3), so
+    any smaller curvature would not majorise (this test fails for c scaled by 0.9)."""
+    prior = RelativeDifferencePrior(1.0, epsilon=0.0) if kind == "rdp" else QuadraticPrior(1.0)
+    x = torch.ones(1, 1, 2, dtype=torch.float64)
+    delta = torch.tensor([[[1e-3, -1e-3]]], dtype=torch.float64)
+    excess = float(prior.value(x + delta) - prior.value(x) - (prior.gradient(x) * delta).sum())
+    quad = float(0.5 * (prior.separable_curvature(x, 0.75) * delta**2).sum())
+    assert excess <= quad <= excess * 1.01
+
+
 def test_quadratic_curvature_is_twice_stir_parabolic_surrogate():
     prior = QuadraticPrior(0.8, neighbourhood="transaxial")
     c = prior.separable_curvature(torch.rand(1, 3, 3, dtype=torch.float64), 0.0)
