@@ -61,7 +61,8 @@ def _mask(mask: Any, shape: tuple[int, ...] | None, name: str = "mask") -> np.nd
             raise ValueError(f"{name} must be boolean (or 0/1)")
         m = m.astype(bool)
     if shape is not None and m.shape != tuple(shape):
-        raise ValueError(f"{name} has shape {m.shape}, expected the reference's shape {tuple(shape)}")
+        raise ValueError(f"{name} has shape {m.shape}, expected the reference's shape "
+                         f"{tuple(shape)}")
     if not m.any():
         raise ValueError(f"{name} is empty")
     return m
@@ -69,7 +70,8 @@ def _mask(mask: Any, shape: tuple[int, ...] | None, name: str = "mask") -> np.nd
 
 def _check_image(x: np.ndarray, shape: tuple[int, ...], name: str = "image") -> None:
     if x.shape[x.ndim - len(shape):] != tuple(shape) or x.ndim < len(shape):
-        raise ValueError(f"{name} has shape {x.shape}, expected (..., {', '.join(map(str, shape))})")
+        raise ValueError(f"{name} has shape {x.shape}, expected "
+                         f"(..., {', '.join(map(str, shape))})")
 
 
 def _out(v: np.ndarray) -> float | np.ndarray:
@@ -147,7 +149,8 @@ def ssim(x: Any, ref: Any, mask: Any = None, *, data_range: float | None = None,
     if spatial_dims is None:
         spatial_dims = 2 if r.ndim == 2 or (r.ndim >= 3 and r.shape[-3] == 1) else 3
     if spatial_dims not in (2, 3) or spatial_dims > r.ndim:
-        raise ValueError(f"spatial_dims must be 2 or 3 (and <= ref.ndim={r.ndim}), got {spatial_dims}")
+        raise ValueError(f"spatial_dims must be 2 or 3 (and <= ref.ndim={r.ndim}), "
+                         f"got {spatial_dims}")
     d = float(r[m].max()) if data_range is None else float(data_range)
     if not d > 0:
         raise ValueError(f"data_range must be > 0 (got {d})")
@@ -199,9 +202,11 @@ def background_variability(x: Any, background_rois: Sequence[Any] | Any) -> floa
     """
     rois = list(background_rois)
     if len(rois) < 2:
-        raise ValueError(f"background variability needs at least 2 background ROIs, got {len(rois)}")
+        raise ValueError("background variability needs at least 2 background ROIs, "
+                         f"got {len(rois)}")
     first = _mask(rois[0], None, "background ROI 0")
-    masks = [first] + [_mask(r, first.shape, f"background ROI {i}") for i, r in enumerate(rois[1:], 1)]
+    masks = [first] + [_mask(r, first.shape, f"background ROI {i}")
+                       for i, r in enumerate(rois[1:], 1)]
     xx = _np(x, "x")
     _check_image(xx, masks[0].shape, "x")
     means = np.stack([xx[..., m].mean(axis=-1) for m in masks], axis=-1)

@@ -6,8 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from sirf_diffusion.metrics import (background_variability, bias_variance, coefficient_of_variation,
-                                    crc, metrics_table, nrmse, psnr, roi_bias_std, ssim)
+from sirf_diffusion.metrics import (
+    background_variability,
+    bias_variance,
+    coefficient_of_variation,
+    crc,
+    metrics_table,
+    nrmse,
+    psnr,
+    roi_bias_std,
+    ssim,
+)
 
 
 def _img(seed=0, shape=(1, 16, 16)):

@@ -11,8 +11,11 @@ import math
 import pytest
 import torch
 
-from sirf_diffusion.recon.priors import (QuadraticPrior, RelativeDifferencePrior,
-                                         neighbourhood_offsets)
+from sirf_diffusion.recon.priors import (
+    QuadraticPrior,
+    RelativeDifferencePrior,
+    neighbourhood_offsets,
+)
 
 NEIGHBOURHOODS = ["26", "axial", "transaxial"]
 VOXEL = (2.03125, 1.5, 2.08626)
@@ -65,7 +68,8 @@ def test_weights_are_stir_inverse_distance():
     assert offs[(1, 1, 1)] == pytest.approx(VOXEL[2] / math.sqrt(sum(v * v for v in VOXEL)))
     assert sorted(dict(neighbourhood_offsets("transaxial", VOXEL))) == [
         (0, 0, 1), (0, 1, -1), (0, 1, 0), (0, 1, 1)]
-    assert dict(neighbourhood_offsets("axial", VOXEL)) == pytest.approx({(1, 0, 0): VOXEL[2] / VOXEL[0]})
+    axial = dict(neighbourhood_offsets("axial", VOXEL))
+    assert axial == pytest.approx({(1, 0, 0): VOXEL[2] / VOXEL[0]})
 
 
 @pytest.mark.parametrize("kind", ["rdp", "quadratic"])
@@ -155,7 +159,8 @@ def test_separable_curvature_majorises(kind, eps, gamma):
             x[x < 0.3] = 0.0  # exact zeros and tiny values: where the RDP curvature blows up
             z = rho * x + torch.rand(shape, generator=g, dtype=torch.float64) ** 3 * 4
             c = prior.separable_curvature(x, rho)
-            bound = prior.value(x) + (prior.gradient(x) * (z - x)).sum() + 0.5 * (c * (z - x) ** 2).sum()
+            bound = (prior.value(x) + (prior.gradient(x) * (z - x)).sum()
+                     + 0.5 * (c * (z - x) ** 2).sum())
             assert float(prior.value(z)) <= float(bound) + 1e-10
             # the curvature is never below the true Hessian diagonal at x (a majoriser must not be)
             h = prior.hessian_diagonal(x)
@@ -189,7 +194,8 @@ def test_sirf_like_surface_and_zero_beta():
     x = torch.rand(2, 3, 3)
     assert float(prior.get_value(x)) == 0.0 and float(prior.gradient(x).abs().max()) == 0.0
     prior.set_penalisation_factor(3.0)
-    assert float(prior(x)) == pytest.approx(3.0 * float(RelativeDifferencePrior(1.0).value(x)), rel=1e-6)
+    unit = float(RelativeDifferencePrior(1.0).value(x))
+    assert float(prior(x)) == pytest.approx(3.0 * unit, rel=1e-6)
 
 
 def test_bad_input_is_named():

@@ -10,8 +10,15 @@ import pytest
 import torch
 
 from sirf_diffusion import DenseMatrixPhysics, PoissonLogLikelihood
-from sirf_diffusion.recon import (QuadraticPrior, RelativeDifferencePrior, bsrem, map_em,
-                                  map_objective, mlem, osem)
+from sirf_diffusion.recon import (
+    QuadraticPrior,
+    RelativeDifferencePrior,
+    bsrem,
+    map_em,
+    map_objective,
+    mlem,
+    osem,
+)
 
 IMAGE, DATA = (2, 3, 4), (2, 12, 6)
 

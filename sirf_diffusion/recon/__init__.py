@@ -9,8 +9,13 @@ from __future__ import annotations
 
 from .em import ReconHistory, em_step, initial_image, mlem, osem
 from .map import bsrem, map_em, map_objective
-from .priors import (Neighbourhood, NeighbourhoodPrior, QuadraticPrior, RelativeDifferencePrior,
-                     neighbourhood_offsets)
+from .priors import (
+                     Neighbourhood,
+                     NeighbourhoodPrior,
+                     QuadraticPrior,
+                     RelativeDifferencePrior,
+                     neighbourhood_offsets,
+)
 
 __all__ = [
     "ReconHistory", "mlem", "osem", "em_step", "initial_image",

@@ -31,9 +31,10 @@ __all__ = ["ReconHistory", "mlem", "osem", "initial_image", "em_step"]
 
 #: ``callback(info)``; ``info`` has ``iteration`` (updates done), ``epoch`` (full passes through the
 #: data, fractional with subsets), ``subset`` (the subset just used, ``None``: all data), ``x`` (the
-#: image after the update), ``objective_previous`` (objective of the image *before* the update when it
-#: came for free, else ``None``) and ``objective`` (objective of ``x`` when it was recorded at this
-#: iteration, else ``None``).  Raise ``StopIteration`` to stop early (CIL's protocol).
+#: image after the update), ``objective_previous`` (objective of the image *before* the update
+#: when it came for free, else ``None``) and ``objective`` (objective of ``x`` when it was
+#: recorded at this iteration, else ``None``).  Raise ``StopIteration`` to stop early (CIL's
+#: protocol).
 Callback = Callable[[dict[str, Any]], None]
 
 
@@ -63,7 +64,8 @@ def initial_image(likelihood: PoissonLogLikelihood, x0: torch.Tensor | None) -> 
     """``x0`` checked and copied, or STIR's default: 1 in every voxel (dtype/device of the data)."""
     phys = likelihood.physics
     if x0 is None:
-        return torch.ones(phys.image_shape, dtype=likelihood.data.dtype, device=likelihood.data.device)
+        return torch.ones(phys.image_shape, dtype=likelihood.data.dtype,
+                          device=likelihood.data.device)
     if not isinstance(x0, torch.Tensor):
         raise TypeError(f"x0 must be a torch.Tensor or None, got {type(x0).__name__}")
     if x0.ndim < 3 or tuple(x0.shape[-3:]) != tuple(phys.image_shape):
@@ -125,7 +127,8 @@ def _to_record(value: torch.Tensor) -> Any:
 
 
 def run_iterations(likelihood: PoissonLogLikelihood, x: torch.Tensor, *,
-                   update: Callable[[torch.Tensor, int | None], tuple[torch.Tensor, torch.Tensor | None]],
+                   update: Callable[[torch.Tensor, int | None],
+                                    tuple[torch.Tensor, torch.Tensor | None]],
                    objective: Callable[[torch.Tensor], torch.Tensor],
                    num_updates: int, num_subsets: int, callback: Callback | None,
                    progress: bool, record: bool, desc: str) -> tuple[torch.Tensor, ReconHistory]:

@@ -18,8 +18,16 @@ import math
 import torch
 
 from ..likelihood import PoissonLogLikelihood
-from .em import (Callback, ReconHistory, _check_count, _updates_from, em_step, initial_image,
-                 run_iterations, using_subsets)
+from .em import (
+    Callback,
+    ReconHistory,
+    _check_count,
+    _updates_from,
+    em_step,
+    initial_image,
+    run_iterations,
+    using_subsets,
+)
 from .priors import NeighbourhoodPrior
 
 __all__ = ["map_objective", "map_em", "bsrem"]
@@ -42,7 +50,8 @@ def _surrogate_maximiser(sens: torch.Tensor, sens_x_em: torch.Tensor, grad_r: to
     disc = torch.sqrt(b * b + 4 * curv * sens_x_em)
     one = torch.ones_like(b)
     pos_b = b > 0
-    small = torch.where(pos_b, 2 * sens_x_em / torch.where(pos_b, b + disc, one), torch.zeros_like(b))
+    small = torch.where(pos_b, 2 * sens_x_em / torch.where(pos_b, b + disc, one),
+                        torch.zeros_like(b))
     large = torch.where(curv > 0, (disc - b) / torch.where(curv > 0, 2 * curv, one), x)
     return torch.where(pos_b, small, large)
 
@@ -58,8 +67,9 @@ def map_em(likelihood: PoissonLogLikelihood, prior: NeighbourhoodPrior,
     expectation maximization algorithm for penalized likelihood estimation in emission
     tomography", IEEE TMI 14(1):132-137, 1995).  At the current image ``x`` (sensitivity ``s``,
     EM update ``x_EM``) the likelihood is minorised by the EM surrogate and the penalty majorised
-    by a separable quadratic (:meth:`~sirf_diffusion.recon.priors.NeighbourhoodPrior.separable_curvature`,
-    curvatures ``c``), which gives for every voxel independently
+    by a separable quadratic
+    (:meth:`~sirf_diffusion.recon.priors.NeighbourhoodPrior.separable_curvature`, curvatures
+    ``c``), which gives for every voxel independently
 
     .. math::
 

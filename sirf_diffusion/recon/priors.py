@@ -82,7 +82,8 @@ def neighbourhood_offsets(neighbourhood: Neighbourhood,
     elif neighbourhood == "axial":
         dzs, dys, dxs = (-1, 0, 1), (0,), (0,)
     else:
-        raise ValueError(f"neighbourhood must be '26', 'transaxial' or 'axial', got {neighbourhood!r}")
+        raise ValueError("neighbourhood must be '26', 'transaxial' or 'axial', "
+                         f"got {neighbourhood!r}")
     vz, vy, vx = _check_voxel_size(voxel_size_mm)
     out = []
     for dz in dzs:
@@ -98,7 +99,8 @@ def neighbourhood_offsets(neighbourhood: Neighbourhood,
 def _check_voxel_size(voxel_size_mm: Sequence[float]) -> tuple[float, float, float]:
     v = tuple(float(s) for s in voxel_size_mm)
     if len(v) != 3 or not all(math.isfinite(s) and s > 0 for s in v):
-        raise ValueError(f"voxel_size_mm must be three positive numbers (vz, vy, vx), got {voxel_size_mm!r}")
+        raise ValueError("voxel_size_mm must be three positive numbers (vz, vy, vx), "
+                         f"got {voxel_size_mm!r}")
     return v  # type: ignore[return-value]
 
 
@@ -112,7 +114,8 @@ def _pair_slices(shape: Sequence[int], d: tuple[int, int, int]):
 
 
 class NeighbourhoodPrior(abc.ABC):
-    """Base class: a penalty :math:`\\beta \\sum_{\\{r,s\\}} w_{rs} \\kappa_r\\kappa_s \\phi(x_r, x_s)`.
+    """Base class: a pairwise penalty
+    :math:`\\beta \\sum_{\\{r,s\\}} w_{rs} \\kappa_r\\kappa_s \\phi(x_r, x_s)`.
 
     Subclasses give the symmetric pair potential ``phi(a, b)`` and its partial derivatives; this
     class does the neighbourhood bookkeeping.
@@ -252,7 +255,8 @@ class NeighbourhoodPrior(abc.ABC):
         self._check_image(x)
         rho = float(lower_ratio)
         if not self.min_lower_ratio <= rho < 1:
-            raise ValueError(f"lower_ratio must be in [{self.min_lower_ratio}, 1), got {lower_ratio}")
+            raise ValueError(f"lower_ratio must be in [{self.min_lower_ratio}, 1), "
+                             f"got {lower_ratio}")
         tau = max(0.0, 2 * rho - 1)
         c = torch.zeros_like(x)
         if self.penalisation_factor != 0:
@@ -269,7 +273,8 @@ class NeighbourhoodPrior(abc.ABC):
         """Set ``beta`` (SIRF ``set_penalisation_factor``)."""
         beta = float(penalisation_factor)
         if not (math.isfinite(beta) and beta >= 0):
-            raise ValueError(f"penalisation_factor must be finite and >= 0, got {penalisation_factor}")
+            raise ValueError("penalisation_factor must be finite and >= 0, "
+                             f"got {penalisation_factor}")
         self.penalisation_factor = beta
 
     def get_penalisation_factor(self) -> float:
@@ -390,7 +395,8 @@ class RelativeDifferencePrior(NeighbourhoodPrior):
                            num / torch.where(both_zero, torch.ones_like(den), den) ** 2)
 
     def _d11(self, a, b):
-        # d^2/da^2 of (a-b)^2 / D = 2 (2 b + eps)^2 / D^3 on both sides of a = b (STIR derivative_20)
+        # d^2/da^2 of (a-b)^2 / D = 2 (2 b + eps)^2 / D^3 on both sides of a = b
+        # (STIR derivative_20)
         den = self._denominator(a, b)
         both_zero = den == 0
         return torch.where(both_zero, torch.full_like(a, math.inf),
