@@ -1,4 +1,4 @@
-"""Normalisation, randoms, scatter and Poisson noise: checked against brute-force / analytic oracles."""
+"""Normalisation, randoms, scatter and Poisson noise against brute-force / analytic oracles."""
 
 from __future__ import annotations
 
@@ -25,9 +25,17 @@ from sirf_diffusion.physics.corrections import (
 from sirf_diffusion.physics.geometry import Scanner, SinogramGeometry, get_scanner
 from sirf_diffusion.physics.noise import noisy_realisation, poisson_noise, scale_to_counts
 
-TINY = Scanner("Tiny", num_rings=5, num_detectors_per_ring=16, inner_ring_radius_mm=40.0,
-               average_depth_of_interaction_mm=0.0, ring_spacing_mm=4.0, default_bin_size_mm=7.0,
-               max_num_non_arccorrected_bins=15, default_num_arccorrected_bins=15)
+TINY = Scanner(
+    "Tiny",
+    num_rings=5,
+    num_detectors_per_ring=16,
+    inner_ring_radius_mm=40.0,
+    average_depth_of_interaction_mm=0.0,
+    ring_spacing_mm=4.0,
+    default_bin_size_mm=7.0,
+    max_num_non_arccorrected_bins=15,
+    default_num_arccorrected_bins=15,
+)
 
 
 def _brute_force_lors(geom: SinogramGeometry):
@@ -38,12 +46,20 @@ def _brute_force_lors(geom: SinogramGeometry):
     out = {}
     for seg in geom.segments:
         off = geom.sinogram_offset(seg.number)
-        dabs = 0 if seg.min_ring_difference <= 0 <= seg.max_ring_difference else min(
-            abs(seg.min_ring_difference), abs(seg.max_ring_difference))
+        dabs = (
+            0
+            if seg.min_ring_difference <= 0 <= seg.max_ring_difference
+            else min(abs(seg.min_ring_difference), abs(seg.max_ring_difference))
+        )
         for a in range(seg.num_axial_positions):
             ring_sum = 2 * a + abs(seg.number) if geom.span == 1 else a + dabs
-            rings = [(r1, r2) for r1 in range(nr) for r2 in range(nr)
-                     if seg.min_ring_difference <= r2 - r1 <= seg.max_ring_difference and r1 + r2 == ring_sum]
+            rings = [
+                (r1, r2)
+                for r1 in range(nr)
+                for r2 in range(nr)
+                if seg.min_ring_difference <= r2 - r1 <= seg.max_ring_difference
+                and r1 + r2 == ring_sum
+            ]
             for v in range(geom.num_views):
                 for it, t in enumerate(geom.tangential_indices()):
                     t = int(t)
@@ -62,7 +78,9 @@ GEOMS = {
     "2d": SinogramGeometry(TINY.with_rings(1), 8, arc_corrected=False),
     "span1": SinogramGeometry(TINY, 8, arc_corrected=False, span=1, max_ring_difference=2),
     "span3_mash2": SinogramGeometry(TINY, 4, arc_corrected=False, span=3, max_ring_difference=4),
-    "span3_mrd3": SinogramGeometry(TINY, 8, num_tangential=12, arc_corrected=False, span=3, max_ring_difference=3),
+    "span3_mrd3": SinogramGeometry(
+        TINY, 8, num_tangential=12, arc_corrected=False, span=3, max_ring_difference=3
+    ),
 }
 
 
@@ -118,13 +136,15 @@ def test_detector_pair_geometry_matches_phi_and_s(t):
         u = p2 - p1
         phi_lor = torch.atan2(-u[:, 0], u[:, 1])  # direction d = (-sin phi, cos phi)
         dphi = torch.remainder(phi_lor - phi + math.pi, 2 * math.pi) - math.pi
-        torch.testing.assert_close(dphi.abs(), torch.full_like(dphi, math.pi / N), atol=1e-9, rtol=0)
+        torch.testing.assert_close(
+            dphi.abs(), torch.full_like(dphi, math.pi / N), atol=1e-9, rtol=0
+        )
         n = torch.stack([torch.cos(phi_lor), torch.sin(phi_lor)], -1)
         torch.testing.assert_close((n * p1).sum(-1), torch.full_like(dphi, s), atol=1e-9, rtol=0)
 
 
 def test_ring_pairs_follow_readme_formulas(stir_reference):
-    """README 1.2: span 1 (a, a+d) / (a+|d|, a); span 3 MRD 4: r1+r2 = a (seg 0) or a+2 (seg +-1)."""
+    """README 1.2: span 1 (a, a+d) / (a+|d|, a); span 3 MRD 4: r1+r2 = a (seg 0), a+2 (seg +-1)."""
     sc = get_scanner("mMR").with_rings(8)
     g1 = SinogramGeometry(sc, 252, arc_corrected=True, span=1, max_ring_difference=2)
     for seg in g1.segments:
@@ -179,21 +199,25 @@ def test_compressed_bins_partition_the_lors():
 @pytest.mark.parametrize("name", sorted(GEOMS))
 def test_normalisation_is_mean_efficiency_product(name):
     geom = GEOMS[name]
-    eff = random_crystal_efficiencies(geom.scanner, generator=torch.Generator().manual_seed(3), spread=0.2,
-                                      dtype=torch.float64)
+    eff = random_crystal_efficiencies(
+        geom.scanner, generator=torch.Generator().manual_seed(3), spread=0.2, dtype=torch.float64
+    )
     norm = normalisation_from_efficiencies(eff, geom)
     total = normalisation_from_efficiencies(eff, geom, reduction="sum")
     e = eff.numpy()
     for (s, v, t), lors in _brute_force_lors(geom).items():
         prods = [e[r1, d1] * e[r2, d2] for r1, d1, r2, d2 in lors]
         assert float(total[s, v, t]) == pytest.approx(sum(prods), rel=1e-12, abs=0)
-        assert float(norm[s, v, t]) == pytest.approx(np.mean(prods) if prods else 0.0, rel=1e-12, abs=0)
+        assert float(norm[s, v, t]) == pytest.approx(
+            np.mean(prods) if prods else 0.0, rel=1e-12, abs=0
+        )
     assert norm.dtype == torch.float64
 
 
 def test_normalisation_of_unit_efficiencies_and_arc_corrected_edges():
-    geom = SinogramGeometry(get_scanner("mMR").with_rings(2), 126, arc_corrected=True, span=1,
-                            max_ring_difference=1)
+    geom = SinogramGeometry(
+        get_scanner("mMR").with_rings(2), 126, arc_corrected=True, span=1, max_ring_difference=1
+    )
     norm = normalisation_from_efficiencies(torch.ones(2, 504), geom)
     outside = torch.as_tensor(np.abs(geom.s()) >= geom.scanner.effective_ring_radius_mm)
     assert outside.any()
@@ -224,7 +248,10 @@ def test_efficiency_generator_statistics_and_reproducibility():
 def test_randoms_from_singles_brute_force_and_uniform():
     geom = GEOMS["span3_mash2"]
     g = torch.Generator().manual_seed(0)
-    singles = 1e5 * (1 + torch.rand(TINY.num_rings, TINY.num_detectors_per_ring, generator=g, dtype=torch.float64))
+    singles = 1e5 * (
+        1
+        + torch.rand(TINY.num_rings, TINY.num_detectors_per_ring, generator=g, dtype=torch.float64)
+    )
     tau, T = 2e-9, 60.0
     r = randoms_from_singles(singles, geom, tau_s=tau, duration_s=T)
     s = singles.numpy()
@@ -233,7 +260,9 @@ def test_randoms_from_singles_brute_force_and_uniform():
         assert float(r[b, v, t]) == pytest.approx(expect, rel=1e-12, abs=0)
     # uniform singles give randoms proportional to the number of LORs in the bin
     flat = randoms_from_singles(torch.full_like(singles, 1e5), geom, tau_s=tau, duration_s=T)
-    torch.testing.assert_close(flat, 2 * tau * T * 1e10 * num_lors_per_bin(geom, dtype=torch.float64))
+    torch.testing.assert_close(
+        flat, 2 * tau * T * 1e10 * num_lors_per_bin(geom, dtype=torch.float64)
+    )
     u = uniform_randoms(geom, 1234.0)
     assert u.shape == geom.shape and (u == u[0, 0, 0]).all()
     assert float(u[0, 0, 0]) * u.numel() == pytest.approx(1234.0, rel=1e-6)
@@ -250,19 +279,22 @@ def test_singles_recovered_from_fan_sums():
     assert float(fans.sum()) == pytest.approx(2 * float(randoms.sum()), rel=1e-12)
     est = singles_from_fan_sums(fans, geom, tau_s=tau, num_iterations=200)
     torch.testing.assert_close(est, singles, rtol=1e-6, atol=0)
-    torch.testing.assert_close(randoms_from_singles(est, geom, tau_s=tau), randoms, rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        randoms_from_singles(est, geom, tau_s=tau), randoms, rtol=1e-6, atol=0
+    )
 
 
 # --------------------------------------------------------------------------- scatter
 def _disk_sinogram(geom: SinogramGeometry, radius: float, dtype=torch.float64) -> torch.Tensor:
     s = torch.as_tensor(geom.s(), dtype=dtype)
-    chord = 2 * torch.sqrt(torch.clamp(radius ** 2 - s ** 2, min=0))
+    chord = 2 * torch.sqrt(torch.clamp(radius**2 - s**2, min=0))
     return chord.expand(geom.shape).clone()
 
 
 def test_scatter_like_fraction_smoothness_and_dtype():
-    geom = SinogramGeometry(get_scanner("mMR").with_rings(4), 63, arc_corrected=True, span=1,
-                            max_ring_difference=1)
+    geom = SinogramGeometry(
+        get_scanner("mMR").with_rings(4), 63, arc_corrected=True, span=1, max_ring_difference=1
+    )
     trues = _disk_sinogram(geom, 80.0)
     trues[:, :, 150:160] *= 3  # a hot stripe: high-frequency content scatter must not copy
     sc = scatter_like(trues, geom, scatter_fraction=0.35)
@@ -285,8 +317,10 @@ def test_scatter_like_view_wraparound_is_consistent():
     geom = SinogramGeometry.two_d("mMR", num_views=63, arc_corrected=True)
     s = torch.as_tensor(geom.s())
     phi = torch.as_tensor(geom.phi())
-    # an off-centre point source: sinusoid s = x0 cos phi + y0 sin phi, rendered as a narrow Gaussian
-    trues = torch.exp(-0.5 * ((s[None, :] - (60 * torch.cos(phi) + 20 * torch.sin(phi))[:, None]) / 5) ** 2)[None]
+    # off-centre point source: sinusoid s = x0 cos phi + y0 sin phi, as a narrow Gaussian
+    trues = torch.exp(
+        -0.5 * ((s[None, :] - (60 * torch.cos(phi) + 20 * torch.sin(phi))[:, None]) / 5) ** 2
+    )[None]
     sc = scatter_like(trues, geom, scatter_fraction=0.5, view_sigma_deg=15.0)
     jump_seam = float((sc[0, 0] - sc[0, -1].flip(0).roll(1)).abs().max())
     jump_inside = float((sc[0, 1:] - sc[0, :-1]).abs().max())

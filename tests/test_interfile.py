@@ -29,10 +29,18 @@ from sirf_diffusion.io import (
 )
 from sirf_diffusion.physics.geometry import ImageGeometry, Scanner, SinogramGeometry, get_scanner
 
-SMALL = Scanner("Test ring", num_rings=4, num_detectors_per_ring=32, inner_ring_radius_mm=60.0,
-                average_depth_of_interaction_mm=1.5, ring_spacing_mm=3.3, default_bin_size_mm=3.0,
-                max_num_non_arccorrected_bins=21, default_num_arccorrected_bins=23,
-                intrinsic_azimuthal_tilt_rad=-0.0933)
+SMALL = Scanner(
+    "Test ring",
+    num_rings=4,
+    num_detectors_per_ring=32,
+    inner_ring_radius_mm=60.0,
+    average_depth_of_interaction_mm=1.5,
+    ring_spacing_mm=3.3,
+    default_bin_size_mm=3.0,
+    max_num_non_arccorrected_bins=21,
+    default_num_arccorrected_bins=23,
+    intrinsic_azimuthal_tilt_rad=-0.0933,
+)
 
 
 def _rand(shape, seed=0):
@@ -43,11 +51,20 @@ GEOMETRIES = {
     "2d_arc": SinogramGeometry(SMALL.with_rings(1), 16, arc_corrected=True),
     "2d_nonarc": SinogramGeometry(SMALL.with_rings(1), 16, arc_corrected=False),
     "3d_span1": SinogramGeometry(SMALL, 16, arc_corrected=True, span=1, max_ring_difference=2),
-    "3d_span3_mash2": SinogramGeometry(SMALL, 8, arc_corrected=False, span=3, max_ring_difference=3),
-    "3d_span3_custom_bin": SinogramGeometry(SMALL, 4, arc_corrected=True, span=3, max_ring_difference=2,
-                                            tangential_sampling_mm=2.75),
-    "mMR_span3": SinogramGeometry(get_scanner("mMR").with_rings(8), 63, num_tangential=30,
-                                  arc_corrected=True, span=3, max_ring_difference=4),
+    "3d_span3_mash2": SinogramGeometry(
+        SMALL, 8, arc_corrected=False, span=3, max_ring_difference=3
+    ),
+    "3d_span3_custom_bin": SinogramGeometry(
+        SMALL, 4, arc_corrected=True, span=3, max_ring_difference=2, tangential_sampling_mm=2.75
+    ),
+    "mMR_span3": SinogramGeometry(
+        get_scanner("mMR").with_rings(8),
+        63,
+        num_tangential=30,
+        arc_corrected=True,
+        span=3,
+        max_ring_difference=4,
+    ),
 }
 
 
@@ -67,23 +84,30 @@ def test_sinogram_round_trip(tmp_path, name):
 
 
 def test_sinogram_file_order_is_stirs(tmp_path):
-    """The .s file holds [segment increasing][view][axial][tangential]; check against a manual layout."""
+    """The .s file holds [segment increasing][view][axial][tangential] (manual layout)."""
     geom = GEOMETRIES["3d_span1"]
     V, T = geom.num_views, geom.num_tangential
     y = np.empty(geom.shape, np.float32)
     for seg in geom.segments:  # value encodes (segment, axial, view, tangential)
         off = geom.sinogram_offset(seg.number)
         a = np.arange(seg.num_axial_positions)[:, None, None]
-        y[off:off + seg.num_axial_positions] = (seg.number * 1000 + a * 100 + np.arange(V)[None, :, None]
-                                                + np.arange(T)[None, None, :] / 100)
+        y[off : off + seg.num_axial_positions] = (
+            seg.number * 1000
+            + a * 100
+            + np.arange(V)[None, :, None]
+            + np.arange(T)[None, None, :] / 100
+        )
     write_sinogram(tmp_path / "y.hs", y, geom)
     raw = np.fromfile(tmp_path / "y.s", "<f4")
     expected = []
     for num in (-2, -1, 0, 1, 2):
         n = geom.segment(num).num_axial_positions
         a = np.arange(n)[None, :, None]
-        expected.append((num * 1000 + a * 100 + np.arange(V)[:, None, None] + np.arange(T)[None, None, :] / 100)
-                        .astype(np.float32).ravel())
+        expected.append(
+            (num * 1000 + a * 100 + np.arange(V)[:, None, None] + np.arange(T)[None, None, :] / 100)
+            .astype(np.float32)
+            .ravel()
+        )
     np.testing.assert_array_equal(raw, np.concatenate(expected))
 
 
@@ -134,18 +158,30 @@ def test_standardise_key_matches_stir():
     assert standardise_key("!INTERFILE  ") == "interfile"
 
 
-def _image_header(data: str, nx=3, ny=2, nz=1, fmt="float", nbytes=4, order="LITTLEENDIAN", extra=""):
-    return (f"!INTERFILE :=\n; a comment\n!name of data file := {data}\n"
-            f"IMAGEDATA BYTE ORDER := {order}\n!Number_Format := {fmt}\n"
-            f"!number of bytes per pixel := {nbytes}\nnumber of dimensions := 3\n"
-            f"!matrix size[1] := {nx}\n!MATRIX SIZE [2]:= {ny}\n!matrix size [3] := {nz}\n"
-            f"scaling factor (mm/pixel) [1] := 2\nscaling factor (mm/pixel) [2] := 2\n"
-            f"scaling factor (mm/pixel) [3] := 3\n{extra}!END OF INTERFILE :=\nignored := 1\n")
+def _image_header(
+    data: str, nx=3, ny=2, nz=1, fmt="float", nbytes=4, order="LITTLEENDIAN", extra=""
+):
+    return (
+        f"!INTERFILE :=\n; a comment\n!name of data file := {data}\n"
+        f"IMAGEDATA BYTE ORDER := {order}\n!Number_Format := {fmt}\n"
+        f"!number of bytes per pixel := {nbytes}\nnumber of dimensions := 3\n"
+        f"!matrix size[1] := {nx}\n!MATRIX SIZE [2]:= {ny}\n!matrix size [3] := {nz}\n"
+        f"scaling factor (mm/pixel) [1] := 2\nscaling factor (mm/pixel) [2] := 2\n"
+        f"scaling factor (mm/pixel) [3] := 3\n{extra}!END OF INTERFILE :=\nignored := 1\n"
+    )
 
 
-@pytest.mark.parametrize("fmt,nbytes,dtype", [("signed integer", 2, "i2"), ("unsigned integer", 1, "u1"),
-                                              ("unsigned integer", 2, "u2"), ("signed integer", 4, "i4"),
-                                              ("float", 8, "f8"), ("float", 4, "f4")])
+@pytest.mark.parametrize(
+    "fmt,nbytes,dtype",
+    [
+        ("signed integer", 2, "i2"),
+        ("unsigned integer", 1, "u1"),
+        ("unsigned integer", 2, "u2"),
+        ("signed integer", 4, "i4"),
+        ("float", 8, "f8"),
+        ("float", 4, "f4"),
+    ],
+)
 @pytest.mark.parametrize("order", ["LITTLEENDIAN", "BIGENDIAN"])
 def test_read_number_formats_offset_and_scale(tmp_path, fmt, nbytes, dtype, order):
     values = np.arange(6).reshape(1, 2, 3) * 3 + 1
@@ -154,7 +190,9 @@ def test_read_number_formats_offset_and_scale(tmp_path, fmt, nbytes, dtype, orde
         f.write(b"\x07" * 10)  # 10-byte offset
         values.astype(endian + dtype).tofile(f)
     extra = "data offset in bytes[1] := 10\nimage scaling factor[1] := 0.5\n"
-    (tmp_path / "d.hv").write_text(_image_header("d.v", fmt=fmt, nbytes=nbytes, order=order, extra=extra))
+    (tmp_path / "d.hv").write_text(
+        _image_header("d.v", fmt=fmt, nbytes=nbytes, order=order, extra=extra)
+    )
     arr, geom = read_image(tmp_path / "d.hv")
     np.testing.assert_allclose(arr, values * 0.5)
     assert arr.dtype == (np.float64 if dtype == "f8" else np.float32)
@@ -162,7 +200,9 @@ def test_read_number_formats_offset_and_scale(tmp_path, fmt, nbytes, dtype, orde
 
 
 def test_header_lookup_helpers():
-    h = InterfileHeader.parse("!INTERFILE:=\nkey_a := 1\n!Key A := 2\nlist := { 3, 4,5}\nvec [2] := x\n")
+    h = InterfileHeader.parse(
+        "!INTERFILE:=\nkey_a := 1\n!Key A := 2\nlist := { 3, 4,5}\nvec [2] := x\n"
+    )
     assert h.get("KEY A") == "2"  # later wins
     assert h.get_int_list("list") == [3, 4, 5]
     assert h.get("vec", 2) == "x" and not h.has("vec")
@@ -204,7 +244,9 @@ def test_corrupt_headers(tmp_path):
     (tmp_path / "c.hv").write_text(_image_header("c.v", fmt="ascii", nbytes=1))
     with pytest.raises(InterfileError, match="unsupported number format"):
         read_image(tmp_path / "c.hv")
-    (tmp_path / "d.hv").write_text(_image_header("c.v", fmt="float", nbytes=4, order="MIDDLEENDIAN"))
+    (tmp_path / "d.hv").write_text(
+        _image_header("c.v", fmt="float", nbytes=4, order="MIDDLEENDIAN")
+    )
     with pytest.raises(InterfileError, match="byte order"):
         read_image(tmp_path / "d.hv")
     (tmp_path / "e.hv").write_text(_image_header("c.v", extra="number of time frames := 2\n"))
@@ -227,11 +269,19 @@ def test_sinogram_header_errors(tmp_path):
     with pytest.raises(InterfileError, match="TOF"):
         read_sinogram(hs)
     hs.write_text(original)
-    _edit_header(hs, "maximum ring difference per segment := { -2,1,3}", "maximum ring difference per segment := { -2,1,2}")
+    _edit_header(
+        hs,
+        "maximum ring difference per segment := { -2,1,3}",
+        "maximum ring difference per segment := { -2,1,2}",
+    )
     with pytest.raises(InterfileError, match="segment 1"):
         read_sinogram(hs)
     hs.write_text(original)
-    _edit_header(hs, "minimum ring difference per segment := { -3,-1,2}", "minimum ring difference per segment := { -3,-1}")
+    _edit_header(
+        hs,
+        "minimum ring difference per segment := { -3,-1,2}",
+        "minimum ring difference per segment := { -3,-1}",
+    )
     with pytest.raises(InterfileError, match="per-segment tables"):
         read_sinogram(hs)
     hs.write_text(original)
@@ -282,7 +332,9 @@ def test_nifti_round_trip_and_orientation(tmp_path):
     # voxel (iz, iy, ix) -> RAS = (-x, -y, -z) with STIR's centred coordinates
     iz, iy, ix = 3, 1, 4
     ras = img.affine @ np.array([ix, iy, iz, 1.0])
-    np.testing.assert_allclose(ras[:3], [-geom.x_mm()[ix], -geom.y_mm()[iy], -geom.z_mm()[iz]], atol=1e-5)
+    np.testing.assert_allclose(
+        ras[:3], [-geom.x_mm()[ix], -geom.y_mm()[iy], -geom.z_mm()[iz]], atol=1e-5
+    )
     np.testing.assert_allclose(nifti_affine(geom), img.affine, atol=1e-6)
 
 
@@ -315,7 +367,11 @@ def test_nifti_mni_template_offline():
     """nilearn ships the MNI152 template: it reads as an LPI [z, y, x] image, values preserved."""
     nilearn_datasets = pytest.importorskip("nilearn.datasets")
     nib = pytest.importorskip("nibabel")
-    path = Path(nilearn_datasets.__file__).parent / "data" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+    path = (
+        Path(nilearn_datasets.__file__).parent
+        / "data"
+        / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+    )
     if not path.is_file():
         pytest.skip("nilearn's MNI152 template file not found")
     img = nib.load(str(path))
@@ -337,20 +393,42 @@ def _case(seed: int = 0) -> Case:
     b = rng.uniform(0.1, 1.0, geom.shape).astype(np.float32)
     b[m == 0] = 0
     ig = ImageGeometry((7, 8, 8), (1.65, 2.0, 2.0))
-    return Case(prompts=rng.poisson(3.0, geom.shape).astype(np.float32), multiplicative=m, additive=b,
-                sinogram_geometry=geom, image_geometry=ig, reference=_rand(ig.shape, 1), osem=_rand(ig.shape, 2),
-                masks={"whole_object": np.ones(ig.shape, np.float32), "background": np.zeros(ig.shape, np.float32),
-                       "sphere_1": np.eye(8, dtype=np.float32)[None].repeat(7, 0)},
-                extra={"kappa": _rand(ig.shape, 3), "mu_map": _rand(ig.shape, 4)}, penalisation_factor=1 / 700)
+    return Case(
+        prompts=rng.poisson(3.0, geom.shape).astype(np.float32),
+        multiplicative=m,
+        additive=b,
+        sinogram_geometry=geom,
+        image_geometry=ig,
+        reference=_rand(ig.shape, 1),
+        osem=_rand(ig.shape, 2),
+        masks={
+            "whole_object": np.ones(ig.shape, np.float32),
+            "background": np.zeros(ig.shape, np.float32),
+            "sphere_1": np.eye(8, dtype=np.float32)[None].repeat(7, 0),
+        },
+        extra={"kappa": _rand(ig.shape, 3), "mu_map": _rand(ig.shape, 4)},
+        penalisation_factor=1 / 700,
+    )
 
 
 def test_petric_case_round_trip(tmp_path):
     case = _case()
     write_case(tmp_path / "case", case)
-    names = sorted(str(p.relative_to(tmp_path / "case")) for p in (tmp_path / "case").rglob("*.h[sv]"))
-    assert names == ["OSEM_image.hv", "PETRIC/VOI_background.hv", "PETRIC/VOI_sphere_1.hv",
-                     "PETRIC/VOI_whole_object.hv", "PETRIC/reference_image.hv", "additive_term.hs",
-                     "kappa.hv", "mu_map.hv", "mult_factors.hs", "prompts.hs"]
+    names = sorted(
+        str(p.relative_to(tmp_path / "case")) for p in (tmp_path / "case").rglob("*.h[sv]")
+    )
+    assert names == [
+        "OSEM_image.hv",
+        "PETRIC/VOI_background.hv",
+        "PETRIC/VOI_sphere_1.hv",
+        "PETRIC/VOI_whole_object.hv",
+        "PETRIC/reference_image.hv",
+        "additive_term.hs",
+        "kappa.hv",
+        "mu_map.hv",
+        "mult_factors.hs",
+        "prompts.hs",
+    ]
     # PETRIC's additive term is before multiplication: a = b / m, and 0 where m == 0
     a, _ = read_sinogram(tmp_path / "case" / "additive_term.hs")
     m = case.multiplicative
@@ -360,7 +438,10 @@ def test_petric_case_round_trip(tmp_path):
     np.testing.assert_array_equal(back.prompts, case.prompts)
     np.testing.assert_array_equal(back.multiplicative, case.multiplicative)
     np.testing.assert_allclose(back.additive, case.additive, rtol=1e-6)
-    assert back.sinogram_geometry == case.sinogram_geometry and back.image_geometry == case.image_geometry
+    assert (
+        back.sinogram_geometry == case.sinogram_geometry
+        and back.image_geometry == case.image_geometry
+    )
     np.testing.assert_array_equal(back.reference, case.reference)
     np.testing.assert_array_equal(back.osem, case.osem)
     assert sorted(back.masks) == sorted(case.masks) and sorted(back.extra) == sorted(case.extra)
@@ -377,8 +458,10 @@ def test_petric_additive_conversion_and_guard():
     np.testing.assert_array_equal(background_to_additive(b, m), [1.0, 0.0, 4.0])
     with pytest.raises(ValueError, match="multiplicative factor 0"):
         background_to_additive(np.array([1.0, 1.0, 1.0]), m)
-    np.testing.assert_array_equal(background_to_additive(np.array([1.0, 1.0, 1.0]), m,
-                                                         on_unrepresentable="drop"), [0.5, 0.0, 2.0])
+    np.testing.assert_array_equal(
+        background_to_additive(np.array([1.0, 1.0, 1.0]), m, on_unrepresentable="drop"),
+        [0.5, 0.0, 2.0],
+    )
 
 
 def test_petric_missing_and_mismatched_files(tmp_path):
@@ -395,5 +478,10 @@ def test_petric_missing_and_mismatched_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         read_case(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="negative"):
-        Case(prompts=-case.prompts - 1, multiplicative=case.multiplicative, additive=case.additive,
-             sinogram_geometry=case.sinogram_geometry, image_geometry=case.image_geometry)
+        Case(
+            prompts=-case.prompts - 1,
+            multiplicative=case.multiplicative,
+            additive=case.additive,
+            sinogram_geometry=case.sinogram_geometry,
+            image_geometry=case.image_geometry,
+        )

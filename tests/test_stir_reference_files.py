@@ -18,8 +18,15 @@ from sirf_diffusion.io import read_header, read_image, read_sinogram, write_imag
 from sirf_diffusion.physics.geometry import SinogramGeometry, get_scanner
 
 IMAGES = ["disk_image", "mu_disk", "recon_osem", "recon_osem_subiter1", "brain3d"]
-SINOGRAMS = ["disk_image_fwd_arccorr", "disk_image_fwd_arccorr_nlor5", "disk_image_fwd_nonarccorr",
-             "mu_disk_af", "disk_noisy", "brain3d_fwd_span1", "brain3d_fwd_span3_mash2"]
+SINOGRAMS = [
+    "disk_image_fwd_arccorr",
+    "disk_image_fwd_arccorr_nlor5",
+    "disk_image_fwd_nonarccorr",
+    "mu_disk_af",
+    "disk_noisy",
+    "brain3d_fwd_span1",
+    "brain3d_fwd_span3_mash2",
+]
 
 
 def _readme_json(folder: Path) -> dict:
@@ -51,7 +58,9 @@ def test_reference_image(ref, stir_reference, name):
     assert math.isclose(float(arr.sum(dtype=np.float64)), info["sum"], rel_tol=1e-9)
     assert float(arr.max()) == pytest.approx(info["max"], rel=1e-7)
     assert float(arr.min()) == pytest.approx(info["min"], abs=1e-12)
-    assert tuple(np.unravel_index(np.argmax(arr), arr.shape)) == tuple(info["argmax_as_array_index"])
+    assert tuple(np.unravel_index(np.argmax(arr), arr.shape)) == tuple(
+        info["argmax_as_array_index"]
+    )
     assert int((arr != 0).sum()) == info["nonzero_voxels"]
     for v in info.get("sample_voxels", []):
         assert arr[tuple(v["as_array_index"])] == pytest.approx(v["value"])
@@ -61,7 +70,9 @@ def test_reference_image(ref, stir_reference, name):
         assert geom.y_mm()[iy] == pytest.approx(v["y_mm"], abs=1e-3)
     # first pixel offsets and STIR origin kept in the header info
     h = read_header(stir_reference / info["header"])
-    np.testing.assert_allclose(h.first_pixel_offset_mm(), info["physical_coord_first_voxel_mm_zyx"], atol=1e-3)
+    np.testing.assert_allclose(
+        h.first_pixel_offset_mm(), info["physical_coord_first_voxel_mm_zyx"], atol=1e-3
+    )
     np.testing.assert_allclose(h.origin_mm(), info["verification"]["readback_origin"], atol=2e-5)
     # raw decoding agrees (independent check of layout): float32 LE, [z][y][x]
     raw = np.fromfile(stir_reference / info["data"], dtype="<f4").reshape(arr.shape)
@@ -93,7 +104,10 @@ def _check_geometry(geom: SinogramGeometry, g: dict) -> None:
     assert geom.segment_numbers_file_order == g["file_segment_order"]
     for seg in geom.segments:
         e = segs[seg.number]
-        assert (seg.min_ring_difference, seg.max_ring_difference) == (e["min_ring_difference"], e["max_ring_difference"])
+        assert (seg.min_ring_difference, seg.max_ring_difference) == (
+            e["min_ring_difference"],
+            e["max_ring_difference"],
+        )
         assert seg.num_axial_positions == e["num_axial_poss"]
         assert geom.sinogram_offset(seg.number) == e["as_array_sinogram_offset"]
         assert seg.m_mm()[0] == pytest.approx(e["m_mm_axial_pos_first"], abs=1e-5)
@@ -111,11 +125,13 @@ def test_reference_sinogram(ref, stir_reference, name):
     assert math.isclose(float(arr.sum(dtype=np.float64)), info["sum"], rel_tol=1e-9)
     assert float(arr.max()) == pytest.approx(info["max"], rel=1e-7)
     assert float(arr.min()) == pytest.approx(info["min"], rel=1e-6)
-    assert (0, *np.unravel_index(np.argmax(arr), arr.shape)) == tuple(info["argmax"]["as_array_index"])
+    assert (0, *np.unravel_index(np.argmax(arr), arr.shape)) == tuple(
+        info["argmax"]["as_array_index"]
+    )
     for seg, total in info["sum_per_segment"].items():
         off = geom.sinogram_offset(int(seg))
         n = geom.segment(int(seg)).num_axial_positions
-        assert math.isclose(float(arr[off:off + n].sum(dtype=np.float64)), total, rel_tol=1e-9)
+        assert math.isclose(float(arr[off : off + n].sum(dtype=np.float64)), total, rel_tol=1e-9)
     phi, s, m = geom.phi(), geom.s(), geom.m()
     for b in info["special_bins"]:
         _, sino, view, tang = b["as_array_index"]
@@ -137,10 +153,10 @@ def test_reference_raw_file_order_is_reordered(stir_reference):
     V, T = 126, 344
     pos = 0
     for seg, n in ((-1, 11), (0, 15), (1, 11)):
-        block = raw[pos:pos + V * n * T].reshape(V, n, T)
+        block = raw[pos : pos + V * n * T].reshape(V, n, T)
         pos += V * n * T
         off = geom.sinogram_offset(seg)
-        np.testing.assert_array_equal(arr[off:off + n], block.transpose(1, 0, 2))
+        np.testing.assert_array_equal(arr[off : off + n], block.transpose(1, 0, 2))
     assert pos == raw.size
 
 
@@ -150,8 +166,9 @@ def test_reference_geometry_equals_package_construction(stir_reference):
     _, g2n = read_sinogram(stir_reference / "disk_image_fwd_nonarccorr.hs")
     assert g2n == SinogramGeometry.two_d("mMR", arc_corrected=False)
     _, g3 = read_sinogram(stir_reference / "brain3d_fwd_span3_mash2.hs")
-    assert g3 == SinogramGeometry(get_scanner("mMR").with_rings(8), 126, arc_corrected=True, span=3,
-                                  max_ring_difference=4)
+    assert g3 == SinogramGeometry(
+        get_scanner("mMR").with_rings(8), 126, arc_corrected=True, span=3, max_ring_difference=4
+    )
 
 
 def _keys(path: Path) -> list[str]:
@@ -174,8 +191,15 @@ def test_written_image_header_has_stirs_keys(stir_reference, tmp_path, name):
     assert (tmp_path / f"{name}.v").read_bytes() == (stir_reference / f"{name}.v").read_bytes()
 
 
-@pytest.mark.parametrize("name", ["disk_image_fwd_arccorr", "disk_image_fwd_nonarccorr",
-                                  "brain3d_fwd_span1", "brain3d_fwd_span3_mash2"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "disk_image_fwd_arccorr",
+        "disk_image_fwd_nonarccorr",
+        "brain3d_fwd_span1",
+        "brain3d_fwd_span3_mash2",
+    ],
+)
 def test_written_sinogram_header_has_stirs_keys(stir_reference, tmp_path, name):
     arr, geom = read_sinogram(stir_reference / f"{name}.hs")
     out = write_sinogram(tmp_path / f"{name}.hs", arr, geom)
@@ -183,8 +207,9 @@ def test_written_sinogram_header_has_stirs_keys(stir_reference, tmp_path, name):
     # every value STIR wrote is reproduced (the numbers here have short decimal forms)
     ours = read_header(out)
     theirs = read_header(stir_reference / f"{name}.hs")
-    assert [(k, i, v.replace(" ", "")) for k, i, v in ours.entries] == \
-        [(k, i, v.replace(" ", "")) for k, i, v in theirs.entries]
+    assert [(k, i, v.replace(" ", "")) for k, i, v in ours.entries] == [
+        (k, i, v.replace(" ", "")) for k, i, v in theirs.entries
+    ]
     arr2, geom2 = read_sinogram(out)
     np.testing.assert_array_equal(arr2, arr)
     assert geom2 == geom

@@ -25,8 +25,9 @@ SIRF and PETRIC produce for static, non-TOF data on cylindrical scanners:
   non-standard ``quantification units``) are applied.  Arrays come back as float32 (float64 for
   8-byte floats).
 
-Writing produces the same keys, in the same order, as STIR 6's ``write_basic_interfile_image_header``
-and ``write_basic_interfile_PDFS_header`` (the data file name is written relative to the header),
+Writing produces the same keys, in the same order, as STIR 6's
+``write_basic_interfile_image_header`` and ``write_basic_interfile_PDFS_header`` (the data file
+name is written relative to the header),
 with numbers written to full (round-trip) precision.  Data and header are each written to a
 temporary file in the target folder and moved into place with :func:`os.replace`.
 
@@ -76,7 +77,7 @@ _WS = re.compile(r"[\s_!]+")
 
 
 def standardise_key(key: str) -> str:
-    """STIR's ``standardise_interfile_keyword``: lower case; ``!``, ``_`` and white space runs -> one space."""
+    """STIR's ``standardise_interfile_keyword``: lower case; ``!``, ``_``, white space -> " "."""
     return _WS.sub(" ", key).strip().lower()
 
 
@@ -141,6 +142,10 @@ class InterfileHeader:
             raise InterfileError(f"cannot read Interfile header {path}: {err}") from err
         return cls.parse(text, path)
 
+    def error(self, message: str) -> InterfileError:
+        """An :class:`InterfileError` naming this header."""
+        return InterfileError(f"Interfile header {self.path or '<text>'}: {message}")
+
     # ------------------------------------------------------------ lookup
     def has(self, key: str, index: int | None = None) -> bool:
         skey = standardise_key(key)
@@ -158,7 +163,7 @@ class InterfileHeader:
         if default is not None:
             return default
         name = key if index is None else f"{key} [{index}]"
-        raise InterfileError(f"Interfile header {self.path or ''} lacks the key {name!r}")
+        raise self.error(f"lacks the key {name!r}")
 
     def _convert(self, key: str, index: int | None, value: str, kind: type):
         try:
@@ -168,10 +173,10 @@ class InterfileHeader:
                     raise ValueError
                 return int(f)
             return float(value)
-        except ValueError:
+        except (ValueError, OverflowError):
             name = key if index is None else f"{key} [{index}]"
-            raise InterfileError(f"Interfile header {self.path or ''}: {name!r} has value {value!r}, "
-                                 f"expected a{'n integer' if kind is int else ' number'}") from None
+            raise self.error(f"{name!r} has value {value!r}, "
+                             f"expected a{'n integer' if kind is int else ' number'}") from None
 
     def get_int(self, key: str, index: int | None = None, default: int | None = None) -> int:
         if default is not None and not self.has(key, index):
@@ -189,8 +194,7 @@ class InterfileHeader:
         try:
             return Decimal(value)
         except ArithmeticError:
-            raise InterfileError(f"Interfile header {self.path or ''}: {key!r} has value {value!r}, "
-                                 "expected a number") from None
+            raise self.error(f"{key!r} has value {value!r}, expected a number") from None
 
     def get_int_list(self, key: str, index: int | None = None) -> list[int]:
         """A ``{ a,b,c}`` list (a bare number is a one-element list)."""
@@ -205,19 +209,20 @@ class InterfileHeader:
         """Absolute path of the data file (``name of data file``, relative to the header)."""
         name = self.get("name of data file")
         if not name:
-            raise InterfileError(f"Interfile header {self.path or ''}: 'name of data file' is empty")
+            raise self.error("'name of data file' is empty")
         p = Path(name)
         if not p.is_absolute() and self.path is not None:
             p = self.path.parent / p
         return p
 
     def number_dtype(self) -> np.dtype:
-        """Numpy dtype of the data file from ``number format``, ``bytes per pixel`` and byte order."""
+        """Numpy dtype of the data from ``number format``, ``bytes per pixel`` and byte order."""
         fmt = standardise_key(self.get("number format", default="unsigned integer"))
-        order = standardise_key(self.get("imagedata byte order", default="BIGENDIAN"))
+        raw_order = self.get("imagedata byte order", default="BIGENDIAN")
+        order = standardise_key(raw_order)
         if order not in ("littleendian", "bigendian"):
-            raise InterfileError(f"Interfile header {self.path or ''}: unsupported 'imagedata byte "
-                                 f"order' {self.get('imagedata byte order')!r} (LITTLEENDIAN or BIGENDIAN)")
+            raise self.error(f"unsupported 'imagedata byte order' {raw_order!r} "
+                             "(LITTLEENDIAN or BIGENDIAN)")
         if fmt == "short float":
             fmt, nbytes = "float", 4
         elif fmt == "long float":
@@ -230,8 +235,9 @@ class InterfileHeader:
                  ("unsigned integer", 1): "u1", ("unsigned integer", 2): "u2",
                  ("unsigned integer", 4): "u4", ("unsigned integer", 8): "u8"}
         if (fmt, nbytes) not in kinds:
-            raise InterfileError(f"Interfile header {self.path or ''}: unsupported number format "
-                                 f"{self.get('number format', default=fmt)!r} with {nbytes} bytes per pixel")
+            raise self.error(f"unsupported number format "
+                             f"{self.get('number format', default=fmt)!r} with {nbytes} "
+                             "bytes per pixel")
         return np.dtype(("<" if order == "littleendian" else ">") + kinds[(fmt, nbytes)])
 
     def data_offset(self) -> int:
@@ -240,7 +246,7 @@ class InterfileHeader:
             if self.has("data offset in bytes", idx):
                 off = self.get_int("data offset in bytes", idx)
                 if off < 0:
-                    raise InterfileError(f"Interfile header {self.path or ''}: negative data offset {off}")
+                    raise self.error(f"negative data offset {off}")
                 return off
         return 0
 
@@ -250,8 +256,8 @@ class InterfileHeader:
              else self.get_float("image scaling factor", default=1.0))
         q = self.get_float("quantification units", default=1.0)
         if s != 1.0 and q != 1.0 and s != q:
-            raise InterfileError(f"Interfile header {self.path or ''}: 'image scaling factor' ({s}) and "
-                                 f"'quantification units' ({q}) disagree")
+            raise self.error(f"'image scaling factor' ({s}) and "
+                             f"'quantification units' ({q}) disagree")
         return q if s == 1.0 else s
 
     # ------------------------------------------------------------ image placement
@@ -259,12 +265,13 @@ class InterfileHeader:
         """``first pixel offset (mm)`` as ``(z, y, x)``, or ``None`` when absent."""
         if not self.has("first pixel offset (mm)", 1):
             return None
-        return tuple(self.get_float("first pixel offset (mm)", i) for i in (3, 2, 1))  # type: ignore
+        z, y, x = (self.get_float("first pixel offset (mm)", i) for i in (3, 2, 1))
+        return (z, y, x)
 
     def origin_mm(self) -> tuple[float, float, float]:
         """STIR image origin ``(z, y, x)`` = first pixel offset - voxel size * first STIR index.
 
-        STIR's first indices are ``(0, -(ny//2), -(nx//2))``; without the offset key the origin is 0.
+        STIR's first indices are ``(0, -(ny//2), -(nx//2))``; without the offset key it is 0.
         """
         fpo = self.first_pixel_offset_mm()
         if fpo is None:
@@ -291,6 +298,11 @@ def _fmt(value: float) -> str:
     return repr(v)
 
 
+def _braces(values) -> str:
+    """STIR's list format ``{ 6,7,8}``."""
+    return "{ " + ",".join(str(int(v)) for v in values) + "}"
+
+
 def _dec(value: float) -> Decimal:
     return Decimal(repr(float(value)))
 
@@ -299,6 +311,11 @@ def _dec_str(d: Decimal) -> str:
     d = d.normalize()
     s = format(d, "f")
     return "0" if s in ("-0", "0") else s
+
+
+def _cm(mm: float) -> str:
+    """Exact decimal text of ``mm / 10`` (reading back and multiplying by 10 round-trips)."""
+    return _dec_str(_dec(mm) / 10)
 
 
 def _deg_for_rad(rad: float) -> float:
@@ -319,7 +336,8 @@ def _deg_for_rad(rad: float) -> float:
 def _read_data(header: InterfileHeader, count: int) -> np.ndarray:
     data_path = header.data_file()
     if not data_path.is_file():
-        raise FileNotFoundError(f"data file {data_path} named in Interfile header {header.path} not found")
+        raise FileNotFoundError(f"data file {data_path} named in Interfile header {header.path} "
+                                "not found")
     dtype = header.number_dtype()
     offset = header.data_offset()
     expected = offset + count * dtype.itemsize
@@ -327,7 +345,8 @@ def _read_data(header: InterfileHeader, count: int) -> np.ndarray:
     if actual < expected:
         raise InterfileError(
             f"data file {data_path} is truncated: {actual} bytes, expected {expected} "
-            f"({count} values of {dtype.itemsize} bytes after an offset of {offset}) from header {header.path}")
+            f"({count} values of {dtype.itemsize} bytes after an offset of {offset}) from header "
+            f"{header.path}")
     if actual > expected:
         raise InterfileError(
             f"data file {data_path} is too long: {actual} bytes, expected {expected} "
@@ -404,29 +423,30 @@ def read_image(path: PathLike) -> tuple[np.ndarray, ImageGeometry]:
     h = read_header(path)
     pdt = standardise_key(h.get("PET data type", default="Image"))
     if pdt != "image":
-        raise InterfileError(f"{h.path}: '!PET data type' is {h.get('PET data type')!r}, expected 'Image' "
-                             "(projection data use read_sinogram)")
+        raise h.error(f"'!PET data type' is {h.get('PET data type')!r}, expected 'Image' "
+                      "(projection data use read_sinogram)")
     ndim = h.get_int("number of dimensions", default=3)
     if ndim != 3:
-        raise InterfileError(f"{h.path}: image with 'number of dimensions' = {ndim}; only 3 is supported")
+        raise h.error(f"image with 'number of dimensions' = {ndim}; only 3 is supported")
     frames = h.get_int("number of time frames", default=1)
     if frames != 1:
-        raise InterfileError(f"{h.path}: {frames} time frames; only single-frame images are supported")
+        raise h.error(f"{frames} time frames; only single-frame images are supported")
     for i, lab in ((1, "x"), (2, "y"), (3, "z")):
         if h.has("matrix axis label", i) and standardise_key(h.get("matrix axis label", i)) != lab:
-            raise InterfileError(f"{h.path}: 'matrix axis label [{i}]' is {h.get('matrix axis label', i)!r}, "
-                                 f"expected {lab!r}")
+            raise h.error(f"'matrix axis label [{i}]' is {h.get('matrix axis label', i)!r}, "
+                          f"expected {lab!r}")
     nx, ny, nz = (h.get_int("matrix size", i) for i in (1, 2, 3))
     if min(nx, ny, nz) <= 0:
-        raise InterfileError(f"{h.path}: non-positive matrix size {(nx, ny, nz)}")
+        raise h.error(f"non-positive matrix size {(nx, ny, nz)}")
     vx, vy, vz = (h.get_float("scaling factor (mm/pixel)", i) for i in (1, 2, 3))
     try:
         geometry = ImageGeometry((nz, ny, nx), (vz, vy, vx))
     except ValueError as err:
-        raise InterfileError(f"{h.path}: {err}") from err
+        raise h.error(f"{err}") from err
     origin = h.origin_mm()
     if max(abs(origin[1]), abs(origin[2])) > 0.05:
-        warnings.warn(f"{h.path}: STIR image origin (x, y) = ({origin[2]:g}, {origin[1]:g}) mm is not 0; "
+        warnings.warn(f"{h.path}: STIR image origin (x, y) = ({origin[2]:g}, {origin[1]:g}) mm "
+                      "is not 0; "
                       "the package assumes transaxially centred images", stacklevel=2)
     arr = _read_data(h, nx * ny * nz).reshape(nz, ny, nx)
     return arr, geometry
@@ -463,7 +483,8 @@ def write_image(path: PathLike, array, geometry: ImageGeometry, *,
     if arr.ndim != 3:
         raise InterfileError(f"image has shape {arr.shape}, expected {geometry.shape} (z, y, x)")
     if number_format not in _DTYPES_OUT:
-        raise InterfileError(f"number_format must be one of {sorted(_DTYPES_OUT)}, got {number_format!r}")
+        raise InterfileError(f"number_format must be one of {sorted(_DTYPES_OUT)}, "
+                             f"got {number_format!r}")
     fmt, nbytes, code = _DTYPES_OUT[number_format]
     endian = {"little": "<", "big": ">"}[byte_order]
     nz, ny, nx = geometry.shape
@@ -534,21 +555,21 @@ def _known_scanner(name: str) -> Scanner | None:
 def _scanner_from_header(h: InterfileHeader) -> Scanner:
     name = h.get("scanner type", default="") or h.get("originating system", default="")
     if not name:
-        raise InterfileError(f"{h.path}: neither 'Scanner type' nor 'originating system' is given")
+        raise h.error("neither 'Scanner type' nor 'originating system' is given")
     known = _known_scanner(name)
 
     def dec(key: str, factor: int, known_value: float | None) -> float:
         if h.has(key):
             return float(h.get_decimal(key) * factor)
         if known_value is None:
-            raise InterfileError(f"{h.path}: scanner {name!r} is not predefined and the header lacks {key!r}")
+            raise h.error(f"scanner {name!r} is not predefined and the header lacks {key!r}")
         return known_value
 
     def integer(key: str, known_value: int | None) -> int:
         if h.has(key):
             return h.get_int(key)
         if known_value is None:
-            raise InterfileError(f"{h.path}: scanner {name!r} is not predefined and the header lacks {key!r}")
+            raise h.error(f"scanner {name!r} is not predefined and the header lacks {key!r}")
         return known_value
 
     k = known
@@ -560,12 +581,13 @@ def _scanner_from_header(h: InterfileHeader) -> Scanner:
     bin_size = dec("default bin size (cm)", 10, k and k.default_bin_size_mm)
     tilt = (math.radians(h.get_float("view offset (degrees)")) if h.has("view offset (degrees)")
             else (k.intrinsic_azimuthal_tilt_rad if k else 0.0))
-    max_nac = integer("maximum number of non-arc-corrected bins", k and k.max_num_non_arccorrected_bins)
+    max_nac = integer("maximum number of non-arc-corrected bins",
+                      k and k.max_num_non_arccorrected_bins)
     def_ac = integer("default number of arc-corrected bins", k and k.default_num_arccorrected_bins)
     geom = standardise_key(h.get("scanner geometry (blocksoncylindrical/cylindrical/generic)",
                                  default="Cylindrical"))
     if geom != "cylindrical":
-        raise InterfileError(f"{h.path}: scanner geometry {geom!r} is not supported (only Cylindrical)")
+        raise h.error(f"scanner geometry {geom!r} is not supported (only Cylindrical)")
     try:
         scanner = Scanner(name=name, num_rings=num_rings, num_detectors_per_ring=num_det,
                           inner_ring_radius_mm=inner, average_depth_of_interaction_mm=doi,
@@ -573,13 +595,14 @@ def _scanner_from_header(h: InterfileHeader) -> Scanner:
                           max_num_non_arccorrected_bins=max_nac,
                           default_num_arccorrected_bins=def_ac, intrinsic_azimuthal_tilt_rad=tilt)
     except ValueError as err:
-        raise InterfileError(f"{h.path}: invalid scanner parameters: {err}") from err
+        raise h.error(f"invalid scanner parameters: {err}") from err
     if known is not None:
         # STIR writes 6 significant digits: snap to the predefined values when they agree.
         ref = known.with_rings(num_rings)
         close = all(math.isclose(getattr(scanner, f), getattr(ref, f), rel_tol=1e-5, abs_tol=1e-6)
                     for f in ("inner_ring_radius_mm", "average_depth_of_interaction_mm",
-                              "ring_spacing_mm", "default_bin_size_mm", "intrinsic_azimuthal_tilt_rad"))
+                              "ring_spacing_mm", "default_bin_size_mm",
+                              "intrinsic_azimuthal_tilt_rad"))
         same_int = (scanner.num_detectors_per_ring == ref.num_detectors_per_ring
                     and scanner.max_num_non_arccorrected_bins == ref.max_num_non_arccorrected_bins
                     and scanner.default_num_arccorrected_bins == ref.default_num_arccorrected_bins)
@@ -589,16 +612,17 @@ def _scanner_from_header(h: InterfileHeader) -> Scanner:
 
 
 def _scanner_lines(sc: Scanner) -> list[str]:
+    tilt_deg = _fmt(_deg_for_rad(sc.intrinsic_azimuthal_tilt_rad))
     lines = [
         "Scanner parameters:=",
         f"  Scanner type := {sc.name}",
         f"  Number of rings                          := {sc.num_rings}",
         f"  Number of detectors per ring             := {sc.num_detectors_per_ring}",
-        f"  Inner ring diameter (cm)                 := {_dec_str(_dec(sc.inner_ring_radius_mm) / 5)}",
-        f"  Average depth of interaction (cm)        := {_dec_str(_dec(sc.average_depth_of_interaction_mm) / 10)}",
-        f"  Distance between rings (cm)              := {_dec_str(_dec(sc.ring_spacing_mm) / 10)}",
-        f"  Default bin size (cm)                    := {_dec_str(_dec(sc.default_bin_size_mm) / 10)}",
-        f"  View offset (degrees)                    := {_fmt(_deg_for_rad(sc.intrinsic_azimuthal_tilt_rad))}",
+        f"  Inner ring diameter (cm)                 := {_cm(sc.inner_ring_radius_mm * 2)}",
+        f"  Average depth of interaction (cm)        := {_cm(sc.average_depth_of_interaction_mm)}",
+        f"  Distance between rings (cm)              := {_cm(sc.ring_spacing_mm)}",
+        f"  Default bin size (cm)                    := {_cm(sc.default_bin_size_mm)}",
+        f"  View offset (degrees)                    := {tilt_deg}",
         f"  Maximum number of non-arc-corrected bins := {sc.max_num_non_arccorrected_bins}",
         f"  Default number of arc-corrected bins     := {sc.default_num_arccorrected_bins}",
     ]
@@ -610,64 +634,65 @@ def _scanner_lines(sc: Scanner) -> list[str]:
 
 
 # --------------------------------------------------------------------------- projection data
-def _segment_numbers(min_rd: list[int], max_rd: list[int], where: str) -> list[int]:
+def _segment_numbers(h: InterfileHeader, min_rd: list[int], max_rd: list[int]) -> list[int]:
     """STIR ``find_segment_sequence``: segment numbers by sorting ``min + max`` ring difference."""
     sums = [a + b for a, b in zip(min_rd, max_rd)]
     order = sorted(range(len(sums)), key=lambda i: sums[i])
     zero = [r for r, i in enumerate(order) if sums[i] == 0]
     if len(zero) != 1:
-        raise InterfileError(f"{where}: the segment table has no (or more than one) segment 0 "
-                             f"(min/max ring differences {min_rd} / {max_rd})")
+        raise h.error(f"the segment table has no (or more than one) segment 0 "
+                      f"(min/max ring differences {min_rd} / {max_rd})")
     numbers = [0] * len(sums)
     for rank, i in enumerate(order):
         numbers[i] = rank - zero[0]
     return numbers
 
 
+def _arc_corrected(h: InterfileHeader) -> bool:
+    """``applied corrections``: ``{arc correction}`` or ``{None}`` (absent: arc-corrected)."""
+    corrections = h.get("applied corrections", default="")
+    if not corrections:
+        warnings.warn(f"{h.path}: no 'applied corrections' key; assuming arc-corrected data "
+                      "(as STIR does)", stacklevel=4)
+        return True
+    items = [standardise_key(c) for c in corrections.strip("{} ").split(",") if c.strip()]
+    unknown = [c for c in items if c not in ("arc correction", "arc corrected", "none")]
+    if unknown:
+        raise h.error(f"unsupported 'applied corrections' {unknown}")
+    return any(c in ("arc correction", "arc corrected") for c in items)
+
+
 def _sinogram_layout(h: InterfileHeader) -> tuple[SinogramGeometry, list[int], list[int], bool]:
     """Geometry, segment numbers in file order, axial counts in file order, view-major flag."""
-    where = str(h.path)
     ndim = h.get_int("number of dimensions")
     if ndim == 5:
-        raise InterfileError(f"{where}: TOF projection data (5 dimensions) are not supported")
+        raise h.error("TOF projection data (5 dimensions) are not supported")
     if ndim != 4:
-        raise InterfileError(f"{where}: projection data with 'number of dimensions' = {ndim}; expected 4")
+        raise h.error(f"projection data with 'number of dimensions' = {ndim}; expected 4")
     pdt = standardise_key(h.get("PET data type", default="Emission"))
     if pdt != "emission":
-        raise InterfileError(f"{where}: '!PET data type' is {h.get('PET data type')!r}; expected 'Emission'")
+        raise h.error(f"'!PET data type' is {h.get('PET data type')!r}; expected 'Emission'")
     if h.get_int("number of time frames", default=1) != 1:
-        raise InterfileError(f"{where}: multi-frame projection data are not supported")
+        raise h.error("multi-frame projection data are not supported")
     labels = {i: standardise_key(h.get("matrix axis label", i)) for i in (1, 2, 3, 4)}
-    if labels[1] != "tangential coordinate" or labels[4] != "segment":
-        raise InterfileError(f"{where}: matrix axis labels {labels} not supported; expected [4] segment, "
-                             "[3]/[2] view and axial coordinate, [1] tangential coordinate")
     if labels[3] == "view" and labels[2] == "axial coordinate":
         view_major, view_idx, ax_idx = True, 3, 2
     elif labels[2] == "view" and labels[3] == "axial coordinate":
         view_major, view_idx, ax_idx = False, 2, 3
     else:
-        raise InterfileError(f"{where}: unsupported matrix axis labels {labels}")
+        view_major, view_idx, ax_idx = True, 0, 0
+    if labels[1] != "tangential coordinate" or labels[4] != "segment" or view_idx == 0:
+        raise h.error(f"matrix axis labels {labels} not supported; expected [4] segment, [3] and "
+                      "[2] view and axial coordinate, [1] tangential coordinate")
     num_segments = h.get_int("matrix size", 4)
-    num_views = h.get_int("matrix size", view_idx)
-    num_tang = h.get_int("matrix size", 1)
     n_ax = h.get_int_list("matrix size", ax_idx)
     min_rd = h.get_int_list("minimum ring difference per segment")
     max_rd = h.get_int_list("maximum ring difference per segment")
-    if not (len(n_ax) == len(min_rd) == len(max_rd) == num_segments):
-        raise InterfileError(f"{where}: per-segment tables disagree with '!matrix size [4]' = {num_segments}: "
-                             f"axial positions {n_ax}, min ring diff {min_rd}, max ring diff {max_rd}")
-    numbers = _segment_numbers(min_rd, max_rd, where)
-    corrections = h.get("applied corrections", default="")
-    if not corrections:
-        warnings.warn(f"{where}: no 'applied corrections' key; assuming arc-corrected data (as STIR does)",
-                      stacklevel=3)
-        arc = True
-    else:
-        items = [standardise_key(c) for c in corrections.strip("{} ").split(",") if c.strip()]
-        arc = any(c in ("arc correction", "arc corrected") for c in items)
-        unknown = [c for c in items if c not in ("arc correction", "arc corrected", "none")]
-        if unknown:
-            raise InterfileError(f"{where}: unsupported 'applied corrections' {unknown}")
+    if not len(n_ax) == len(min_rd) == len(max_rd) == num_segments:
+        raise h.error(f"per-segment tables disagree with '!matrix size [4]' = {num_segments}: "
+                      f"axial positions {n_ax}, min ring diff {min_rd}, max ring diff {max_rd}")
+    numbers = _segment_numbers(h, min_rd, max_rd)
+    arc = _arc_corrected(h)
     scanner = _scanner_from_header(h)
     seg0 = numbers.index(0)
     span = max_rd[seg0] - min_rd[seg0] + 1
@@ -676,22 +701,20 @@ def _sinogram_layout(h: InterfileHeader) -> tuple[SinogramGeometry, list[int], l
     if arc and h.has("effective central bin size (cm)"):
         sampling = float(h.get_decimal("effective central bin size (cm)") * 10)
     try:
-        geometry = SinogramGeometry(scanner, num_views, num_tang, arc, span, mrd, sampling)
+        geometry = SinogramGeometry(scanner, h.get_int("matrix size", view_idx),
+                                    h.get_int("matrix size", 1), arc, span, mrd, sampling)
     except ValueError as err:
-        raise InterfileError(f"{where}: cannot build a sinogram geometry: {err}") from err
+        raise h.error(f"cannot build a sinogram geometry: {err}") from err
+    ours = {s.number: (s.min_ring_difference, s.max_ring_difference, s.num_axial_positions)
+            for s in geometry.segments}
     for num, a, lo, hi in zip(numbers, n_ax, min_rd, max_rd):
-        try:
-            seg = geometry.segment(num)
-        except KeyError:
-            seg = None
-        if seg is None or (seg.min_ring_difference, seg.max_ring_difference, seg.num_axial_positions) != (lo, hi, a):
-            raise InterfileError(
-                f"{where}: segment {num} (ring differences {lo}..{hi}, {a} axial positions) does not match "
-                f"STIR's layout for span {span}, max ring difference {mrd} on {scanner.num_rings} rings"
-                + ("" if seg is None else f" (ring differences {seg.min_ring_difference}.."
-                   f"{seg.max_ring_difference}, {seg.num_axial_positions} axial positions)"))
-    if sorted(numbers) != sorted(s.number for s in geometry.segments):
-        raise InterfileError(f"{where}: segments {sorted(numbers)} do not cover the geometry's segments")
+        if ours.get(num) != (lo, hi, a):
+            raise h.error(f"segment {num} (ring differences {lo}..{hi}, {a} axial positions) does "
+                          f"not match STIR's layout for span {span}, max ring difference {mrd} on "
+                          f"{scanner.num_rings} rings: (min, max, axial positions) = "
+                          f"{ours.get(num)}")
+    if sorted(numbers) != sorted(ours):
+        raise h.error(f"segments {sorted(numbers)} do not cover the geometry's segments")
     return geometry, numbers, n_ax, view_major
 
 
@@ -749,7 +772,8 @@ def write_sinogram(path: PathLike, array, geometry: SinogramGeometry, *,
                              "(sinogram, view, tangential)")
     geometry.check_data_shape(arr.shape)
     if number_format not in _DTYPES_OUT:
-        raise InterfileError(f"number_format must be one of {sorted(_DTYPES_OUT)}, got {number_format!r}")
+        raise InterfileError(f"number_format must be one of {sorted(_DTYPES_OUT)}, "
+                             f"got {number_format!r}")
     fmt, nbytes, code = _DTYPES_OUT[number_format]
     endian = {"little": "<", "big": ">"}[byte_order]
     order = geometry.segment_numbers_file_order
@@ -783,16 +807,16 @@ def write_sinogram(path: PathLike, array, geometry: SinogramGeometry, *,
         "matrix axis label [3] := view",
         f"!matrix size [3] := {geometry.num_views}",
         "matrix axis label [2] := axial coordinate",
-        "!matrix size [2] := { " + ",".join(str(s.num_axial_positions) for s in segs) + "}",
+        "!matrix size [2] := " + _braces(s.num_axial_positions for s in segs),
         "matrix axis label [1] := tangential coordinate",
         f"!matrix size [1] := {geometry.num_tangential}",
-        "minimum ring difference per segment := { " + ",".join(str(s.min_ring_difference) for s in segs) + "}",
-        "maximum ring difference per segment := { " + ",".join(str(s.max_ring_difference) for s in segs) + "}",
+        "minimum ring difference per segment := " + _braces(s.min_ring_difference for s in segs),
+        "maximum ring difference per segment := " + _braces(s.max_ring_difference for s in segs),
         *_scanner_lines(sc),
     ]
     if geometry.arc_corrected:
         lines.append("effective central bin size (cm) := "
-                     + _dec_str(_dec(float(geometry.tangential_sampling_mm)) / 10))
+                     + _cm(float(geometry.tangential_sampling_mm)))
     lines += [
         "number of time frames := 1",
         "start vertical bed position (mm) := 0",

@@ -64,7 +64,7 @@ def nifti_affine(geometry: ImageGeometry) -> np.ndarray:
 
 
 def write_nifti(path: PathLike, array, geometry: ImageGeometry) -> Path:
-    """Write a ``[z, y, x]`` image (numpy or torch) as NIfTI-1 (``.nii`` or ``.nii.gz``), float32."""
+    """Write a ``[z, y, x]`` image (numpy or torch) as float32 NIfTI-1 (``.nii``/``.nii.gz``)."""
     nib = _nib()
     p = Path(path)
     if not (p.name.endswith(".nii") or p.name.endswith(".nii.gz")):
@@ -85,7 +85,8 @@ def write_nifti(path: PathLike, array, geometry: ImageGeometry) -> Path:
     img.header.set_xyzt_units("mm")
     img.set_sform(affine, code=1)
     img.set_qform(affine, code=1)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}" + (".nii.gz" if p.name.endswith(".gz") else ".nii"))
+    ext = ".nii.gz" if p.name.endswith(".gz") else ".nii"
+    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}{ext}")
     try:
         nib.save(img, str(tmp))
         os.replace(tmp, p)
@@ -95,7 +96,8 @@ def write_nifti(path: PathLike, array, geometry: ImageGeometry) -> Path:
     return p
 
 
-def read_nifti(path: PathLike, *, oblique_tolerance: float = 1e-4) -> tuple[np.ndarray, ImageGeometry]:
+def read_nifti(path: PathLike, *,
+               oblique_tolerance: float = 1e-4) -> tuple[np.ndarray, ImageGeometry]:
     """Read a 3D NIfTI image into the package's ``[z, y, x]`` (``LPI``) layout.
 
     Parameters

@@ -37,8 +37,10 @@ __all__ = ["Case", "read_case", "write_case", "additive_to_background", "backgro
 
 PathLike = str | os.PathLike
 
-_SINOGRAMS = {"prompts": "prompts.hs", "multiplicative": "mult_factors.hs", "additive": "additive_term.hs"}
+_SINOGRAMS = {"prompts": "prompts.hs", "multiplicative": "mult_factors.hs",
+              "additive": "additive_term.hs"}
 _RESERVED_IMAGES = {"OSEM_image", "reference_image"}
+_SINOGRAM_STEMS = {"prompts", "mult_factors", "additive_term"}
 
 
 @dataclass
@@ -81,7 +83,8 @@ class Case:
             arr = np.asarray(getattr(self, name))
             self.sinogram_geometry.check_data_shape(arr.shape, name)
             if arr.ndim != 3:
-                raise ValueError(f"{name} must have shape {self.sinogram_geometry.shape}, got {arr.shape}")
+                raise ValueError(f"{name} must have shape {self.sinogram_geometry.shape}, "
+                                 f"got {arr.shape}")
             if not np.isfinite(arr).all():
                 raise ValueError(f"{name} contains NaN or infinite values")
             if (arr < 0).any():
@@ -103,7 +106,7 @@ def additive_to_background(additive: np.ndarray, multiplicative: np.ndarray) -> 
 
 def background_to_additive(background: np.ndarray, multiplicative: np.ndarray, *,
                            on_unrepresentable: Literal["raise", "drop"] = "raise") -> np.ndarray:
-    """Package background ``b`` -> PETRIC/SIRF additive term ``a = b / m`` (``a = 0`` where ``m = 0``).
+    """Package background ``b`` -> PETRIC/SIRF additive term ``a = b / m`` (0 where ``m = 0``).
 
     Bins with ``m == 0`` and ``b > 0`` cannot be represented in the PETRIC model; they raise
     ``ValueError`` unless ``on_unrepresentable="drop"`` (then their background is lost).
@@ -111,13 +114,14 @@ def background_to_additive(background: np.ndarray, multiplicative: np.ndarray, *
     b = np.asarray(background)
     m = np.asarray(multiplicative)
     if b.shape != m.shape:
-        raise ValueError(f"background {b.shape} and multiplicative factors {m.shape} differ in shape")
+        raise ValueError(f"background {b.shape} and multiplicative factors {m.shape} differ "
+                         "in shape")
     zero = m == 0
     lost = zero & (b != 0)
     if lost.any() and on_unrepresentable != "drop":
-        raise ValueError(f"{int(lost.sum())} bins have multiplicative factor 0 but background > 0, which "
-                         "PETRIC's ybar = m * (G x + a) cannot represent; pass on_unrepresentable='drop' "
-                         "to set their additive term to 0")
+        raise ValueError(f"{int(lost.sum())} bins have multiplicative factor 0 but background > 0, "
+                         "which PETRIC's ybar = m * (G x + a) cannot represent; pass "
+                         "on_unrepresentable='drop' to set their additive term to 0")
     with np.errstate(divide="ignore", invalid="ignore"):
         a = np.where(zero, 0.0, b / np.where(zero, 1.0, m))
     return a.astype(np.result_type(b.dtype, m.dtype, np.float32), copy=False)
@@ -147,7 +151,8 @@ def read_case(folder: PathLike) -> Case:
         if geometry is None:
             geometry = g
         elif g != geometry:
-            raise InterfileError(f"{folder / fname}: sinogram geometry differs from prompts.hs ({g} vs {geometry})")
+            raise InterfileError(f"{folder / fname}: sinogram geometry differs from prompts.hs "
+                                 f"({g} vs {geometry})")
         sinos[key] = arr
     assert geometry is not None
     image_files: dict[str, Path] = {}
@@ -162,7 +167,8 @@ def read_case(folder: PathLike) -> Case:
             elif p.stem == "reference_image":
                 image_files["reference_image"] = p
     if not image_files and not vois:
-        raise FileNotFoundError(f"PETRIC case {folder} has no image (OSEM_image.hv or PETRIC/reference_image.hv) "
+        raise FileNotFoundError(f"PETRIC case {folder} has no image (OSEM_image.hv or "
+                                "PETRIC/reference_image.hv) "
                                 "to define the image grid")
     image_geometry: ImageGeometry | None = None
     images: dict[str, np.ndarray] = {}
@@ -199,9 +205,10 @@ def write_case(folder: PathLike, case: Case, *,
     :func:`background_to_additive`).  Returns the folder.
     """
     folder = Path(folder)
-    additive = background_to_additive(case.additive, case.multiplicative, on_unrepresentable=on_unrepresentable)
+    additive = background_to_additive(case.additive, case.multiplicative,
+                                      on_unrepresentable=on_unrepresentable)
     for name in case.extra:
-        if name in _RESERVED_IMAGES or name.startswith("VOI_") or name in ("prompts", "mult_factors", "additive_term"):
+        if name in _RESERVED_IMAGES or name.startswith("VOI_") or name in _SINOGRAM_STEMS:
             raise ValueError(f"extra image name {name!r} clashes with a PETRIC file name")
     folder.mkdir(parents=True, exist_ok=True)
     g = case.sinogram_geometry

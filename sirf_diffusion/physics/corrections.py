@@ -101,8 +101,11 @@ def _nonarccorr_tangential(geometry: SinogramGeometry, device) -> tuple[torch.Te
     return torch.where(valid, t, torch.zeros_like(t)), valid
 
 
+_RingPairs = tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
 def ring_pairs_for_segment(geometry: SinogramGeometry, segment: int,
-                           device: torch.device | str = "cpu") -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+                           device: torch.device | str = "cpu") -> list[_RingPairs]:
     """Ring pairs merged in every axial position of a segment.
 
     Returns
@@ -129,7 +132,7 @@ def ring_pairs_for_segment(geometry: SinogramGeometry, segment: int,
 
 @dataclass(frozen=True)
 class _LorGroup:
-    """LORs sharing a segment, a ring difference and a mashed-view offset (broadcast to [A, V, T])."""
+    """LORs sharing a segment, a ring difference and a mashed-view offset ([A, V, T])."""
 
     start: int            # first sinogram of the segment in the as_array order
     r1: torch.Tensor      # [A, 1, 1]
@@ -178,24 +181,25 @@ def bin_lors(geometry: SinogramGeometry, device: torch.device | str = "cpu") -> 
 
 
 def _reduce_over_lors(geometry: SinogramGeometry,
-                      pair_value: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+                      pair_value: Callable[..., torch.Tensor],
                       dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of ``pair_value(r1, d1, r2, d2)`` over the LORs of every bin, and their number."""
     total = torch.zeros(geometry.shape, dtype=dtype, device=device)
     count = torch.zeros(geometry.shape, dtype=dtype, device=device)
+    zero = torch.zeros((), dtype=dtype, device=device)
     for g in _lor_groups(geometry, device):
         val = pair_value(g.r1, g.d1, g.r2, g.d2)
         a = g.valid.shape[0]
-        total[g.start:g.start + a] += torch.where(g.valid, val, torch.zeros((), dtype=dtype, device=device))
+        total[g.start:g.start + a] += torch.where(g.valid, val, zero)
         count[g.start:g.start + a] += g.valid.to(dtype)
     return total, count
 
 
 def num_lors_per_bin(geometry: SinogramGeometry, *, dtype: torch.dtype = torch.float32,
                      device: torch.device | str = "cpu") -> torch.Tensor:
-    """Number of detector pairs merged in every bin (ring pairs x mashed views; 0 outside the ring)."""
-    _, count = _reduce_over_lors(geometry, lambda r1, d1, r2, d2: torch.zeros((), dtype=dtype, device=device),
-                                 dtype, device)
+    """Number of detector pairs merged in every bin (ring pairs x mashed views; 0 off the ring)."""
+    zero = torch.zeros((), dtype=dtype, device=device)
+    _, count = _reduce_over_lors(geometry, lambda r1, d1, r2, d2: zero, dtype, device)
     return count
 
 
@@ -222,7 +226,8 @@ def normalisation_from_efficiencies(efficiencies: torch.Tensor, geometry: Sinogr
 
     .. math::
 
-        n_b = \\frac{1}{|L_b|} \\sum_{(r_1 d_1, r_2 d_2) \\in L_b} \\epsilon_{r_1 d_1} \\epsilon_{r_2 d_2}
+        n_b = \\frac{1}{|L_b|} \\sum_{(r_1 d_1, r_2 d_2) \\in L_b}
+              \\epsilon_{r_1 d_1} \\epsilon_{r_2 d_2}
 
     over its LORs ``L_b`` (ring pairs merged by the span, unmashed views merged by view mashing;
     ``reduction="sum"`` drops the ``1/|L_b|``).  It *multiplies* the expected counts, i.e. it is
@@ -250,7 +255,8 @@ def normalisation_from_efficiencies(efficiencies: torch.Tensor, geometry: Sinogr
     return torch.where(count > 0, total / count.clamp_min(1), torch.zeros_like(total))
 
 
-def random_crystal_efficiencies(scanner: Scanner, *, generator: torch.Generator, spread: float = 0.1,
+def random_crystal_efficiencies(scanner: Scanner, *, generator: torch.Generator,
+                                spread: float = 0.1,
                                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Random crystal efficiencies ``eps = exp(spread * z - spread^2 / 2)``, ``z ~ N(0, 1)``.
 
@@ -268,7 +274,8 @@ def random_crystal_efficiencies(scanner: Scanner, *, generator: torch.Generator,
 
 
 # --------------------------------------------------------------------------- randoms
-def uniform_randoms(geometry: SinogramGeometry, total_counts: float, *, dtype: torch.dtype = torch.float32,
+def uniform_randoms(geometry: SinogramGeometry, total_counts: float, *,
+                    dtype: torch.dtype = torch.float32,
                     device: torch.device | str = "cpu") -> torch.Tensor:
     """A constant randoms sinogram with ``total_counts`` expected counts spread over all bins."""
     if not (total_counts >= 0 and math.isfinite(total_counts)):
@@ -302,7 +309,8 @@ def randoms_from_singles(singles: torch.Tensor, geometry: SinogramGeometry, *, t
     if not (tau_s > 0 and duration_s > 0):
         raise ValueError(f"tau_s and duration_s must be > 0, got {tau_s}, {duration_s}")
     s = singles
-    total, _ = _reduce_over_lors(geometry, lambda r1, d1, r2, d2: s[r1, d1] * s[r2, d2], s.dtype, s.device)
+    total, _ = _reduce_over_lors(geometry, lambda r1, d1, r2, d2: s[r1, d1] * s[r2, d2],
+                                 s.dtype, s.device)
     return total * (2.0 * tau_s * duration_s)
 
 
@@ -311,7 +319,8 @@ def _check_sinogram(y: torch.Tensor, geometry: SinogramGeometry, name: str) -> N
         raise TypeError(f"{name} must be a torch.Tensor, got {type(y).__name__}")
     geometry.check_data_shape(tuple(y.shape), name)
     if y.ndim != 3:
-        raise ValueError(f"{name} must have shape {geometry.shape} (no batch axes), got {tuple(y.shape)}")
+        raise ValueError(f"{name} must have shape {geometry.shape} (no batch axes), "
+                         f"got {tuple(y.shape)}")
     if not torch.isfinite(y).all():
         raise ValueError(f"{name} contain NaN or infinite values")
 
@@ -403,12 +412,13 @@ def _smooth_last(x: torch.Tensor, sigma: float) -> torch.Tensor:
         return x
     k = _gauss_kernel(sigma, x.dtype, x.device)
     shape = x.shape
-    y = torch.nn.functional.conv1d(x.reshape(-1, 1, shape[-1]), k.view(1, 1, -1), padding=k.numel() // 2)
+    y = torch.nn.functional.conv1d(x.reshape(-1, 1, shape[-1]), k.view(1, 1, -1),
+                                   padding=k.numel() // 2)
     return y[..., : shape[-1]].reshape(shape)
 
 
 def _smooth_views(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian smoothing over views ``[S, V, T]``, continued past 180 degrees as STIR's sinogram does.
+    """Gaussian smoothing over views ``[S, V, T]``, continued past 180 degrees as sinograms are.
 
     View ``V + u`` is view ``u`` with ``s -> -s`` (tangential index ``i -> 2 (T // 2) - i``).
     """
@@ -423,7 +433,8 @@ def _smooth_views(x: torch.Tensor, sigma: float) -> torch.Tensor:
     before = x[:, V - p:, :][:, :, mirror]
     after = x[:, :p, :][:, :, mirror]
     padded = torch.cat([before, x, after], dim=1)          # [S, V + 2p, T]
-    y = torch.nn.functional.conv1d(padded.permute(0, 2, 1).reshape(-1, 1, V + 2 * p), k.view(1, 1, -1))
+    rows = padded.permute(0, 2, 1).reshape(-1, 1, V + 2 * p)
+    y = torch.nn.functional.conv1d(rows, k.view(1, 1, -1))
     return y.reshape(S, T, V).permute(0, 2, 1).contiguous()
 
 
@@ -440,7 +451,8 @@ def scatter_like(trues: torch.Tensor, geometry: SinogramGeometry, *, scatter_fra
 
     .. math::
 
-        \\mathrm{scatter} = \\frac{SF}{1 - SF} \\frac{\\sum \\mathrm{trues}}{\\sum B(\\mathrm{trues})} B(\\mathrm{trues}).
+        \\mathrm{scatter} = \\frac{SF}{1 - SF}
+            \\frac{\\sum \\mathrm{trues}}{\\sum B(\\mathrm{trues})} B(\\mathrm{trues}).
 
     This only mimics the low-frequency shape of scatter (it is not a single-scatter simulation).
     """
@@ -452,8 +464,9 @@ def scatter_like(trues: torch.Tensor, geometry: SinogramGeometry, *, scatter_fra
     total = trues.sum()
     if total <= 0:
         raise ValueError("trues sum to 0: no scatter fraction can be defined")
-    t_step = float(geometry.tangential_sampling_mm) if geometry.arc_corrected else float(
-        geometry.scanner.effective_ring_radius_mm * math.pi / geometry.scanner.num_detectors_per_ring)
+    sc = geometry.scanner
+    t_step = (float(geometry.tangential_sampling_mm) if geometry.arc_corrected
+              else sc.effective_ring_radius_mm * math.pi / sc.num_detectors_per_ring)
     y = _smooth_last(trues, tangential_sigma_mm / t_step)
     y = _smooth_views(y, math.radians(view_sigma_deg) / (math.pi / geometry.num_views))
     parts = []
