@@ -74,6 +74,8 @@ def test_subset_views_are_row_blocks(kind):
     full = P.forward(x)
     sub = P.forward(x, views)
     torch.testing.assert_close(sub, full[:, views], rtol=1e-12, atol=1e-12)
+    fresh = RayTracingProjector(*_geom(kind))       # subset matrices built without the full ones
+    torch.testing.assert_close(fresh.forward(x, views), sub, rtol=1e-12, atol=1e-12)
     y = _rand((P.data_shape[0], len(views), P.data_shape[2]), 4)
     y_full = torch.zeros(P.data_shape, dtype=torch.float64)
     y_full[:, views] = y

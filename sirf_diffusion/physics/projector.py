@@ -272,6 +272,19 @@ def _csr_pair(rows, cols, vals, shape, device, dtype, *,
             _csr(cols[perm], rows[perm], vals[perm], (shape[1], shape[0]), device, dtype))
 
 
+def _slice_views(A: torch.Tensor, views: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A_v, A_v^T)`` with ``A_v`` the rows of ``views`` (blocks of ``T`` rows) of CSR ``A``."""
+    dev = A.device
+    crow, col, val = A.crow_indices().long(), A.col_indices().long(), A.values()
+    rows = (views.to(dev)[:, None] * T + torch.arange(T, device=dev)[None]).reshape(-1)
+    starts, lens = crow[rows], crow[rows + 1] - crow[rows]
+    first = torch.cumsum(lens, 0) - lens
+    idx = torch.repeat_interleave(starts - first, lens) + torch.arange(int(lens.sum()), device=dev)
+    new_rows = torch.repeat_interleave(torch.arange(len(rows), device=dev), lens)
+    return _csr_pair(new_rows.cpu(), col[idx].cpu(), val[idx].cpu(), (len(rows), A.shape[1]),
+                     dev, val.dtype, row_sorted_unique=True)
+
+
 def _nbytes(*tensors: torch.Tensor) -> int:
     total = 0
     for t in tensors:
@@ -445,6 +458,9 @@ class RayTracingProjector:
         key = ("2d", self._views_key(views), str(device), dtype)
 
         def build():
+            if views is not None:
+                A, _ = self.matrix_2d(None, device=device, dtype=dtype)
+                return _slice_views(A, views, self.data_shape[2])
             e = self._view_elements(views)
             unique = self.num_rays == 1 or not self._has_oblique   # see elements()
             return _csr_pair(e.rows, e.cols, e.values, (e.num_rows, e.num_cols), device, dtype,
@@ -460,6 +476,10 @@ class RayTracingProjector:
     def _oblique_matrices(self, ax: _AxialSegment, views: torch.Tensor | None,
                           device: torch.device, dtype: torch.dtype):
         key = ("ext", ax.number, self._views_key(views), str(device), dtype)
+        full = ("ext", ax.number, None, str(device), dtype)
+        if views is not None and key not in self._cache and full in self._cache:
+            A, _, q = self._cache[full]       # slicing is much cheaper than rebuilding
+            return self._cached(key, lambda: (*_slice_views(A, views, self.data_shape[2]), q))
 
         def build():
             e = self._view_elements(views)
