@@ -9,7 +9,8 @@ denoising score-matching loss of :meth:`ScoreModel.training_loss`:
 * **counter-based randomness**: the data of step ``k``, the diffusion times and noise of the
   loss and any dropout are seeded by ``(seed, k, chunk)``; nothing depends on a global or
   carried-over RNG state, so a run interrupted after a checkpoint and resumed reproduces the
-  uninterrupted run bit for bit (CPU);
+  uninterrupted run bit for bit (same device and number of CPU threads: a different thread
+  count changes the order of floating-point reductions);
 * the global batch is split into ``micro_batches`` equal chunks (gradient accumulation); under
   ``torchrun`` rank ``r`` of ``W`` takes chunks ``r*S/W ... (r+1)*S/W - 1`` and
   DistributedDataParallel averages the gradients, so a ``W``-process run computes the same
@@ -35,6 +36,7 @@ Launch distributed training with e.g. ``torchrun --nproc_per_node 2 -m sirf_diff
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import dataclasses
@@ -53,6 +55,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -372,6 +375,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
+        if "weights only load failed" in str(exc).lower():
+            raise CheckpointError(f"checkpoint {path} holds pickled Python objects that "
+                                  "torch.load(weights_only=True) refuses; it was not written by "
+                                  "this trainer") from exc
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated and cannot be loaded "
                               f"({type(exc).__name__}: {exc})") from exc
     required = {"format", "step", "model", "ema", "optimizer", "config"}
@@ -462,9 +469,11 @@ def plot_loss(out_dir: str | os.PathLike, path: str | os.PathLike | None = None)
         ax.plot(steps, loss, lw=0.5, alpha=0.4, color="C0", label="training loss (per step)")
         w = max(1, len(loss) // 50)
         if w > 1:
-            run = [sum(loss[max(0, i - w + 1):i + 1]) / len(loss[max(0, i - w + 1):i + 1])
-                   for i in range(len(loss))]
-            ax.plot(steps, run, color="C0", label=f"running mean ({w} steps)")
+            c = np.concatenate([[0.0], np.cumsum(loss)])
+            i = np.arange(1, len(loss) + 1)
+            lo = np.maximum(0, i - w)
+            ax.plot(steps, (c[i] - c[lo]) / (i - lo), color="C0",
+                    label=f"running mean ({w} steps)")
     if va.get("step"):
         ax.plot(va["step"], va["loss"], "o-", color="C1", label="validation loss (EMA model)")
     ax.set_xlabel("optimiser step")
@@ -680,7 +689,7 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
         del ckpt
 
     if main:
-        resolved = {**cfg_dict, "_world_size": dist_ctx.world_size, "_torch": torch.__version__,
+        resolved = {**cfg_dict, "_world_size": dist_ctx.world_size, "_torch": str(torch.__version__),
                     "_sirf_diffusion": __version__, "_dataset": train_ds.describe(),
                     "_train_seeds": seeds}
         _atomic_write_text(out / "train_config.json", json.dumps(resolved, indent=2) + "\n")
@@ -714,7 +723,7 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
                        "rng": {"scheme": "counter-based: every draw of step k is seeded by "
                                          "derive_seed(seed, tag, k, chunk)",
                                "seed": cfg.seed, "next_step": step},
-                       "world_size": dist_ctx.world_size, "torch_version": torch.__version__}
+                       "world_size": dist_ctx.world_size, "torch_version": str(torch.__version__)}
             path = _save_checkpoint(out, payload, cfg.keep_checkpoints)
             export(step)
             plot_loss(out)
@@ -743,7 +752,7 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
                 b = train_ds.batch(step, cfg.batch_size, rank=c, world_size=cfg.micro_batches)
                 g = _cpu_generator(cfg.seed, _TAG_NOISE, step, c)
                 sync = j == chunks - 1 or dist_ctx.world_size == 1
-                ctx = (loss_module.no_sync() if not sync else _nullcontext())
+                ctx = loss_module.no_sync() if not sync else contextlib.nullcontext()
                 with ctx, _seeded_rng(derive_seed(cfg.seed, _TAG_DROPOUT, step, c), device):
                     loss = loss_module(b.x.to(device), g) / chunks
                     loss.backward()
@@ -792,10 +801,3 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
                 f.close()
     return out / "model"
 
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

@@ -1,0 +1,356 @@
+"""Training: loss decreases, exact resume, checkpoints, corruption fallback, DDP == 1 process."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sirf_diffusion.diffusion.ema import EMA
+from sirf_diffusion.diffusion.training import (CheckpointError, TrainConfig, list_checkpoints,
+                                               load_checkpoint, train)
+
+TESTS = Path(__file__).resolve().parent
+
+
+# ------------------------------------------------------------------------- tiny test fixtures
+class TinyScore(nn.Module):
+    """A two-layer conv denoiser with the ``training_loss(x0, generator)`` contract.
+
+    Noise levels and noise come from ``generator``; dropout uses the global RNG (so the test
+    also covers the trainer's control of that state).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(2, 16, 3, padding=1), nn.SiLU(), nn.Dropout(0.1),
+                                 nn.Conv2d(16, 1, 3, padding=1))
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        s = sigma.reshape(-1, 1, 1, 1).expand_as(x)
+        return x + s * self.net(torch.cat([x, s], dim=1))
+
+    def training_loss(self, x0: torch.Tensor, generator: torch.Generator | None = None
+                      ) -> torch.Tensor:
+        sigma = torch.exp(torch.randn(x0.shape[0], generator=generator) - 1.0).to(x0)
+        eps = torch.randn(x0.shape, generator=generator).to(x0)
+        return torch.mean((self(x0 + sigma.reshape(-1, 1, 1, 1) * eps, sigma) - x0) ** 2)
+
+
+def blob_volume(seed: int) -> np.ndarray:
+    """Small smooth 3D object [8, 16, 16] whose size and activity depend on the seed."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in (8, 16, 16)], indexing="ij")
+    r = (z / 3) ** 2 + (y / rng.uniform(3.5, 6)) ** 2 + (x / rng.uniform(3.5, 6)) ** 2
+    return (rng.uniform(1, 5) * np.exp(-r) * (r < 1.5)).astype(np.float32)
+
+
+def tiny_config(**kw) -> TrainConfig:
+    base = dict(steps=10, batch_size=8, lr=3e-3, warmup_steps=3, checkpoint_every=5,
+                num_subjects=3, slice_shape=(16, 16), voxel_size_mm=(2.0, 2.0, 2.0),
+                psf_fwhm_mm=None, ema_decay=0.9, seed=5, grad_clip=1.0, weight_decay=0.01)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def run(cfg: TrainConfig, out: Path, **kw) -> Path:
+    return train(cfg, out, progress=False, volume_source=blob_volume, model_factory=TinyScore,
+                 **kw)
+
+
+def final_state(out: Path) -> dict:
+    return load_checkpoint(list_checkpoints(out)[-1])
+
+
+def assert_states_equal(a: dict, b: dict) -> None:
+    assert a["step"] == b["step"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k in a["ema"]["shadow"]:
+        assert torch.equal(a["ema"]["shadow"][k], b["ema"]["shadow"][k]), k
+    assert a["ema"]["num_updates"] == b["ema"]["num_updates"]
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    for i in sa:
+        for k in sa[i]:
+            assert torch.equal(sa[i][k], sb[i][k]), (i, k)
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+
+
+def losses(out: Path) -> list[str]:
+    lines = (out / "loss.csv").read_text().splitlines()[1:]
+    return [ln.split(",")[1] for ln in lines]
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def crash_at(step: int):
+    def cb(info: dict) -> None:
+        if info["step"] == step:
+            raise Crash(f"simulated kill at step {step}")
+    return cb
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and the CI machine is shared); restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def continuous(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("continuous")
+    run(tiny_config(), out)
+    return out
+
+
+# ----------------------------------------------------------------------------------- tests
+def test_loss_falls_on_a_tiny_problem(tmp_path):
+    cfg = tiny_config(steps=150, checkpoint_every=150, ema_decay=0.95, lr=5e-3)
+    model_dir = run(cfg, tmp_path)
+    loss = [float(v) for v in losses(tmp_path)]
+    assert len(loss) == 150
+    assert np.mean(loss[-30:]) < 0.6 * np.mean(loss[:10])
+    # fixed-noise evaluation: exported EMA model vs an untrained network of the same kind
+    from safetensors.torch import load_file
+
+    trained, fresh = TinyScore(), TinyScore()
+    trained.load_state_dict(load_file(str(model_dir / "model.safetensors")))
+    x0 = torch.from_numpy(np.stack([blob_volume(s)[4] for s in range(20, 28)]))[:, None]
+    x0 = x0 / x0.flatten(1).amax(1).reshape(-1, 1, 1, 1)
+    with torch.no_grad():
+        lt = trained.eval().training_loss(x0, torch.Generator().manual_seed(0))
+        lf = fresh.eval().training_loss(x0, torch.Generator().manual_seed(0))
+    assert float(lt) < 0.5 * float(lf)
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+    saved = json.loads((tmp_path / "train_config.json").read_text())
+    assert saved["steps"] == 150 and saved["micro_batches"] == 1 and saved["_world_size"] == 1
+
+
+def test_interrupted_then_resumed_equals_continuous(continuous, tmp_path):
+    with pytest.raises(Crash):
+        run(tiny_config(), tmp_path, callback=crash_at(7))  # killed after the step-5 checkpoint
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000005.pt"]
+    run(tiny_config(), tmp_path, resume=True)
+    assert_states_equal(final_state(tmp_path), final_state(continuous))
+    assert losses(tmp_path) == losses(continuous)  # rows of redone steps were replaced
+
+
+def test_extending_steps_on_resume_equals_continuous(continuous, tmp_path):
+    run(tiny_config(steps=5), tmp_path)
+    run(tiny_config(steps=10), tmp_path, resume=True)
+    assert_states_equal(final_state(tmp_path), final_state(continuous))
+    # the oracle is sensitive: another seed gives other parameters
+    other = tmp_path / "other"
+    run(tiny_config(seed=6), other)
+    a, b = final_state(other)["model"], final_state(continuous)["model"]
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_contents_load_with_weights_only(continuous):
+    files = list_checkpoints(continuous)
+    assert [p.name for p in files] == ["step_00000005.pt", "step_00000010.pt"]
+    ck = torch.load(files[-1], weights_only=True, map_location="cpu")
+    assert ck["step"] == 10 and set(ck) >= {"model", "ema", "optimizer", "config", "rng"}
+    assert ck["ema"]["num_updates"] == 10 and ck["optimizer"]["state"]
+    assert json.loads(ck["config"])["seed"] == 5
+    ema = EMA(TinyScore(), 0.9)
+    ema.load_state_dict(ck["ema"])
+    assert (continuous / "model" / "model.safetensors").is_file()
+    assert not list(continuous.glob("*.tmp")) and not list((continuous / "checkpoints").glob("*.tmp"))
+
+
+def test_only_previous_checkpoint_is_kept(tmp_path):
+    run(tiny_config(steps=6, checkpoint_every=2), tmp_path)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000004.pt", "step_00000006.pt"]
+
+
+def test_corrupt_checkpoint_error_and_fallback(continuous, tmp_path):
+    run(tiny_config(), tmp_path)
+    newest = list_checkpoints(tmp_path)[-1]
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated write
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(newest)
+    newest.with_suffix(".sha256").unlink()  # even without the checksum it is detected
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(newest)
+    with pytest.warns(UserWarning, match="falling back"):
+        run(tiny_config(), tmp_path, resume=True)  # redoes steps 6..10 from step 5
+    assert_states_equal(final_state(tmp_path), final_state(continuous))
+    # nothing usable left: a clear error, not a silent restart
+    for p in list_checkpoints(tmp_path):
+        p.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="no usable checkpoint"), \
+            pytest.warns(UserWarning):
+        run(tiny_config(), tmp_path, resume=True)
+
+
+def test_resume_rejects_a_changed_config_and_overwrite(continuous, tmp_path):
+    run(tiny_config(steps=5), tmp_path)
+    with pytest.raises(ValueError, match="lr"):
+        run(tiny_config(lr=1e-2), tmp_path, resume=True)
+    with pytest.raises(FileExistsError, match="resume"):
+        run(tiny_config(), tmp_path)
+
+
+def test_stop_iteration_from_callback_checkpoints_and_exports(tmp_path):
+    def stop(info: dict) -> None:
+        if info["step"] == 3:
+            raise StopIteration
+
+    run(tiny_config(), tmp_path, callback=stop)
+    assert load_checkpoint(list_checkpoints(tmp_path)[-1])["step"] == 3
+    assert (tmp_path / "model" / "extra.json").is_file()
+
+
+def test_config_validation_and_json_roundtrip(tmp_path):
+    cfg = tiny_config()
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"_comment": "x", **cfg.to_dict()}))
+    assert TrainConfig.from_json(path) == cfg
+    with pytest.raises(ValueError, match="unknown TrainConfig fields"):
+        TrainConfig.from_dict({"stepz": 3})
+    with pytest.raises(ValueError, match="orientation"):
+        dataclasses.replace(cfg, orientation="zx")
+    with pytest.raises(ValueError, match="micro_batches"):
+        dataclasses.replace(cfg, micro_batches=3)
+    with pytest.raises(ValueError, match="image_size"):
+        dataclasses.replace(cfg, model={"image_size": [8, 8]})
+
+
+def test_default_prior_config_is_valid():
+    cfg = TrainConfig.from_json(TESTS.parent / "configs" / "default_prior.json")
+    assert cfg.orientation == "xy" and cfg.slice_shape == (112, 112)
+    assert cfg.voxel_size_mm[1:] == (2.08626, 2.08626)
+
+
+def test_training_uses_train_split_subjects_only(tmp_path):
+    from sirf_diffusion.data.splits import subject_seeds, subject_split
+
+    seen: list[int] = []
+
+    def recording(seed: int) -> np.ndarray:
+        seen.append(seed)
+        return blob_volume(seed)
+
+    train(tiny_config(steps=2, num_subjects=4, val_subjects=2, val_every=1), tmp_path,
+          progress=False, volume_source=recording, model_factory=TinyScore)
+    train_seen, val_seen = seen[:4], seen[4:]
+    assert train_seen == [int(s) for s in subject_seeds("train", 4)]
+    assert val_seen == [int(s) for s in subject_seeds("val", 2)]
+    assert all(subject_split(s) == "train" for s in train_seen)
+    assert (tmp_path / "val_loss.csv").read_text().count("\n") == 3  # header + 2 steps
+    # a second run reuses the cached volumes
+    seen.clear()
+    train(tiny_config(steps=2, num_subjects=4), tmp_path / "again", progress=False,
+          volume_source=recording, model_factory=TinyScore)
+    assert len(seen) == 4  # other run dir, no shared cache_dir -> generated once more
+    seen.clear()
+    train(tiny_config(steps=2, num_subjects=4, cache_dir=str(tmp_path / "data")),
+          tmp_path / "shared", progress=False, volume_source=recording, model_factory=TinyScore)
+    assert seen == []
+
+
+_DDP_SCRIPT = """
+import sys
+sys.path[:0] = [{tests!r}, {root!r}]
+from test_training import TinyScore, blob_volume, tiny_config
+from sirf_diffusion.diffusion.training import train
+train(tiny_config(steps=4, checkpoint_every=4, micro_batches=2), sys.argv[1], progress=False,
+      volume_source=blob_volume, model_factory=TinyScore)
+"""
+
+
+@pytest.mark.slow
+def test_two_process_ddp_equals_single_process(tmp_path):
+    single = tmp_path / "single"
+    run(tiny_config(steps=4, checkpoint_every=4, micro_batches=2), single)
+    script = tmp_path / "ddp_train.py"
+    script.write_text(textwrap.dedent(_DDP_SCRIPT.format(tests=str(TESTS), root=str(TESTS.parent))))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo",
+           "MASTER_ADDR": "127.0.0.1"}
+    ddp = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_addr", "127.0.0.1", "--master_port", str(29500 + os.getpid() % 1000),
+         str(script), str(ddp)],
+        env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((ddp / "train_config.json").read_text())["_world_size"] == 2
+    a, b = final_state(ddp), final_state(single)
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose([float(v) for v in losses(ddp)],
+                               [float(v) for v in losses(single)], rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------- EMA
+def test_ema_follows_the_warm_up_recursion():
+    lin = nn.Linear(1, 1, bias=False)
+    ema = EMA(lin, decay=0.9)
+    expected = float(lin.weight.detach())
+    for n, w in enumerate([1.0, -2.0, 3.0, 0.5, 4.0] * 4):
+        with torch.no_grad():
+            lin.weight.fill_(w)
+        d = min(0.9, (1 + n) / (10 + n))
+        assert ema.current_decay() == pytest.approx(d)
+        ema.update(lin)
+        expected = d * expected + (1 - d) * w
+        assert float(ema.shadow["weight"]) == pytest.approx(expected, rel=1e-6)
+    assert ema.current_decay() == pytest.approx(21 / 30)  # still warming up after 20 updates
+    assert EMA(lin, decay=0.9, warmup=False).current_decay() == 0.9
+    target = nn.Linear(1, 1, bias=False)
+    ema.copy_to(target)
+    assert float(target.weight.detach()) == pytest.approx(expected, rel=1e-6)
+    clone = EMA(nn.Linear(1, 1, bias=False), decay=0.5)
+    clone.load_state_dict(ema.state_dict())
+    assert clone.num_updates == 20 and clone.decay == 0.9
+    assert torch.equal(clone.shadow["weight"], ema.shadow["weight"])
+    with pytest.raises(KeyError, match="disagree"):
+        EMA(nn.Linear(2, 1)).load_state_dict(ema.state_dict())
+    with pytest.raises(ValueError, match="decay"):
+        EMA(lin, decay=1.0)
+
+
+def test_training_leaves_the_global_rng_untouched(tmp_path):
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    run(tiny_config(steps=2), tmp_path)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_real_score_model_trains_and_exports(tmp_path):
+    modelio = pytest.importorskip("sirf_diffusion.diffusion.modelio")
+    from sirf_diffusion.diffusion.model import ScoreModel
+
+    unet = {"base_channels": 8, "channel_mults": [1, 2], "attention_resolutions": [],
+            "groupnorm_groups": 4}
+    cfg = tiny_config(steps=3, checkpoint_every=3, model={"unet": unet})
+    out = train(cfg, tmp_path, progress=False, volume_source=blob_volume)
+    model = modelio.load_model(out)
+    model = model[0] if isinstance(model, tuple) else model
+    assert isinstance(model, ScoreModel)
+    assert model.config.orientation == "xy" and tuple(model.config.image_size) == (16, 16)
+    assert model.config.normalisation["kind"] == "divide_by_support_mean"
+    assert model.config.training_data["seeds"] == [2, 3, 4]
+    ck = load_checkpoint(list_checkpoints(tmp_path)[-1])
+    ema = EMA(model, 0.9)
+    ema.load_state_dict(ck["ema"])
+    for k, v in model.state_dict().items():  # the export holds the EMA weights
+        assert torch.equal(v, ema.shadow[k]), k
+    x = torch.randn(2, 1, 16, 16)
+    assert model(x, torch.tensor([0.5, 1.0])).shape == x.shape
