@@ -1,0 +1,182 @@
+"""``ScoreModel``: a slice score network with its schedule, presented as a denoiser.
+
+The network is trained on variance-preserving inputs by denoising score matching
+(Vincent 2011; Ho et al. 2020, Eq. 14 — the "simple" loss; Song et al. 2021, Eq. 7):
+
+.. math::
+
+    \\mathcal L(\\theta) = \\mathbb E_{t \\sim U(t_{\\min}, t_{\\max}),\\, x_0,\\, \\epsilon}
+    \\big\\| f_\\theta(\\sqrt{\\bar\\alpha(t)} x_0 + \\sqrt{1-\\bar\\alpha(t)}\\, \\epsilon,\\ t)
+    - y(x_0, \\epsilon, t) \\big\\|^2
+
+with target ``y = eps`` (``parametrisation='eps'``, as the PET papers: Singh et al. 2024,
+Webber et al. 2025), ``v`` or the VP score.  At sampling time the same network is seen through
+the denoiser contract ``D(x, sigma) -> x0_hat`` by the adapter maps of
+:mod:`sirf_diffusion.diffusion.adapters`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .._version import __version__
+from .adapters import ADAPTERS, Parametrisation, vp_inputs
+from .schedules import ContinuousVP, DiscreteVP, schedule_from_dict
+from .unet import UNet, UNetConfig
+
+__all__ = ["Orientation", "ORIENTATIONS", "ScoreModelConfig", "ScoreModel"]
+
+Orientation = Literal["xy", "yz", "xz"]
+#: The three slice orientations of a 3D volume ``[Z, Y, X]`` (see :mod:`.prior3d`).
+ORIENTATIONS: tuple[str, ...] = ("xy", "yz", "xz")
+
+
+@dataclass
+class ScoreModelConfig:
+    """Everything needed to rebuild a :class:`ScoreModel` and to know what it was trained on.
+
+    Attributes
+    ----------
+    unet
+        Network architecture.
+    parametrisation
+        What the network predicts: ``'eps'`` (default), ``'v'`` or ``'score'``.
+    schedule
+        Schedule description (:func:`~.schedules.schedule_from_dict`); default VP-SDE
+        ``beta_min = 0.1, beta_max = 20``.
+    t_min
+        Training times are drawn from ``U(t_min, t_max)`` of the schedule (continuous VP);
+        discrete schedules draw integer steps from ``[0, T)``.
+    orientation
+        Slice orientation the model was trained on (``'xy'`` axial, ``'yz'`` sagittal, ``'xz'``
+        coronal).
+    image_size
+        ``(h, w)`` of the training slices.
+    normalisation, training_data
+        Free descriptions (JSON-serialisable dicts) of the intensity normalisation and of the
+        training data set.
+    package_version
+        sirf-diffusion version that created the model.
+    """
+
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    parametrisation: Parametrisation = "eps"
+    schedule: dict[str, Any] = field(default_factory=lambda: ContinuousVP().to_dict())
+    t_min: float = 1e-3
+    orientation: Orientation = "xy"
+    image_size: tuple[int, int] = (112, 112)
+    normalisation: dict[str, Any] = field(default_factory=dict)
+    training_data: dict[str, Any] = field(default_factory=dict)
+    package_version: str = __version__
+
+    def __post_init__(self) -> None:
+        if isinstance(self.unet, dict):
+            self.unet = UNetConfig.from_dict(self.unet)
+        self.image_size = tuple(int(v) for v in self.image_size)  # type: ignore[assignment]
+        if self.parametrisation not in ADAPTERS:
+            raise ValueError(f"parametrisation must be one of {sorted(ADAPTERS)}, "
+                             f"got {self.parametrisation!r}")
+        if self.orientation not in ORIENTATIONS:
+            raise ValueError(f"orientation must be one of {ORIENTATIONS}, got {self.orientation!r}")
+        if len(self.image_size) != 2 or min(self.image_size) < 1:
+            raise ValueError(f"image_size must be (h, w), got {self.image_size}")
+        m = self.unet.size_multiple
+        if self.image_size[0] % m or self.image_size[1] % m:
+            raise ValueError(f"image_size {self.image_size} is not divisible by {m} as the UNet "
+                             "requires")
+        schedule_from_dict(self.schedule)  # validates
+        if not 0 <= self.t_min < 1:
+            raise ValueError(f"t_min must be in [0, 1), got {self.t_min}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["unet"] = self.unet.to_dict()
+        d["image_size"] = list(self.image_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ScoreModelConfig":
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown ScoreModelConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+class ScoreModel(nn.Module):
+    """A :class:`~.unet.UNet` with its VP schedule; ``forward(x, sigma) -> x0_hat``.
+
+    Parameters
+    ----------
+    config
+        :class:`ScoreModelConfig` (default: the compact shipped architecture).
+    channels_last
+        Use the channels-last memory format (can speed up convolutions on some CPUs/GPUs).
+    compile
+        Run the UNet through ``torch.compile`` (the parameters and the state-dict names are
+        unchanged, so saving and loading are unaffected).  Off by default.
+    """
+
+    def __init__(self, config: ScoreModelConfig | None = None, channels_last: bool = False,
+                 compile: bool = False) -> None:
+        super().__init__()
+        self.config = config or ScoreModelConfig()
+        self.schedule: ContinuousVP | DiscreteVP = schedule_from_dict(self.config.schedule)
+        self.unet = UNet(self.config.unet)
+        self._adapter = ADAPTERS[self.config.parametrisation]
+        self.channels_last = channels_last
+        if channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        # stored outside the module registry so that state_dict names stay "unet.*"
+        self.__dict__["_compiled_unet"] = torch.compile(self.unet) if compile else None
+
+    def _net(self, x_vp: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x_vp = x_vp.contiguous(memory_format=torch.channels_last)
+        net = self.__dict__["_compiled_unet"] or self.unet
+        return net(x_vp, t)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        """Tweedie estimate ``x0_hat = D(x, sigma)`` for VE iterates ``x = x0 + sigma * eps``.
+
+        ``x``: ``[B, 1, H, W]`` in the normalised space; ``sigma``: scalar or ``[B]``.
+        """
+        s, x_vp, t = vp_inputs(x, sigma, self.schedule)
+        return self._adapter.to_x0(x, s, self._net(x_vp, t))
+
+    def sample_t(self, batch: int, generator: torch.Generator | None) -> torch.Tensor:
+        """Training times ``[batch]`` on the generator's device (see :class:`ScoreModelConfig`)."""
+        dev = generator.device if generator is not None else torch.device("cpu")
+        if isinstance(self.schedule, DiscreteVP):
+            n = self.schedule.num_train_steps
+            return torch.randint(0, n, (batch,), generator=generator, device=dev).float()
+        lo, hi = self.config.t_min, self.schedule.t_max
+        return lo + (hi - lo) * torch.rand(batch, generator=generator, device=dev)
+
+    def training_loss(self, x0: torch.Tensor, generator: torch.Generator | None = None
+                      ) -> torch.Tensor:
+        """Denoising score-matching loss (module docstring) on a batch ``x0 [B, C, H, W]``.
+
+        All randomness (``t`` and ``eps``) is drawn from ``generator``, so the same generator
+        state gives the same loss.  Returns a scalar: the mean squared error over all pixels.
+        """
+        if x0.ndim != 4 or x0.shape[1] != self.config.unet.in_channels:
+            raise ValueError(f"training_loss expects x0 of shape [B, {self.config.unet.in_channels}"
+                             f", H, W] in the normalised space, got {tuple(x0.shape)}")
+        # 1. t ~ U(t_min, t_max), eps ~ N(0, I) — from the generator only
+        t = self.sample_t(x0.shape[0], generator).to(device=x0.device, dtype=x0.dtype)
+        dev = generator.device if generator is not None else torch.device("cpu")
+        eps = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype).to(x0.device)
+        # 2. alpha_bar(t) and x_t = sqrt(ab) x0 + sqrt(1 - ab) eps   (Ho et al. 2020, Eq. 4)
+        ab = self.schedule.alpha_bar(t).reshape(-1, 1, 1, 1)
+        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+        # 3. regress the parametrisation's target (eps, v or score)
+        target = self._adapter.target(x0, eps, ab)
+        return torch.mean((self._net(x_t, t) - target) ** 2)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
