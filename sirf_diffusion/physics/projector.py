@@ -128,29 +128,30 @@ def _trace_chunk(s, c, sn, w, row, lo, hi, image_geometry: ImageGeometry):
     xb = vx * (torch.arange(nx + 1, dtype=dt) - nx // 2 - 0.5)
     yb = vy * (torch.arange(ny + 1, dtype=dt) - ny // 2 - 0.5)
     px, py, dx, dy = s * c, s * sn, -sn, c
-    inf = torch.tensor(float("inf"), dtype=dt)
+    big = 1e30                                   # "no crossing" (ray parallel to the planes)
     okx, oky = dx.abs() > _TINY, dy.abs() > _TINY
-    tx = torch.where(okx[:, None], (xb[None] - px[:, None]) / torch.where(okx, dx, 1.0)[:, None], inf)
-    ty = torch.where(oky[:, None], (yb[None] - py[:, None]) / torch.where(oky, dy, 1.0)[:, None], inf)
+    tx = torch.where(okx[:, None], (xb[None] - px[:, None]) / torch.where(okx, dx, 1.0)[:, None], big)
+    ty = torch.where(oky[:, None], (yb[None] - py[:, None]) / torch.where(oky, dy, 1.0)[:, None], big)
     ts = torch.sort(torch.cat([tx, ty], 1), dim=1).values
     a, b = ts[:, :-1], ts[:, 1:]
-    length = b - a
-    fin = torch.isfinite(length)
-    length = torch.where(fin, length, torch.zeros_like(length))
-    mid = torch.where(fin, 0.5 * (a + b), torch.zeros_like(a))
-    ix = torch.floor((px[:, None] + mid * dx[:, None] - xb[0]) / vx).long()
-    iy = torch.floor((py[:, None] + mid * dy[:, None] - yb[0]) / vy).long()
-    keep = fin & (length > 1e-9 * vx) & (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
-    keep &= (b > lo[:, None]) & (a < hi[:, None])
+    # voxels whose chord overlaps the clipped ray get their full chord (STIR starts and stops
+    # on voxel boundaries); the sentinel segments fail ``a < hi``
+    sel = (b > lo[:, None]) & (a < hi[:, None]) & (b - a > 1e-9 * vx)
+    ray = torch.nonzero(sel, as_tuple=True)[0]
+    a, b = a[sel], b[sel]
+    length, mid = b - a, 0.5 * (a + b)
+    ix = torch.floor((px[ray] + mid * dx[ray] - xb[0]) / vx).long()
+    iy = torch.floor((py[ray] + mid * dy[ray] - yb[0]) / vy).long()
+    keep = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
     # STIR stops tracing 1e-4 (relative) before the far boundary of the last voxel: a last voxel
     # with a tiny chord is dropped.  The ray runs from smaller to larger y (then x).
-    start_lo = (dy > 1e-9) | ((dy.abs() <= 1e-9) & (dx >= 0))
-    stop_hi = (a < hi[:, None]) & (b >= hi[:, None]) & (length <= 1e-4 * (b - lo[:, None]))
-    stop_lo = (a <= lo[:, None]) & (b > lo[:, None]) & (length <= 1e-4 * (hi[:, None] - a))
-    keep &= ~torch.where(start_lo[:, None], stop_hi, stop_lo)
-    n_per_ray = keep.sum(1)
-    return (torch.repeat_interleave(row, n_per_ray), (iy * nx + ix)[keep],
-            torch.repeat_interleave(w / vx, n_per_ray) * length[keep], a[keep], b[keep])
+    lo_r, hi_r = lo[ray], hi[ray]
+    start_lo = (dy[ray] > 1e-9) | ((dy[ray].abs() <= 1e-9) & (dx[ray] >= 0))
+    stop_hi = (b >= hi_r) & (length <= 1e-4 * (b - lo_r))
+    stop_lo = (a <= lo_r) & (length <= 1e-4 * (hi_r - a))
+    keep &= ~torch.where(start_lo, stop_hi, stop_lo)
+    ray = ray[keep]
+    return (row[ray], (iy * nx + ix)[keep], (w[ray] / vx) * length[keep], a[keep], b[keep])
 
 
 def trace_rays_2d(sinogram_geometry: SinogramGeometry, image_geometry: ImageGeometry, *,
