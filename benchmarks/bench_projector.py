@@ -85,7 +85,7 @@ def bench(name: str, sino: SinogramGeometry, image: ImageGeometry, *, num_rays: 
         "forward [s]": f"{fwd:.3f}",
         "adjoint [s]": f"{adj:.3f}",
         "epoch fwd+adj [s]": f"{fwd + adj:.3f}",
-        f"OSEM epoch, subsets (1st / cached) [s]": f"{num_subsets}: {first:.2f} / {osem:.3f}",
+        "OSEM epoch, subsets (1st / cached) [s]": f"{num_subsets}: {first:.2f} / {osem:.3f}",
         "peak memory [GiB]": _peak_gib(device),
     }
 
@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats (best is kept)")
-    parser.add_argument("--num-rays", type=int, default=1, help="rays per bin (num_tangential_LORs)")
+    parser.add_argument("--num-rays", type=int, default=1,
+                        help="rays per bin (STIR num_tangential_LORs)")
     parser.add_argument("--subsets-2d", type=int, default=21, help="OSEM subsets for the 2D case")
     parser.add_argument("--subsets-3d", type=int, default=21, help="OSEM subsets for the 3D case")
     parser.add_argument("--rings", type=int, default=8, help="rings of the mMR-like 3D scanner")

@@ -126,8 +126,9 @@ def _dense_oracle(sg: SinogramGeometry, ig: ImageGeometry, num_rays: int) -> tor
             t1, t2 = (lo - p) / safe, (lo + width - p) / safe
             inside = (p > lo) & (p < lo + width)
             big = torch.full_like(t1, 1e9)
-            tmin = torch.where(d.abs() > 1e-12, torch.minimum(t1, t2), torch.where(inside, -big, big))
-            tmax = torch.where(d.abs() > 1e-12, torch.maximum(t1, t2), torch.where(inside, big, -big))
+            ok = d.abs() > 1e-12
+            tmin = torch.where(ok, torch.minimum(t1, t2), torch.where(inside, -big, big))
+            tmax = torch.where(ok, torch.maximum(t1, t2), torch.where(inside, big, -big))
             return tmin, tmax
         ax, bx = slab(px, dx, X0, vx)
         ay, by = slab(py, dy, Y0, vy)

@@ -25,7 +25,8 @@ from .psf import GaussianPSF
 __all__ = ["AcquisitionModel"]
 
 
-def _check_sinogram_term(t: torch.Tensor | None, geom: SinogramGeometry, name: str) -> torch.Tensor | None:
+def _check_sinogram_term(t: torch.Tensor | None, geom: SinogramGeometry,
+                         name: str) -> torch.Tensor | None:
     if t is None:
         return None
     if not isinstance(t, torch.Tensor) or not t.is_floating_point():
@@ -94,7 +95,9 @@ class AcquisitionModel(PETPhysics):
         if psf_fwhm_mm is None:
             self.psf: GaussianPSF | None = None
         else:
-            fw = (psf_fwhm_mm, psf_fwhm_mm) if isinstance(psf_fwhm_mm, (int, float)) else psf_fwhm_mm
+            fw = psf_fwhm_mm
+            if isinstance(fw, (int, float)):
+                fw = (fw, fw)
             if len(fw) != 2:
                 raise ValueError("psf_fwhm_mm must be a number or (transaxial, axial)")
             self.psf = GaussianPSF(image_geometry, float(fw[0]), float(fw[1]))
@@ -159,8 +162,9 @@ class AcquisitionModel(PETPhysics):
 
     def __repr__(self) -> str:
         g = self.sinogram_geometry
+        psf = None if self.psf is None else (self.psf.fwhm_transaxial_mm, self.psf.fwhm_axial_mm)
         return (f"AcquisitionModel(scanner={g.scanner.name!r}, data_shape={self.data_shape}, "
                 f"image_shape={self.image_shape}, num_rays={self.projector.num_rays}, "
-                f"psf={None if self.psf is None else (self.psf.fwhm_transaxial_mm, self.psf.fwhm_axial_mm)}, "
+                f"psf={psf}, "
                 f"multiplicative={self._m is not None}, additive={self._b is not None}, "
                 f"num_subsets={self.num_subsets})")

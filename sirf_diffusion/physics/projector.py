@@ -101,7 +101,7 @@ class RayElements:
 
 
 def _clip_interval(s, c, sn, fovrad: float, vx: float, restrict: bool):
-    """``tau`` interval of the ray inside STIR's FOV and a validity mask (STIR ``ray_trace_one_lor``)."""
+    """``tau`` interval of the ray inside STIR's FOV and a validity mask (``ray_trace_one_lor``)."""
     if restrict:
         valid = s.abs() < fovrad
         h = torch.sqrt(torch.clamp(fovrad ** 2 - s * s, min=0.0))
@@ -113,7 +113,8 @@ def _clip_interval(s, c, sn, fovrad: float, vx: float, restrict: bool):
     sn_safe = torch.where(sn.abs() < _TINY, torch.ones_like(sn), sn)
     c_safe = torch.where(c.abs() < _TINY, torch.ones_like(c), c)
     max_a = torch.minimum((fovrad * sign_s - s * c) / sn_safe, (fovrad * sign_c + s * sn) / c_safe)
-    min_a = torch.maximum((-fovrad * sign_s - s * c) / sn_safe, (-fovrad * sign_c + s * sn) / c_safe)
+    min_a = torch.maximum((-fovrad * sign_s - s * c) / sn_safe,
+                          (-fovrad * sign_c + s * sn) / c_safe)
     max_a = torch.where(near_axis, torch.full_like(s, fovrad), max_a)
     min_a = torch.where(near_axis, torch.full_like(s, -fovrad), min_a)
     valid = torch.where(near_axis, s.abs() <= fovrad, min_a <= max_a - 1e-3 * vx)
@@ -130,8 +131,9 @@ def _trace_chunk(s, c, sn, w, row, lo, hi, image_geometry: ImageGeometry):
     px, py, dx, dy = s * c, s * sn, -sn, c
     big = 1e30                                   # "no crossing" (ray parallel to the planes)
     okx, oky = dx.abs() > _TINY, dy.abs() > _TINY
-    tx = torch.where(okx[:, None], (xb[None] - px[:, None]) / torch.where(okx, dx, 1.0)[:, None], big)
-    ty = torch.where(oky[:, None], (yb[None] - py[:, None]) / torch.where(oky, dy, 1.0)[:, None], big)
+    dx_safe, dy_safe = torch.where(okx, dx, 1.0)[:, None], torch.where(oky, dy, 1.0)[:, None]
+    tx = torch.where(okx[:, None], (xb[None] - px[:, None]) / dx_safe, big)
+    ty = torch.where(oky[:, None], (yb[None] - py[:, None]) / dy_safe, big)
     ts = torch.sort(torch.cat([tx, ty], 1), dim=1).values
     a, b = ts[:, :-1], ts[:, 1:]
     # voxels whose chord overlaps the clipped ray get their full chord (STIR starts and stops
@@ -519,7 +521,7 @@ class RayTracingProjector:
         if views is None:
             return None
         views = torch.as_tensor(views).cpu()
-        if views.ndim != 1 or views.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        if views.ndim != 1 or views.is_floating_point() or views.dtype == torch.bool:
             raise ValueError("views must be a 1D tensor of integer view numbers")
         views = views.long()
         nv = self.data_shape[1]
@@ -548,7 +550,7 @@ class RayTracingProjector:
         return _Linear.apply(x, self, self._check_views(views), False)
 
     def adjoint(self, y: torch.Tensor, views: torch.Tensor | None = None) -> torch.Tensor:
-        """``G^T y``: sinograms ``[..., sinogram, view, tangential]`` -> image ``[..., z, y, x]``."""
+        """``G^T y``: sinograms ``[..., sinogram, view, tangential]`` -> image ``[..., z, y, x]``"""
         views = self._check_views(views)
         V = self.data_shape[1] if views is None else len(views)
         self._check_input(y, (self.data_shape[0], V, self.data_shape[2]), "sinogram")
@@ -598,7 +600,8 @@ class RayTracingProjector:
         return out.reshape(*lead, nz, ny, nx)
 
     # ------------------------------------------------------------ plane bookkeeping
-    def _plane_index(self, ax: _AxialSegment, qmin: int, nq: int, device) -> tuple[torch.Tensor, int, int]:
+    def _plane_index(self, ax: _AxialSegment, qmin: int, nq: int,
+                     device: torch.device) -> tuple[torch.Tensor, int, int]:
         """Plane of (offset q, axial position a): ``first_plane + a n + q`` and padding bounds."""
         n = ax.n_axial_rays
         q = torch.arange(qmin, qmin + nq, device=device)
@@ -608,7 +611,8 @@ class RayTracingProjector:
         hi = max(self.image_shape[0] - 1, int(idx.max()) + n - 1)
         return idx, lo, hi
 
-    def _gather_planes(self, X: torch.Tensor, ax: _AxialSegment, qmin: int, nq: int) -> torch.Tensor:
+    def _gather_planes(self, X: torch.Tensor, ax: _AxialSegment, qmin: int,
+                       nq: int) -> torch.Tensor:
         """``[nq * npix, num_axial * B]`` right-hand side: sums of ``n`` consecutive planes."""
         B, nz, npix = X.shape
         n = ax.n_axial_rays
@@ -641,7 +645,9 @@ class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, projector, views, transpose):  # type: ignore[override]
         ctx.projector, ctx.views, ctx.transpose = projector, views, transpose
-        return projector._apply_adjoint(u, views) if transpose else projector._apply_forward(u, views)
+        if transpose:
+            return projector._apply_adjoint(u, views)
+        return projector._apply_forward(u, views)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]

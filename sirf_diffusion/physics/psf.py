@@ -99,7 +99,7 @@ class GaussianPSF:
         return all(len(k) == 1 for k in self._kernels64)
 
     def kernels(self, device: torch.device | str = "cpu",
-                dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, ...]:
         """The (z, y, x) 1D kernels on ``device`` / ``dtype``."""
         return tuple(k.to(device=device, dtype=dtype) for k in self._kernels64)
 
