@@ -6,8 +6,14 @@ import pytest
 import torch
 
 from sirf_diffusion.diffusion.model import ScoreModel, ScoreModelConfig
-from sirf_diffusion.diffusion.modelio import (CONFIG_FILE, WEIGHTS_FILE, load_model, load_prior,
-                                              save_model, save_prior)
+from sirf_diffusion.diffusion.modelio import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    load_model,
+    load_prior,
+    save_model,
+    save_prior,
+)
 from sirf_diffusion.diffusion.unet import UNetConfig
 
 TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1,

@@ -107,8 +107,10 @@ def test_slicing_convention_matches_numpy_indexing():
     v = torch.arange(Z * Y * X, dtype=F64).reshape(Z, Y, X)
     vn = v.numpy()
     assert np.array_equal(to_slices(v, "xy")[:, 0].numpy(), vn)
-    assert np.array_equal(to_slices(v, "yz")[:, 0].numpy(), np.stack([vn[:, :, i] for i in range(X)]))
-    assert np.array_equal(to_slices(v, "xz")[:, 0].numpy(), np.stack([vn[:, j, :] for j in range(Y)]))
+    sagittal = np.stack([vn[:, :, i] for i in range(X)])
+    coronal = np.stack([vn[:, j, :] for j in range(Y)])
+    assert np.array_equal(to_slices(v, "yz")[:, 0].numpy(), sagittal)
+    assert np.array_equal(to_slices(v, "xz")[:, 0].numpy(), coronal)
     vb = torch.randn(3, 1, Z, Y, X)
     for o in ("xy", "yz", "xz"):
         assert torch.equal(from_slices(to_slices(vb, o), o, batch=3), vb)

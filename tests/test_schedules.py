@@ -7,8 +7,14 @@ import torch
 
 from sirf_diffusion.diffusion.adapters import ADAPTERS, EpsDenoiser, ScoreDenoiser, VDenoiser
 from sirf_diffusion.diffusion.sampling import sample, sampling_sigmas
-from sirf_diffusion.diffusion.schedules import (ContinuousVP, DiscreteVP, ddpm_sigmas,
-                                                karras_sigmas, schedule_from_dict, vp_sigmas)
+from sirf_diffusion.diffusion.schedules import (
+    ContinuousVP,
+    DiscreteVP,
+    ddpm_sigmas,
+    karras_sigmas,
+    schedule_from_dict,
+    vp_sigmas,
+)
 
 F64 = torch.float64
 SCHEDULES = [ContinuousVP(), ContinuousVP(0.1, 10.0), DiscreteVP.linear()]
@@ -148,8 +154,8 @@ def test_adapter_equals_exact_tweedie(sched, kind, cls):
     mu = torch.randn(1, 1, 3, 4, generator=g, dtype=F64)
     var = 0.1 + torch.rand(1, 1, 3, 4, generator=g, dtype=F64)
     sigma = torch.tensor([0.02, 0.5, 3.0, 40.0], dtype=F64)
-    x = mu + torch.sqrt(var + sigma.reshape(-1, 1, 1, 1) ** 2) * torch.randn(4, 1, 3, 4, generator=g,
-                                                                            dtype=F64)
+    z = torch.randn(4, 1, 3, 4, generator=g, dtype=F64)
+    x = mu + torch.sqrt(var + sigma.reshape(-1, 1, 1, 1) ** 2) * z
     net = GaussianVPNetwork(mu, var, sched, kind)
     D = cls(net, sched)
     assert torch.allclose(D(x, sigma), gaussian_ve_denoiser(x, sigma, mu, var), rtol=1e-8,

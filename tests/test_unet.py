@@ -11,7 +11,6 @@ from sirf_diffusion.diffusion.schedules import ContinuousVP
 from sirf_diffusion.diffusion.unet import UNet, UNetConfig
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Small convolutions run far faster on one thread on a shared, loaded CPU."""

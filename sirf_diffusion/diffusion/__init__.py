@@ -16,8 +16,14 @@ from .modelio import load_model, load_prior, save_model, save_prior
 from .normalisation import IntensityNormalisation
 from .prior3d import PerpendicularPrior3D, from_slices, to_slices
 from .sampling import sample, sample_grid_png, sampling_sigmas
-from .schedules import (ContinuousVP, DiscreteVP, ddpm_sigmas, karras_sigmas,
-                        schedule_from_dict, vp_sigmas)
+from .schedules import (
+                        ContinuousVP,
+                        DiscreteVP,
+                        ddpm_sigmas,
+                        karras_sigmas,
+                        schedule_from_dict,
+                        vp_sigmas,
+)
 from .unet import UNet, UNetConfig
 
 __all__ = [

@@ -57,8 +57,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def save_model(directory: str | os.PathLike[str], model: ScoreModel, extra: dict[str, Any] | None = None,
-               dtype: str = "float32") -> Path:
+def save_model(directory: str | os.PathLike[str], model: ScoreModel,
+               extra: dict[str, Any] | None = None, dtype: str = "float32") -> Path:
     """Write ``model`` to ``directory`` (created if needed); returns the directory path.
 
     Parameters

@@ -60,7 +60,8 @@ def to_slices(volume: torch.Tensor, orientation: str) -> torch.Tensor:
     if v.ndim == 3:
         v = v[None, None]
     if v.ndim != 5 or v.shape[1] != 1:
-        raise ValueError(f"expected a volume [B, 1, Z, Y, X] or [Z, Y, X], got {tuple(volume.shape)}")
+        raise ValueError("expected a volume [B, 1, Z, Y, X] or [Z, Y, X], "
+                         f"got {tuple(volume.shape)}")
     s = v[:, 0].permute(_PERM[orientation])
     return s.reshape(-1, 1, *s.shape[2:])
 
@@ -69,7 +70,8 @@ def from_slices(slices: torch.Tensor, orientation: str, batch: int = 1) -> torch
     """Inverse of :func:`to_slices`: ``[B*n, 1, h, w]`` -> ``[B, 1, Z, Y, X]``."""
     _check_orientation(orientation)
     if slices.ndim != 4 or slices.shape[1] != 1 or slices.shape[0] % batch:
-        raise ValueError(f"expected slices [B*n, 1, h, w] with B={batch}, got {tuple(slices.shape)}")
+        raise ValueError(f"expected slices [B*n, 1, h, w] with B={batch}, "
+                         f"got {tuple(slices.shape)}")
     s = slices.reshape(batch, -1, *slices.shape[2:])
     return s.permute(_inverse(_PERM[orientation])).unsqueeze(1)
 

@@ -75,9 +75,10 @@ def sample(denoiser: Denoiser, shape: tuple[int, ...], num_steps: int = 100, *, 
                                  progress=progress, dtype=dtype, device=device)
 
 
-def sample_grid_png(model_or_dir: ScoreModel | str | os.PathLike[str], out_png: str | os.PathLike[str],
-                    n: int = 16, num_steps: int = 100, generator: torch.Generator | None = None,
-                    eta: float = 0.0, schedule: ScheduleName = "vp") -> Path:
+def sample_grid_png(model_or_dir: ScoreModel | str | os.PathLike[str],
+                    out_png: str | os.PathLike[str], n: int = 16, num_steps: int = 100,
+                    generator: torch.Generator | None = None, eta: float = 0.0,
+                    schedule: ScheduleName = "vp") -> Path:
     """Draw ``n`` unconditional slices and save them as a grid image; returns the PNG path.
 
     ``model_or_dir`` is a :class:`~.model.ScoreModel` or a directory for

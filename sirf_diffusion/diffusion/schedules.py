@@ -167,7 +167,7 @@ class DiscreteVP:
         return torch.exp((1 - w) * ls[lo] + w * ls[lo + 1])
 
     def alpha_bar(self, t: torch.Tensor | float) -> torch.Tensor:
-        """:math:`\\bar\\alpha = 1 / (1 + \\sigma^2)` (exactly the cumulative product at integer ``t``)."""
+        """:math:`\\bar\\alpha = 1 / (1 + \\sigma^2)` (the cumulative product at integer ``t``)."""
         return 1 / (1 + self.sigma(t) ** 2)
 
     def t_of_sigma(self, sigma: torch.Tensor | float) -> torch.Tensor:

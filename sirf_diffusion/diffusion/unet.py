@@ -259,8 +259,8 @@ class UNet(nn.Module):
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         self.check_input(x, t)
-        emb = self.time_mlp(timestep_embedding(t * self.config.time_scale, self.config.base_channels)
-                            .to(x.dtype))
+        cfg = self.config
+        emb = self.time_mlp(timestep_embedding(t * cfg.time_scale, cfg.base_channels).to(x.dtype))
         h = self.conv_in(x)
         hs = [h]
         for st in self.down:
