@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from sirf_diffusion.diffusion.datasets import (SliceDataset, build_volume_pool, derive_seed,
-                                               extract_slices, split_seeds)
+from sirf_diffusion.diffusion.datasets import (
+    SliceDataset,
+    build_volume_pool,
+    derive_seed,
+    extract_slices,
+    split_seeds,
+)
 from sirf_diffusion.diffusion.normalisation import support_mean
 
 
@@ -25,7 +30,8 @@ def blob_volume(seed: int, shape: tuple[int, int, int] = (8, 16, 16)) -> np.ndar
 
 def make_dataset(orientation: str = "xy", n: int = 4, seed: int = 3, **kw) -> SliceDataset:
     vols = np.stack([blob_volume(s) for s in range(n)])
-    return SliceDataset(vols, orientation=orientation, voxel_size_mm=(2.0, 2.0, 2.0), seed=seed, **kw)
+    return SliceDataset(vols, orientation=orientation, voxel_size_mm=(2.0, 2.0, 2.0), seed=seed,
+                        **kw)
 
 
 # ------------------------------------------------------------------------------------ splits

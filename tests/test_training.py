@@ -16,8 +16,13 @@ import torch
 from torch import nn
 
 from sirf_diffusion.diffusion.ema import EMA
-from sirf_diffusion.diffusion.training import (CheckpointError, TrainConfig, list_checkpoints,
-                                               load_checkpoint, train)
+from sirf_diffusion.diffusion.training import (
+    CheckpointError,
+    TrainConfig,
+    list_checkpoints,
+    load_checkpoint,
+    train,
+)
 
 TESTS = Path(__file__).resolve().parent
 
@@ -171,7 +176,8 @@ def test_checkpoint_contents_load_with_weights_only(continuous):
     ema = EMA(TinyScore(), 0.9)
     ema.load_state_dict(ck["ema"])
     assert (continuous / "model" / "model.safetensors").is_file()
-    assert not list(continuous.glob("*.tmp")) and not list((continuous / "checkpoints").glob("*.tmp"))
+    assert not list(continuous.glob("*.tmp"))
+    assert not list((continuous / "checkpoints").glob("*.tmp"))
 
 
 def test_only_previous_checkpoint_is_kept(tmp_path):
@@ -281,13 +287,11 @@ def test_two_process_ddp_equals_single_process(tmp_path):
     run(tiny_config(steps=4, checkpoint_every=4, micro_batches=2), single)
     script = tmp_path / "ddp_train.py"
     script.write_text(textwrap.dedent(_DDP_SCRIPT.format(tests=str(TESTS), root=str(TESTS.parent))))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo",
-           "MASTER_ADDR": "127.0.0.1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     ddp = tmp_path / "ddp"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_addr", "127.0.0.1", "--master_port", str(29500 + os.getpid() % 1000),
-         str(script), str(ddp)],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), str(ddp)],  # --standalone: rendezvous on a free loopback port
         env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((ddp / "train_config.json").read_text())["_world_size"] == 2
@@ -340,14 +344,16 @@ def test_real_score_model_trains_and_exports(tmp_path):
     unet = {"base_channels": 8, "channel_mults": [1, 2], "attention_resolutions": [],
             "groupnorm_groups": 4}
     cfg = tiny_config(steps=3, checkpoint_every=3, model={"unet": unet})
-    out = train(cfg, tmp_path, progress=False, volume_source=blob_volume)
+    out = train(cfg, tmp_path / "run", progress=False, volume_source=blob_volume,
+                export_dir=tmp_path / "prior" / "xy")
+    assert out == tmp_path / "prior" / "xy"
     model = modelio.load_model(out)
     model = model[0] if isinstance(model, tuple) else model
     assert isinstance(model, ScoreModel)
     assert model.config.orientation == "xy" and tuple(model.config.image_size) == (16, 16)
     assert model.config.normalisation["kind"] == "divide_by_support_mean"
     assert model.config.training_data["seeds"] == [2, 3, 4]
-    ck = load_checkpoint(list_checkpoints(tmp_path)[-1])
+    ck = load_checkpoint(list_checkpoints(tmp_path / "run")[-1])
     ema = EMA(model, 0.9)
     ema.load_state_dict(ck["ema"])
     for k, v in model.state_dict().items():  # the export holds the EMA weights

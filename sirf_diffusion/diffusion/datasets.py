@@ -116,7 +116,8 @@ def split_seeds(split: Literal["train", "val", "test"], n: int) -> list[int]:
         raise ValueError(f"split {split!r} returned {len(seeds)} seeds, asked for {n}")
     wrong = [s for s in seeds if subject_split(s) != split]
     if wrong:
-        raise RuntimeError(f"seeds {wrong[:5]} returned for split {split!r} belong to another split")
+        raise RuntimeError(f"seeds {wrong[:5]} returned for split {split!r} belong to another "
+                           "split")
     return seeds
 
 
@@ -226,7 +227,8 @@ def build_volume_pool(seeds: Sequence[int], source: VolumeSource, *,
     for s in tqdm(seeds, desc="generating training volumes", disable=not progress, unit="subject"):
         v = np.asarray(source(s), dtype=np.float32)
         if v.ndim != 3:
-            raise ValueError(f"volume source returned shape {v.shape} for seed {s}; expected [z, y, x]")
+            raise ValueError(f"volume source returned shape {v.shape} for seed {s}; "
+                             "expected [z, y, x]")
         if vols and v.shape != vols[0].shape:
             raise ValueError(f"volume source returned shape {v.shape} for seed {s}, "
                              f"but {vols[0].shape} for seed {seeds[0]}")
@@ -343,7 +345,8 @@ class SliceDataset:
         if not 0 < lo <= hi:
             raise ValueError(f"scale_range must satisfy 0 < lo <= hi, got {scale_range}")
         if not 0 < support_threshold < 1 or not 0 <= min_support_fraction <= 1:
-            raise ValueError("support_threshold must be in (0, 1) and min_support_fraction in [0, 1]")
+            raise ValueError("support_threshold must be in (0, 1) and min_support_fraction "
+                             "in [0, 1]")
         if int(seed) < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
         self.orientation: Orientation = orientation
@@ -422,16 +425,19 @@ class SliceDataset:
             out[sel] = self._permutation(int(epoch))[pos[sel] % m]
         return out
 
-    def batch(self, step: int, batch_size: int, *, rank: int = 0, world_size: int = 1) -> SliceBatch:
+    def batch(self, step: int, batch_size: int, *, rank: int = 0,
+              world_size: int = 1) -> SliceBatch:
         """Shard ``rank`` of global batch ``step`` (``batch_size`` = global batch size).
 
         A pure function of ``(seed, step, rank, world_size)``; the shards of all ranks
         concatenated are the ``world_size = 1`` batch.
         """
         if world_size <= 0 or not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, "
+                             f"world_size={world_size}")
         if batch_size % world_size:
-            raise ValueError(f"global batch size {batch_size} is not divisible by world size {world_size}")
+            raise ValueError(f"global batch size {batch_size} is not divisible by world size "
+                             f"{world_size}")
         idx = self.global_indices(step, batch_size)
         g = _generator(self.seed, _TAG_AUGMENT, step)
         lo, hi = self.scale_range

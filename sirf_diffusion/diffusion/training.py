@@ -61,8 +61,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._version import __version__
-from .datasets import (Orientation, SliceDataset, VolumeSource, build_volume_pool, derive_seed,
-                       phantom_volume_source, split_seeds)
+from .datasets import (
+    Orientation,
+    SliceDataset,
+    VolumeSource,
+    build_volume_pool,
+    derive_seed,
+    phantom_volume_source,
+    split_seeds,
+)
 from .ema import EMA
 
 __all__ = ["TrainConfig", "CheckpointError", "train", "load_checkpoint", "list_checkpoints",
@@ -343,6 +350,7 @@ def _save_checkpoint(out_dir: Path, payload: dict[str, Any], keep: int) -> Path:
     torch.save(payload, buf)
     data = buf.getvalue()
     path = d / f"step_{payload['step']:08d}.pt"
+    path.with_suffix(".sha256").unlink(missing_ok=True)  # never pair new data with an old hash
     _atomic_write_bytes(path, data)
     _atomic_write_text(path.with_suffix(".sha256"),
                        f"{hashlib.sha256(data).hexdigest()}  {path.name}\n")
@@ -368,10 +376,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
     sidecar = path.with_suffix(".sha256")
     if sidecar.is_file():
-        expected = sidecar.read_text().split()[0] if sidecar.read_text().strip() else ""
+        fields = sidecar.read_text().split()
+        expected = fields[0] if fields else ""
         if hashlib.sha256(data).hexdigest() != expected:
-            raise CheckpointError(f"checkpoint {path} is corrupt or truncated: its SHA-256 does not "
-                                  f"match {sidecar.name} ({len(data)} bytes)")
+            raise CheckpointError(f"checkpoint {path} is corrupt or truncated: its SHA-256 "
+                                  f"does not match {sidecar.name} ({len(data)} bytes)")
     try:
         ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -507,12 +516,13 @@ def _build_model(cfg: TrainConfig, dataset: SliceDataset, seeds: list[int],
     return ScoreModel(mcfg)
 
 
-def _export_ema(model: nn.Module, ema: EMA, out_dir: Path, extra: dict[str, Any]) -> Path:
-    """Write the EMA weights to ``out_dir/model`` (swapped in whole, never half-written)."""
-    target = out_dir / "model"
+def _export_ema(model: nn.Module, ema: EMA, target: Path, extra: dict[str, Any]) -> Path:
+    """Write the EMA weights to ``target`` (swapped in whole, never half-written)."""
+    out_dir = target.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
     ema_model = copy.deepcopy(model).to("cpu")
     ema.copy_to(ema_model)
-    tmp = Path(tempfile.mkdtemp(prefix="model.", suffix=".tmp", dir=out_dir))
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", suffix=".tmp", dir=out_dir))
     try:
         if hasattr(ema_model, "config") and hasattr(ema_model, "training_loss"):
             from .modelio import save_model
@@ -524,7 +534,7 @@ def _export_ema(model: nn.Module, ema: EMA, out_dir: Path, extra: dict[str, Any]
             save_file({k: v.contiguous() for k, v in ema_model.state_dict().items()},
                       str(tmp / "model.safetensors"))
             (tmp / "extra.json").write_text(json.dumps(extra, indent=2))
-        old = out_dir / "model.old"
+        old = out_dir / (target.name + ".old")
         if old.exists():
             shutil.rmtree(old)
         if target.exists():
@@ -594,7 +604,8 @@ def _validation_loss(model: nn.Module, ema: EMA, val_ds: SliceDataset, cfg: Trai
 def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
           progress: bool = True, volume_source: VolumeSource | None = None,
           model_factory: Callable[[], nn.Module] | None = None,
-          callback: Callable[[dict[str, Any]], None] | None = None) -> Path:
+          callback: Callable[[dict[str, Any]], None] | None = None,
+          export_dir: str | os.PathLike | None = None) -> Path:
     """Train one orientation of the slice score prior (see module docstring).
 
     Parameters
@@ -617,12 +628,16 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = Fal
         ``config.seed`` (and restored afterwards).
     callback
         Called on every rank after each step with ``{'step', 'loss', 'lr', 'grad_norm',
-        'checkpoint'}``; raising ``StopIteration`` ends training after checkpointing.
+        'checkpoint'}``; raising ``StopIteration`` ends training after checkpointing.  Under
+        ``torchrun`` it must behave the same on every rank.
+    export_dir
+        Where the EMA model is exported (default ``out_dir/model``), e.g. ``prior/xy`` of a
+        prior folder read by :func:`~.modelio.load_prior`.
 
     Returns
     -------
     Path
-        ``out_dir/model``, the exported EMA model.
+        The folder of the exported EMA model.
     """
     cfg = dataclasses.replace(config)  # validated copy
     out = Path(out_dir)
@@ -630,7 +645,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = Fal
         cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
     try:
         return _train(cfg, out, dist_ctx, resume, progress, volume_source, model_factory,
-                      callback)
+                      callback, Path(export_dir) if export_dir is not None else out / "model")
     finally:
         if dist_ctx.owns_group:
             torch.distributed.destroy_process_group()
@@ -638,7 +653,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = Fal
 
 def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress: bool,
            volume_source: VolumeSource | None, model_factory: Callable[[], nn.Module] | None,
-           callback: Callable[[dict[str, Any]], None] | None) -> Path:
+           callback: Callable[[dict[str, Any]], None] | None, export_dir: Path) -> Path:
     main = dist_ctx.is_main
     device = _resolve_device(cfg.device, dist_ctx)
     if main:
@@ -689,7 +704,8 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
         del ckpt
 
     if main:
-        resolved = {**cfg_dict, "_world_size": dist_ctx.world_size, "_torch": str(torch.__version__),
+        resolved = {**cfg_dict, "_world_size": dist_ctx.world_size,
+                    "_torch": str(torch.__version__),
                     "_sirf_diffusion": __version__, "_dataset": train_ds.describe(),
                     "_train_seeds": seeds}
         _atomic_write_text(out / "train_config.json", json.dumps(resolved, indent=2) + "\n")
@@ -711,7 +727,7 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
 
     def export(step: int) -> None:
         if main:
-            _export_ema(model, ema, out, {**extra, "train_step": step,
+            _export_ema(model, ema, export_dir, {**extra, "train_step": step,
                                           "ema_num_updates": ema.num_updates})
 
     def checkpoint(step: int) -> Path | None:
@@ -767,7 +783,8 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
                     [p.grad.norm() for p in model.parameters() if p.grad is not None])))
             loss_value = float(total)
             if not math.isfinite(loss_value):
-                raise FloatingPointError(f"non-finite training loss {loss_value} at step {step + 1}")
+                raise FloatingPointError(f"non-finite training loss {loss_value} at step "
+                                         f"{step + 1}")
             opt.step()
             opt.zero_grad(set_to_none=True)
             ema.update(model)
@@ -799,5 +816,5 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
         for f in (loss_f, val_f):
             if f is not None:
                 f.close()
-    return out / "model"
+    return export_dir
 
