@@ -21,6 +21,15 @@ from sirf_diffusion.samplers.methods import reconstruct
 DT = torch.float64
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny dense problems: intra-op threads only add synchronisation cost on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 class GaussianDenoiser:
     """Exact Tweedie estimate for x0 ~ N(mu, var) (elementwise): mu + var / (var + s^2) (x - mu)."""
 
