@@ -360,3 +360,16 @@ def test_real_score_model_trains_and_exports(tmp_path):
         assert torch.equal(v, ema.shadow[k]), k
     x = torch.randn(2, 1, 16, 16)
     assert model(x, torch.tensor([0.5, 1.0])).shape == x.shape
+
+
+def test_real_score_model_resumes_exactly(tmp_path):
+    pytest.importorskip("sirf_diffusion.diffusion.modelio")
+    unet = {"base_channels": 8, "channel_mults": [1, 2], "attention_resolutions": [2],
+            "groupnorm_groups": 4, "dropout": 0.1}
+    cfg = tiny_config(steps=4, checkpoint_every=2, model={"unet": unet})
+    train(cfg, tmp_path / "a", progress=False, volume_source=blob_volume)
+    with pytest.raises(Crash):
+        train(cfg, tmp_path / "b", progress=False, volume_source=blob_volume,
+              callback=crash_at(3))
+    train(cfg, tmp_path / "b", progress=False, volume_source=blob_volume, resume=True)
+    assert_states_equal(final_state(tmp_path / "a"), final_state(tmp_path / "b"))

@@ -601,6 +601,46 @@ def _validation_loss(model: nn.Module, ema: EMA, val_ds: SliceDataset, cfg: Trai
 
 
 # ------------------------------------------------------------------------------------ train
+def _step(cfg: TrainConfig, step: int, lr: float, model: nn.Module, loss_module: nn.Module,
+          opt: torch.optim.Optimizer, data: SliceDataset, dist_ctx: _Dist,
+          device: torch.device) -> tuple[float, float]:
+    """One optimiser step (0-based ``step``) on this rank's chunks; returns (loss, grad norm).
+
+    Chunk ``c`` of the ``micro_batches`` chunks of the global batch gets the data shard ``c``,
+    the noise generator ``(seed, step, c)`` and dropout seed ``(seed, step, c)``; each chunk's
+    loss is divided by the chunks per rank and DDP averages over ranks, so the gradient is that
+    of the mean loss over the global batch whatever the world size.
+    """
+    for group in opt.param_groups:
+        group["lr"] = lr
+    chunks = cfg.micro_batches // dist_ctx.world_size
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for j, c in enumerate(range(dist_ctx.rank * chunks, (dist_ctx.rank + 1) * chunks)):
+        b = data.batch(step, cfg.batch_size, rank=c, world_size=cfg.micro_batches)
+        g = _cpu_generator(cfg.seed, _TAG_NOISE, step, c)
+        # DDP all-reduces gradients only on the last chunk of the step
+        last = j == chunks - 1 or dist_ctx.world_size == 1
+        sync = contextlib.nullcontext() if last else loss_module.no_sync()
+        with sync, _seeded_rng(derive_seed(cfg.seed, _TAG_DROPOUT, step, c), device):
+            loss = loss_module(b.x.to(device), g) / chunks
+            loss.backward()
+        total += loss.detach().double()
+    if dist_ctx.world_size > 1:
+        torch.distributed.all_reduce(total)
+        total /= dist_ctx.world_size
+    params = [p for p in model.parameters() if p.grad is not None]
+    if cfg.grad_clip is not None:
+        gn = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+    else:
+        gn = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+    loss_value = float(total)
+    if not math.isfinite(loss_value):
+        raise FloatingPointError(f"non-finite training loss {loss_value} at step {step + 1}")
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss_value, gn
+
+
 def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
           progress: bool = True, volume_source: VolumeSource | None = None,
           model_factory: Callable[[], nn.Module] | None = None,
@@ -721,8 +761,6 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
 
         loss_module = DistributedDataParallel(
             loss_module, device_ids=[device.index] if device.type == "cuda" else None)
-    chunks = cfg.micro_batches // dist_ctx.world_size
-    my_chunks = range(dist_ctx.rank * chunks, (dist_ctx.rank + 1) * chunks)
     extra = {"train_config": cfg_dict, "dataset": train_ds.describe()}
 
     def export(step: int) -> None:
@@ -761,32 +799,8 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
         step = start
         while step < cfg.steps:
             lr = _lr_at(cfg, step)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            total = torch.zeros((), dtype=torch.float64, device=device)
-            for j, c in enumerate(my_chunks):
-                b = train_ds.batch(step, cfg.batch_size, rank=c, world_size=cfg.micro_batches)
-                g = _cpu_generator(cfg.seed, _TAG_NOISE, step, c)
-                sync = j == chunks - 1 or dist_ctx.world_size == 1
-                ctx = loss_module.no_sync() if not sync else contextlib.nullcontext()
-                with ctx, _seeded_rng(derive_seed(cfg.seed, _TAG_DROPOUT, step, c), device):
-                    loss = loss_module(b.x.to(device), g) / chunks
-                    loss.backward()
-                total += loss.detach().double()
-            if dist_ctx.world_size > 1:
-                torch.distributed.all_reduce(total)
-                total /= dist_ctx.world_size
-            if cfg.grad_clip is not None:
-                gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-            else:
-                gn = float(torch.linalg.vector_norm(torch.stack(
-                    [p.grad.norm() for p in model.parameters() if p.grad is not None])))
-            loss_value = float(total)
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"non-finite training loss {loss_value} at step "
-                                         f"{step + 1}")
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            loss_value, gn = _step(cfg, step, lr, model, loss_module, opt, train_ds, dist_ctx,
+                                   device)
             ema.update(model)
             step += 1
             if main:
