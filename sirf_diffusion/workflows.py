@@ -194,15 +194,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train one or all orientations: checkpoints in ``OUT/checkpoints/<o>``, the EMA model
+    exported to ``OUT/<o>`` (the layout :func:`~sirf_diffusion.diffusion.load_prior` reads)."""
+    import dataclasses
+
     from .diffusion.training import TrainConfig, train
 
     cfg = TrainConfig.from_json(args.config) if args.config else TrainConfig()
     orientations = ("xy", "yz", "xz") if args.orientation == "all" else (args.orientation,)
+    out = Path(args.out)
     for o in orientations:
-        c = cfg.replace(orientation=o, **({"steps": args.steps} if args.steps else {}),
-                        **({"device": args.device} if args.device else {}))
-        path = train(c, Path(args.out) / o, resume=args.resume, progress=not args.no_progress)
-        print(f"trained {o}: {path}")
+        changes: dict[str, Any] = {"orientation": o}
+        if args.steps:
+            changes["steps"] = args.steps
+        if args.device:
+            changes["device"] = args.device
+        c = dataclasses.replace(cfg, **changes)
+        train(c, out / "checkpoints" / o, resume=args.resume, progress=not args.no_progress,
+              export_dir=out / o)
+        print(f"trained {o}: model in {out / o}")
     return 0
 
 
@@ -219,7 +229,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _default_prior_dir(orientation: str = "xy") -> Path:
-    from .diffusion.modelio import default_prior_dir
+    from .models import default_prior_dir
 
     return default_prior_dir() / orientation
 
