@@ -13,8 +13,11 @@ from sirf_diffusion.likelihood import PoissonLogLikelihood
 from sirf_diffusion.physics.base import DenseMatrixPhysics
 from sirf_diffusion.recon.em import em_step, mlem
 from sirf_diffusion.samplers.em_steps import em_ascent_step, uniform_image
-from sirf_diffusion.samplers.lisch import (LikelihoodScheduleDC, likelihood_schedule,
-                                           mlem_likelihood_schedule)
+from sirf_diffusion.samplers.lisch import (
+    LikelihoodScheduleDC,
+    likelihood_schedule,
+    mlem_likelihood_schedule,
+)
 from sirf_diffusion.samplers.loop import StepContext, reverse_diffusion
 from sirf_diffusion.samplers.methods import reconstruct
 

@@ -1,5 +1,6 @@
 """PET-DDS, DPS, posterior summaries and reconstruct(): analytic oracles, no trained network."""
 
+import json
 import math
 
 import numpy as np
@@ -116,7 +117,8 @@ class GaussianLikelihood:
         self.num_forward += 1
         self.num_adjoint += 1
         res = self.data - self.physics.forward(u, subset)
-        return -(res**2).sum((-3, -2, -1)) / (2 * self.r), self.physics.adjoint(res, subset) / self.r
+        value = -(res**2).sum((-3, -2, -1)) / (2 * self.r)
+        return value, self.physics.adjoint(res, subset) / self.r
 
     def sensitivity(self, subset=None, like=None):
         return torch.full(self.physics.image_shape, self.sens, dtype=like.dtype)
@@ -136,7 +138,8 @@ def test_dds_loop_matches_the_exact_law_of_a_linear_gaussian_problem():
     d, m = 3, 5
     Q, _ = torch.linalg.qr(torch.randn(m, d, generator=g, dtype=DT))
     A = Q * math.sqrt(10.0)
-    phys = DenseMatrixPhysics(A, (1, 1, d), (1, 1, m), additive=torch.full((1, 1, m), 0.5, dtype=DT))
+    phys = DenseMatrixPhysics(A, (1, 1, d), (1, 1, m),
+                              additive=torch.full((1, 1, m), 0.5, dtype=DT))
     s, mu, v, r = 2.0, 4.0, 0.25, 1.0
     x_true = s * (mu + math.sqrt(v) * torch.randn(1, 1, d, generator=g, dtype=DT))
     y = phys.forward(x_true) + math.sqrt(r) * torch.randn(1, 1, m, generator=g, dtype=DT)
@@ -148,7 +151,8 @@ def test_dds_loop_matches_the_exact_law_of_a_linear_gaussian_problem():
     lik = GaussianLikelihood(phys, y, r, sens=10 * (10 + float(beta.max())))
     norm = IntensityNormalisation(s)
     rule = AnchoredEMDC(lik, norm, beta=beta, num_epochs=40, record_pll=False)
-    D = GaussianDenoiser(torch.full((1, 1, 1, d), mu, dtype=DT), torch.full((1, 1, 1, d), v, dtype=DT))
+    D = GaussianDenoiser(torch.full((1, 1, 1, d), mu, dtype=DT),
+                         torch.full((1, 1, 1, d), v, dtype=DT))
     out = reverse_diffusion(D, sig, shape=(n, 1, 1, d), eta=eta, data_consistency=rule,
                             generator=torch.Generator().manual_seed(1), progress=False, dtype=DT)
     xs = norm.from_prior(out).reshape(n, d)
@@ -189,7 +193,8 @@ def test_dps_correction_is_the_scaled_misfit_gradient_through_the_denoiser():
     out = PoissonDPSDC(lik, norm, zeta)(x0, c)
     # oracle: autograd of KL(y || A(s max(D(x), 0)) + b) through everything, normalised by KL
     xg = x.clone().requires_grad_(True)
-    ybar = lik.physics.forward(norm.from_prior(torch.clamp(D(xg, torch.tensor(sigma, dtype=DT)), min=0)))
+    x0g = D(xg, torch.tensor(sigma, dtype=DT))
+    ybar = lik.physics.forward(norm.from_prior(torch.clamp(x0g, min=0)))
     y = lik.data
     kl = (torch.where(y > 0, y * torch.log(y / ybar), 0.0) - y + ybar).sum((-3, -2, -1))
     (grad,) = torch.autograd.grad(kl.sum(), xg)
@@ -228,7 +233,7 @@ def test_posterior_summary_of_known_samples(tmp_path):
         summarise(samples * float("nan"))
 
 
-# ---------------------------------------------------------------- (f) reconstruct(): runs, reproducible
+# -------------------------------------------------- (f) reconstruct(): runs, reproducible
 @pytest.mark.parametrize("method,options", [
     ("lisch", {"num_mlem_iterations": 4}),
     ("dds", {"beta": 0.1, "num_subsets": 2, "num_epochs": 1}),
@@ -251,8 +256,27 @@ def test_reconstruct_is_reproducible_with_a_generator(method, options):
     assert a.num_network_evaluations == (16 if method == "dps" else 8)
     assert a.num_likelihood_evaluations > 0 and a.num_init_evaluations > 0
     assert a.init_image is not None and a.config["method"] == method
-    assert a.normalisation.scale == pytest.approx(float(a.init_image[a.init_image > 0.05 * a.init_image.max()].mean()))
+    init = a.init_image
+    assert a.normalisation.scale == pytest.approx(float(init[init > 0.05 * init.max()].mean()))
     assert torch.allclose(a.summary().mean, a.mean)
+
+
+def test_reconstruct_result_saves_outputs_and_config(tmp_path):
+    lik, truth = poisson_problem()
+    mu = torch.ones(1, 1, 4, 4, dtype=DT)
+    r = reconstruct("lisch", lik, GaussianDenoiser(mu, torch.full_like(mu, 0.3)), num_steps=4,
+                    num_mlem_iterations=3, num_samples=2, progress=False, dtype=DT,
+                    generator=torch.Generator().manual_seed(0))
+    out = r.save(tmp_path / "run")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["method"] == "lisch" and cfg["num_mlem_iterations"] == 3
+    assert len(cfg["mlem_pll"]) == 4
+    assert cfg["num_likelihood_evaluations"] == r.num_likelihood_evaluations
+    with np.load(out / "trajectory.npz") as f:
+        assert np.allclose(f["pll_target"], r.pll_target.numpy()) and f["pll"].shape == (4, 2)
+    with np.load(out / "posterior.npz") as f:
+        assert np.allclose(f["mean"], r.mean.numpy()) and f["samples"].shape == (2, 1, 4, 4)
+    assert (out / "posterior.png").stat().st_size > 0
 
 
 def test_reconstruct_dds_with_axial_penalty_and_callback():

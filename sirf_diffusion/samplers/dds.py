@@ -1,4 +1,7 @@
-"""PET-DDS: anchored EM-preconditioned data consistency (Singh et al., MELBA 2024, arXiv 2308.14190).
+"""PET-DDS: anchored EM-preconditioned data consistency (Singh et al., MELBA 2024).
+
+arXiv 2308.14190; public code: github.com/Imraj-Singh/
+Score-Based-Generative-Models-for-PET-Image-Reconstruction.
 
 Decomposed diffusion sampling (Chung, Lee & Ye, ICLR 2024, arXiv 2303.05754, Alg. 4) replaces the
 Tweedie estimate by a few iterations of a data-fidelity solver started from it; Singh et al. adapt
@@ -33,8 +36,13 @@ import torch
 from ..diffusion.normalisation import IntensityNormalisation
 from ..likelihood import PoissonLogLikelihood
 from ..recon.priors import NeighbourhoodPrior
-from .em_steps import (check_positive_float, check_positive_int, em_ascent_step, to_physical,
-                       to_prior)
+from .em_steps import (
+    check_positive_float,
+    check_positive_int,
+    em_ascent_step,
+    to_physical,
+    to_prior,
+)
 from .loop import StepContext
 
 __all__ = ["AnchoredEMDC"]

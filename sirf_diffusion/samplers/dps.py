@@ -1,4 +1,4 @@
-"""Diffusion posterior sampling for PET (Chung et al., ICLR 2023; PET form: Singh et al., MELBA 2024).
+"""Diffusion posterior sampling for PET (Chung et al., ICLR 2023; Singh et al., MELBA 2024).
 
 DPS guides each generative step with the gradient, *with respect to the noisy iterate*
 ``x_t``, of the data misfit evaluated at the Tweedie estimate.  For PET the misfit is the

@@ -100,7 +100,7 @@ def uniform_image(likelihood: PoissonLogLikelihood) -> torch.Tensor:
     net = data.sum() - (b.to(data).sum() if b is not None else 0.0)
     total = sens.sum()
     if not total > 0:
-        raise ValueError("the sensitivity image is zero everywhere: no voxel is seen by the scanner")
+        raise ValueError("the sensitivity image is zero everywhere: the scanner sees no voxel")
     c = torch.clamp(net, min=torch.finfo(data.dtype).tiny) / total
     return torch.full(likelihood.physics.image_shape, float(c), dtype=data.dtype,
                       device=data.device)

@@ -1,4 +1,6 @@
-"""PET-LiSch: likelihood-scheduled data consistency (Webber et al., IEEE TMI 2025, arXiv 2412.04339).
+"""PET-LiSch: likelihood-scheduled data consistency (Webber et al., IEEE TMI 2025).
+
+arXiv 2412.04339.
 
 The method replaces the data-fidelity weights of earlier score-based PET reconstructions by a
 *likelihood schedule*: the Poisson log-likelihood (PLL) that each generative step must reach is
@@ -7,7 +9,8 @@ read off an ordinary MLEM run on the same data.
 1. MLEM from a uniform image for ``K`` iterations gives ``PLL_0 <= PLL_1 <= ... <= PLL_K``
    (MLEM increases the PLL monotonically), see :func:`mlem_likelihood_schedule`;
 2. the ``N`` generative steps get targets by linear interpolation of those values at the
-   fractional MLEM iterations ``kappa_n = (n + 1) K / N``, ``n = 0..N-1`` (:func:`likelihood_schedule`):
+   fractional MLEM iterations ``kappa_n = (n + 1) K / N``, ``n = 0..N-1``
+   (:func:`likelihood_schedule`):
    the reverse diffusion is matched to MLEM's progress so that its last step has the likelihood
    of MLEM iterate ``K`` — the single data-versus-prior hyperparameter of the method;
 3. at step ``n`` the rule (:class:`LikelihoodScheduleDC`) maps the Tweedie estimate to physical
@@ -34,8 +37,14 @@ import torch
 
 from ..diffusion.normalisation import IntensityNormalisation
 from ..likelihood import PoissonLogLikelihood
-from .em_steps import (ascend_to_target, check_positive_float, check_positive_int, to_physical,
-                       to_prior, uniform_image)
+from .em_steps import (
+    ascend_to_target,
+    check_positive_float,
+    check_positive_int,
+    to_physical,
+    to_prior,
+    uniform_image,
+)
 from .loop import StepContext
 
 __all__ = ["likelihood_schedule", "MLEMSchedule", "mlem_likelihood_schedule",

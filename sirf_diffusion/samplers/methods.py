@@ -27,11 +27,15 @@ Steps:
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from ..diffusion.denoiser import Denoiser
@@ -43,7 +47,7 @@ from .dps import PoissonDPSDC, StepNormalisation
 from .em_steps import check_positive_int
 from .lisch import LikelihoodScheduleDC, mlem_likelihood_schedule
 from .loop import DataConsistency, reverse_diffusion
-from .posterior import PosteriorSummary, summarise
+from .posterior import PosteriorSummary, plot_posterior, save_posterior, summarise
 
 __all__ = ["Method", "ReconResult", "reconstruct", "default_sigmas"]
 
@@ -114,6 +118,28 @@ class ReconResult:
     def summary(self, mask: torch.Tensor | None = None) -> PosteriorSummary:
         """Mean, std and CoV images of the samples (:func:`~.posterior.summarise`)."""
         return summarise(self.sample, mask)
+
+    def save(self, directory: str | os.PathLike[str], *, plot: bool = True,
+             mask: torch.Tensor | None = None) -> Path:
+        """Write ``posterior.npz`` (samples, mean, std, CoV), ``trajectory.npz`` (PLL, targets,
+        likelihood steps, sigmas), ``config.json`` (resolved configuration and costs) and, with
+        ``plot``, ``posterior.png`` into ``directory``; returns the directory."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        summ = self.summary(mask)
+        save_posterior(summ, out / "posterior.npz", samples=self.sample)
+        traj = {"pll": self.pll.numpy(), "likelihood_steps": self.likelihood_steps.numpy(),
+                "sigmas": self.sigmas.detach().cpu().numpy()}
+        if self.pll_target is not None:
+            traj["pll_target"] = self.pll_target.numpy()
+        np.savez_compressed(out / "trajectory.npz", **traj)
+        meta = dict(self.config, num_network_evaluations=self.num_network_evaluations,
+                    num_likelihood_evaluations=self.num_likelihood_evaluations,
+                    num_init_evaluations=self.num_init_evaluations, wall_time_s=self.wall_time_s)
+        (out / "config.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        if plot:
+            plot_posterior(summ, out / "posterior.png", title=f"{self.method}")
+        return out
 
 
 class _CountingDenoiser:
@@ -243,7 +269,8 @@ def reconstruct(
     if method not in _METHOD_OPTIONS:
         raise ValueError(f"method must be one of {tuple(_METHOD_OPTIONS)}, got {method!r}")
     if not isinstance(likelihood, PoissonLogLikelihood):
-        raise TypeError(f"likelihood must be a PoissonLogLikelihood, got {type(likelihood).__name__}")
+        raise TypeError("likelihood must be a PoissonLogLikelihood, got "
+                        f"{type(likelihood).__name__}")
     if not callable(denoiser):
         raise TypeError("denoiser must be callable as D(x, sigma)")
     _check_options(method, dict(

@@ -1,4 +1,4 @@
-"""Posterior summaries of diffusion reconstructions: mean, standard deviation, coefficient of variation.
+"""Posterior summaries of diffusion reconstructions: mean, std and coefficient of variation.
 
 Diffusion reconstructions draw samples from an (approximate) posterior; ``n`` samples are drawn
 at once along the leading batch dimension (the physics accepts batches).  Their voxel-wise
@@ -11,7 +11,14 @@ summary is
     \\mathrm{CoV} = \\hat\\sigma / \\bar x
 
 with the CoV set to 0 outside the support (``mask``, or voxels where the mean exceeds
-``threshold`` times its maximum), where it is meaningless.  :func:`save_posterior` writes a
+``threshold`` times its maximum), where it is meaningless.
+
+The spread is that of the *sampler*: PET-DDS and DPS re-noise with the unconditioned noise
+estimate and are not exact posterior samplers; on a linear-Gaussian problem where everything is
+known (``tests/test_samplers.py``) DDS's sample variance is a fraction of the posterior variance
+while its mean is close to the posterior mean.  Read the std/CoV images as relative uncertainty.
+
+:func:`save_posterior` writes a
 ``.npz``; :func:`plot_posterior` a PNG (matplotlib imported lazily).
 """
 
@@ -87,10 +94,11 @@ def summarise(samples: torch.Tensor, mask: torch.Tensor | None = None, *,
 
 def save_posterior(summary: PosteriorSummary, path: str | os.PathLike[str],
                    samples: torch.Tensor | None = None) -> Path:
-    """Write ``mean``, ``std``, ``cov``, ``support``, ``num_samples`` (and ``samples``) to ``.npz``."""
+    """Write ``mean``, ``std``, ``cov``, ``support``, ``num_samples`` (and ``samples``) to npz."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {k: getattr(summary, k).detach().cpu().numpy() for k in ("mean", "std", "cov", "support")}
+    arrays = {k: getattr(summary, k).detach().cpu().numpy()
+              for k in ("mean", "std", "cov", "support")}
     arrays["num_samples"] = np.asarray(summary.num_samples)
     if samples is not None:
         arrays["samples"] = samples.detach().cpu().numpy()
