@@ -96,8 +96,8 @@ class AcquisitionModel(PETPhysics):
             self.psf: GaussianPSF | None = None
         else:
             fw = psf_fwhm_mm
-            if isinstance(fw, (int, float)):
-                fw = (fw, fw)
+            if not isinstance(fw, (list, tuple)):
+                fw = (float(fw), float(fw))
             if len(fw) != 2:
                 raise ValueError("psf_fwhm_mm must be a number or (transaxial, axial)")
             self.psf = GaussianPSF(image_geometry, float(fw[0]), float(fw[1]))
