@@ -19,12 +19,15 @@ slice of that orientation and averages the available estimates:
     D_{3D}(x, \\sigma) = \\frac{1}{|\\mathcal O|} \\sum_{o \\in \\mathcal O}
     P_o^{-1}\\big(D_o(P_o x, \\sigma)\\big),
 
-the "perpendicular 2D" combination used by PET-LiSch for 3D (Webber et al. 2025, following
-Lee et al. 2023 "Improving 3D imaging with 2D diffusion models", who use an xy prior plus a
-regulariser along z; here all orientations share the Tweedie average).  Since each ``D_o`` is a
-posterior-mean estimate, the average is again a valid (smoothed) denoiser and its score is the
-average of the orientation scores.  Slices are denoised in chunks of ``chunk_size`` to bound
-memory; chunking does not change the result.
+a combination of perpendicular 2D priors.  Webber et al. 2025 (PET-LiSch, IEEE TMI,
+arXiv:2412.04339) integrate perpendicular pre-trained 2D score models to remove the slice
+inconsistency of axial-only priors in fully 3D PET; Lee et al. 2023 (TPDM, CVPR) alternate two
+perpendicular priors between steps.  Here the estimates are averaged at every call; by
+Tweedie's formula the score of the average is the average of the orientation scores, i.e. the
+score of the normalised geometric mean :math:`\\prod_o p_{o,\\sigma}^{1/|\\mathcal O|}` (a
+product of experts).  A method that prefers alternation can build one single-orientation prior
+per orientation and switch between them.  Slices are denoised in chunks of ``chunk_size`` to
+bound memory; chunking does not change the result.
 """
 
 from __future__ import annotations
