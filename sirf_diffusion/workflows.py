@@ -154,14 +154,17 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     extra_row = None
     if args.method in ("lisch", "dds", "dps"):
-        from .samplers.methods import run_diffusion_method
-
-        result = run_diffusion_method(args, lik, progress=progress)
-        x = result.image
-        resolved["sampler"] = result.settings
-        if result.std is not None:
-            extra_row = {"posterior std": result.std}
-            write_image(out / "std.hv", result.std.cpu().numpy(), case.image_geometry)
+        result = run_diffusion_method(args.method, lik, model_dir=args.model, num_steps=args.steps,
+                                      num_mlem_iterations=args.mlem_iterations,
+                                      num_samples=args.samples, seed=args.seed, progress=progress)
+        x = result.mean
+        resolved["sampler"] = result.config
+        resolved.update(num_network_evaluations=result.num_network_evaluations,
+                        num_likelihood_evaluations=result.num_likelihood_evaluations)
+        result.save(out / "posterior", plot=True)
+        if args.samples > 1:
+            extra_row = {"posterior std": result.std.reshape(case.image_geometry.shape)}
+            write_image(out / "std.hv", extra_row["posterior std"].cpu().numpy(), case.image_geometry)
     else:
         subsets = args.subsets or (1 if args.method == "mlem" else _default_subsets(model))
         iterations = args.iterations or (50 if args.method == "mlem" else 10)
@@ -226,6 +229,50 @@ def cmd_sample(args: argparse.Namespace) -> int:
     write_json(Path(args.out).with_suffix(".json"), {"command": "sample", **vars(args), "model": str(model)})
     print(f"wrote {path}")
     return 0
+
+
+def load_slice_prior(model_dir: str | Path | None = None, orientation: str = "xy"):
+    """The 2D score model of ``model_dir`` (a model folder or a prior folder with one sub-folder
+    per orientation); default: the prior shipped with the package."""
+    from .diffusion import load_model
+
+    d = Path(model_dir) if model_dir else _default_prior_dir(orientation)
+    if (d / orientation / "config.json").is_file():
+        d = d / orientation
+    if not (d / "config.json").is_file():
+        raise FileNotFoundError(
+            f"no score model in {d}: train one with `sirf-diffusion train --out DIR` or pass --model")
+    return load_model(d).eval()
+
+
+def run_diffusion_method(method: str, likelihood, *, model_dir: str | Path | None = None,
+                         num_steps: int | None = None, num_mlem_iterations: int | None = None,
+                         num_samples: int = 1, seed: int = 0, progress: bool = True):
+    """PET-LiSch / PET-DDS / DPS on a 2D case with a slice prior (3D: a perpendicular prior)."""
+    from .diffusion import PerpendicularPrior3D
+    from .samplers.methods import reconstruct
+
+    nz = likelihood.physics.image_shape[0]
+    if nz == 1:
+        denoiser = load_slice_prior(model_dir, "xy")
+    else:
+        models = {}
+        for o in ("xy", "yz", "xz"):
+            try:
+                models[o] = load_slice_prior(model_dir, o)
+            except FileNotFoundError:
+                continue
+        if not models:
+            raise FileNotFoundError("no score model found for a 3D reconstruction")
+        denoiser = PerpendicularPrior3D(models)
+    options: dict[str, Any] = {}
+    if method == "lisch" and num_mlem_iterations:
+        options["num_mlem_iterations"] = num_mlem_iterations
+    if method == "dps":
+        options["step_size"] = 1.0
+    g = torch.Generator().manual_seed(seed)
+    return reconstruct(method, likelihood, denoiser, num_steps=num_steps or 50,
+                       num_samples=num_samples, generator=g, progress=progress, **options)
 
 
 def _default_prior_dir(orientation: str = "xy") -> Path:
