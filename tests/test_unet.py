@@ -136,6 +136,12 @@ def test_training_loss_of_zero_network_is_target_power():
     assert abs(loss_v - expected) < 5 * 0.5 / math.sqrt(256)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # emitted by torch's compile imports
+def test_compile_option_keeps_state_dict_names():
+    m = ScoreModel(ScoreModelConfig(unet=TINY, image_size=(16, 16)), compile=True)
+    assert list(m.state_dict()) == list(_model().state_dict())  # compiled lazily: not run here
+
+
 def test_training_loss_refuses_wrong_layout():
     with pytest.raises(ValueError, match="training_loss expects"):
         _model().training_loss(torch.zeros(2, 16, 16), torch.Generator())

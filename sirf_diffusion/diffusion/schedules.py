@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -151,11 +152,13 @@ class DiscreteVP:
     def num_train_steps(self) -> int:
         return len(self.betas)
 
+    @cached_property
+    def _log_sigma_table(self) -> torch.Tensor:
+        ab = torch.cumprod(1 - torch.tensor(self.betas, dtype=torch.float64), 0)
+        return 0.5 * torch.log(1 / ab - 1)
+
     def _log_sigmas(self, like: torch.Tensor) -> torch.Tensor:
-        b = torch.tensor(self.betas, dtype=torch.float64)
-        ab = torch.cumprod(1 - b, 0)
-        ls = 0.5 * torch.log(1 / ab - 1)
-        return ls.to(device=like.device, dtype=like.dtype)
+        return self._log_sigma_table.to(device=like.device, dtype=like.dtype)
 
     def sigma(self, t: torch.Tensor | float) -> torch.Tensor:
         """``sigma`` at (fractional) step ``t`` (``log sigma`` interpolated linearly)."""
