@@ -158,3 +158,18 @@ def test_config_validation_and_round_trip():
         ScoreModelConfig(unet=TINY, image_size=(18, 16))
     with pytest.raises(ValueError, match="parametrisation"):
         ScoreModelConfig(parametrisation="x0")  # type: ignore[arg-type]
+
+
+def test_ddpm_schedule_model_sees_unit_time():
+    """With a DDPM schedule the UNet is fed t / (T - 1), like the continuous model's t."""
+    cfg = ScoreModelConfig(unet=TINY, image_size=(8, 8),
+                           schedule={"kind": "ddpm_linear", "num_train_steps": 1000,
+                                     "beta_start": 1e-4, "beta_end": 0.02})
+    m = ScoreModel(cfg)
+    seen = []
+    m.unet.register_forward_pre_hook(lambda mod, args: seen.append(args[1].clone()))
+    sigma = m.schedule.sigma(torch.tensor([999.0, 0.0]))
+    m(torch.zeros(2, 1, 8, 8), sigma)
+    assert torch.allclose(seen[0], torch.tensor([1.0, 0.0]), atol=1e-5)
+    loss = m.training_loss(torch.zeros(3, 1, 8, 8), torch.Generator().manual_seed(0))
+    assert 0.0 <= float(seen[1].min()) and float(seen[1].max()) <= 1.0 and torch.isfinite(loss)

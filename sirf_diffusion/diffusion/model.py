@@ -47,7 +47,7 @@ class ScoreModelConfig:
         What the network predicts: ``'eps'`` (default), ``'v'`` or ``'score'``.
     schedule
         Schedule description (:func:`~.schedules.schedule_from_dict`); default VP-SDE
-        ``beta_min = 0.1, beta_max = 20``.
+        ``beta_min = 0.1, beta_max = 20``.  The UNet always sees ``t / t_max`` (``[0, 1]``).
     t_min
         Training times are drawn from ``U(t_min, t_max)`` of the schedule (continuous VP);
         discrete schedules draw integer steps from ``[0, T)``.
@@ -134,6 +134,8 @@ class ScoreModel(nn.Module):
         self.__dict__["_compiled_unet"] = torch.compile(self.unet) if compile else None
 
     def _net(self, x_vp: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The UNet sees ``t / t_max`` in ``[0, 1]`` for every schedule (DDPM steps included)."""
+        t = t / self.schedule.t_max
         if self.channels_last:
             x_vp = x_vp.contiguous(memory_format=torch.channels_last)
         net = self.__dict__["_compiled_unet"] or self.unet
