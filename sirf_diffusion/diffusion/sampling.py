@@ -78,12 +78,13 @@ def sample(denoiser: Denoiser, shape: tuple[int, ...], num_steps: int = 100, *, 
 def sample_grid_png(model_or_dir: ScoreModel | str | os.PathLike[str],
                     out_png: str | os.PathLike[str], n: int = 16, num_steps: int = 100,
                     generator: torch.Generator | None = None, eta: float = 0.0,
-                    schedule: ScheduleName = "vp") -> Path:
+                    schedule: ScheduleName = "vp", progress: bool = False) -> Path:
     """Draw ``n`` unconditional slices and save them as a grid image; returns the PNG path.
 
     ``model_or_dir`` is a :class:`~.model.ScoreModel` or a directory for
     :func:`~.modelio.load_model`.  Slices have the model's ``image_size``; each panel is shown
-    with a shared grey scale from 0 to the 99.5th percentile of all samples.
+    with a shared grey scale from 0 to the 99.5th percentile of all samples.  ``progress``
+    shows a tqdm bar over the sampling steps.
     """
     from matplotlib.figure import Figure
 
@@ -96,7 +97,7 @@ def sample_grid_png(model_or_dir: ScoreModel | str | os.PathLike[str],
         raise ValueError(f"n must be >= 1, got {n}")
     h, w = model.config.image_size
     x = sample(model.eval(), (n, 1, h, w), num_steps, eta=eta, schedule=schedule,
-               generator=generator).float().cpu()[:, 0].numpy()
+               generator=generator, progress=progress).float().cpu()[:, 0].numpy()
     cols = int(min(n, max(1, round(n**0.5 * 1.2))))
     rows = -(-n // cols)
     vmax = float(max(1e-12, torch.quantile(torch.from_numpy(x).flatten(), 0.995)))
