@@ -89,8 +89,10 @@ class Scanner:
         return replace(self, num_rings=int(num_rings))
 
 
-#: Predefined scanners.  ``mMR`` is STIR's "Siemens mMR"; ``DMI4`` approximates STIR's
-#: "GE Discovery MI 4 rings" (values from STIR's ``Scanner.cxx``).
+#: Predefined scanners: ``mMR`` is STIR's "Siemens mMR" and ``DMI4`` is STIR's "GE Discovery MI
+#: 4 rings" (values as in STIR's ``src/buildblock/Scanner.cxx``; for the DMI, STIR sets inner
+#: radius 380.5 - 9.4 mm and DOI 9.4 mm so that the effective ring radius is 380.5 mm, and the
+#: intrinsic tilt is -4.399 degrees).
 SCANNERS: dict[str, Scanner] = {
     "mMR": Scanner(
         name="Siemens mMR", num_rings=64, num_detectors_per_ring=504,
@@ -100,11 +102,11 @@ SCANNERS: dict[str, Scanner] = {
         intrinsic_azimuthal_tilt_rad=0.0,
     ),
     "DMI4": Scanner(
-        name="GE Discovery MI 4 rings", num_rings=36, num_detectors_per_ring=544,
-        inner_ring_radius_mm=380.5, average_depth_of_interaction_mm=6.0,
+        name="GE Discovery MI 4 rings", num_rings=36, num_detectors_per_ring=2 * 272,
+        inner_ring_radius_mm=380.5 - 9.4, average_depth_of_interaction_mm=9.4,
         ring_spacing_mm=5.52296, default_bin_size_mm=2.206,
-        max_num_non_arccorrected_bins=415, default_num_arccorrected_bins=415,
-        intrinsic_azimuthal_tilt_rad=-0.0933,
+        max_num_non_arccorrected_bins=415, default_num_arccorrected_bins=401,
+        intrinsic_azimuthal_tilt_rad=-4.399 * math.pi / 180,
     ),
 }
 
