@@ -1,0 +1,192 @@
+"""End-to-end tests of the command-line interface (``sirf_diffusion.cli.main``).
+
+One 2D case is simulated per module (``simulate``) and reconstructed by the classical and the
+diffusion methods; the error paths must exit with code 2 and a message naming the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sirf_diffusion.cli import main
+from sirf_diffusion.data.simulate import SimulationConfig, sinogram_geometry_for
+from sirf_diffusion.io import read_case, read_image
+from sirf_diffusion.physics.geometry import get_scanner
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CASE_FILES = ("prompts.hs", "mult_factors.hs", "additive_term.hs", "PETRIC/reference_image.hv",
+              "OSEM_image.hv", "simulation.json", "config.json")
+
+
+@pytest.fixture(scope="module")
+def case_dir(tmp_path_factory) -> Path:
+    """A simulated 2D FDG case (mMR, 128 x 128), written once by ``sirf-diffusion simulate``."""
+    folder = tmp_path_factory.mktemp("cli") / "case"
+    rc = main(["simulate", "--out", str(folder), "--seed", "3", "--counts", "2.5",
+               "--no-progress"])
+    assert rc == 0
+    return folder
+
+
+def _reconstruct(case: Path, out: Path, *args: str) -> int:
+    return main(["reconstruct", str(case), "--out", str(out), "--no-progress", *args])
+
+
+def _check_image(path: Path, case) -> np.ndarray:
+    arr, geometry = read_image(path)
+    assert arr.shape == case.image_geometry.shape
+    assert geometry == case.image_geometry
+    assert np.isfinite(arr).all() and (arr >= 0).all()
+    return arr
+
+
+def _check_png(path: Path) -> None:
+    assert path.is_file() and path.read_bytes()[:8] == PNG_SIGNATURE
+
+
+# --------------------------------------------------------------------------------- simulate
+def test_simulate_writes_a_petric_case(case_dir):
+    for name in CASE_FILES:
+        assert (case_dir / name).is_file(), name
+    case = read_case(case_dir)
+    # geometry: one mMR ring, native (non-arc-corrected) sampling; one 128 x 128 plane
+    cfg = SimulationConfig(seed=3)
+    assert case.sinogram_geometry == sinogram_geometry_for(cfg, 1)
+    assert case.sinogram_geometry.scanner == get_scanner("mMR").with_rings(1)
+    assert case.image_geometry.shape == (1, 128, 128)
+    assert math.isclose(case.image_geometry.voxel_size_mm[0], get_scanner("mMR").ring_spacing_mm)
+    for name in ("prompts", "multiplicative", "additive"):
+        arr = getattr(case, name)
+        assert arr.shape == case.sinogram_geometry.shape, name
+        assert np.isfinite(arr).all() and (arr >= 0).all(), name
+    assert case.prompts.sum() > 0 and (case.multiplicative > 0).any()
+    np.testing.assert_array_equal(case.prompts, np.round(case.prompts))  # Poisson counts
+    for img in (case.reference, case.osem):
+        assert img is not None and img.shape == case.image_geometry.shape
+        assert np.isfinite(img).all() and (img >= 0).all() and img.max() > 0
+    assert "brain" in case.masks and case.masks["brain"].shape == case.image_geometry.shape
+
+    meta = json.loads((case_dir / "simulation.json").read_text())
+    assert meta["simulation"]["seed"] == 3 and meta["simulation"]["scanner"] == "mMR"
+    assert meta["psf_fwhm_mm"] == 4.5
+    assert meta["info"]["prompt_counts"] == pytest.approx(float(case.prompts.sum()), rel=1e-6)
+    config = json.loads((case_dir / "config.json").read_text())
+    assert config["command"] == "simulate" and config["seed"] == 3 and config["dims"] == 2
+
+
+# ------------------------------------------------------------------------------ reconstruct
+@pytest.mark.parametrize("method, extra", [("osem", []), ("mapem-rdp", ["--beta", "1"])])
+def test_reconstruct_classical(case_dir, tmp_path, method, extra):
+    out = tmp_path / method
+    assert _reconstruct(case_dir, out, "--method", method, "--iterations", "2", *extra) == 0
+    case = read_case(case_dir)
+    x = _check_image(out / "image.hv", case)
+    assert x.max() > 0
+    _check_png(out / "image.png")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert math.isfinite(metrics["nrmse"]) and 0 < metrics["nrmse"] < 2
+    config = json.loads((out / "config.json").read_text())
+    assert config["command"] == "reconstruct" and config["method"] == method
+    assert config["iterations"] == 2 and config["subsets"] >= 1
+    assert config["beta"] == (1.0 if method == "mapem-rdp" else None)
+
+
+def test_reconstruct_lisch_with_a_tiny_model(case_dir, tmp_path):
+    from sirf_diffusion.diffusion import ScoreModel, ScoreModelConfig, UNetConfig, save_model
+
+    torch.manual_seed(0)
+    model = ScoreModel(ScoreModelConfig(
+        unet=UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+                        attention_resolutions=()),
+        orientation="xy"))
+    save_model(tmp_path / "tiny" / "xy", model)
+    out = tmp_path / "lisch"
+    assert _reconstruct(case_dir, out, "--method", "lisch", "--model", str(tmp_path / "tiny"),
+                        "--steps", "3", "--samples", "2") == 0
+    case = read_case(case_dir)
+    _check_image(out / "image.hv", case)
+    _check_image(out / "std.hv", case)
+    _check_png(out / "image.png")
+    assert math.isfinite(json.loads((out / "metrics.json").read_text())["nrmse"])
+    config = json.loads((out / "config.json").read_text())
+    assert config["method"] == "lisch" and config["model"] == str(tmp_path / "tiny")
+    assert config["sampler"]["num_steps"] == 3 and config["sampler"]["num_samples"] == 2
+    assert config["num_network_evaluations"] > 0
+
+
+# ---------------------------------------------------------------------------------- errors
+def test_missing_case_folder_exits_2(tmp_path, capsys):
+    assert _reconstruct(tmp_path / "no_such_case", tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "sirf-diffusion reconstruct: error" in err and "no_such_case" in err
+
+
+def test_mapem_without_beta_exits_2(case_dir, tmp_path, capsys):
+    assert _reconstruct(case_dir, tmp_path / "out", "--method", "mapem-rdp") == 2
+    err = capsys.readouterr().err
+    assert "error" in err and "--beta is required" in err
+    assert not (tmp_path / "out" / "image.hv").exists()
+
+
+@pytest.mark.parametrize("damage", ["header", "truncated data"])
+def test_corrupt_prompts_exits_2(case_dir, tmp_path, capsys, damage):
+    case = tmp_path / "case"
+    shutil.copytree(case_dir, case)
+    if damage == "header":
+        (case / "prompts.hs").write_text("this is not an Interfile header\n")
+        expected = "prompts.hs"
+    else:
+        data = (case / "prompts.s").read_bytes()
+        (case / "prompts.s").write_bytes(data[: len(data) // 2])
+        expected = "truncated"
+    assert _reconstruct(case, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "sirf-diffusion reconstruct: error" in err and expected in err
+
+
+def test_unavailable_physics_backend_exits_2(case_dir, tmp_path, capsys):
+    assert _reconstruct(case_dir, tmp_path / "out", "--physics", "stir") == 2
+    assert "--physics stir" in capsys.readouterr().err
+
+
+def test_invalid_simulation_settings_exit_2(tmp_path, capsys):
+    assert main(["simulate", "--out", str(tmp_path / "c"), "--counts", "-1", "--no-progress"]) == 2
+    assert "counts_per_mm3" in capsys.readouterr().err
+
+
+def test_argparse_rejects_unknown_method(case_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        _reconstruct(case_dir, tmp_path / "out", "--method", "no-such-method")
+    assert info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ entry point
+def test_python_m_help():
+    res = subprocess.run([sys.executable, "-m", "sirf_diffusion", "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    for command in ("simulate", "reconstruct", "demo", "train", "sample"):
+        assert command in res.stdout
+
+
+# ------------------------------------------------------------------------------------ demo
+@pytest.mark.slow
+def test_demo_quick(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+    _check_png(out / "demo.png")
+    table = (out / "metrics.md").read_text()
+    assert "OSEM" in table and "MAP-EM-RDP" in table
+    rows = json.loads((out / "metrics.json").read_text())
+    assert rows and all(math.isfinite(r["nrmse"]) for r in rows.values())
+    assert (out / "case" / "prompts.hs").is_file()
