@@ -1,0 +1,162 @@
+"""Smoke tests of the evaluation benchmarks (``benchmarks/evaluate_methods.py`` and
+``benchmarks/bench_prior_denoising.py``) in their quickest settings with a tiny untrained model.
+
+They check that the scripts run end to end and write well-formed outputs, not the numbers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _load(name: str) -> ModuleType:
+    """Import ``benchmarks/<name>.py`` (not a package) as a module."""
+    mod_name = f"_benchmark_{name}"
+    if mod_name in sys.modules:
+        return sys.modules[mod_name]
+    spec = importlib.util.spec_from_file_location(mod_name, ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained 45k-parameter xy ScoreModel saved with ``save_model``."""
+    from sirf_diffusion.diffusion import ScoreModel, ScoreModelConfig, UNetConfig, save_model
+
+    torch.manual_seed(0)
+    model = ScoreModel(ScoreModelConfig(
+        unet=UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+                        attention_resolutions=()), orientation="xy"))
+    return save_model(tmp_path_factory.mktemp("tiny_model"), model)
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """The scripts set torch's thread count (``--threads``); restore it for later tests."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _is_png(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG_MAGIC
+
+
+def _table_rows(md: str) -> list[list[str]]:
+    """Rows (cells) of the first Markdown table of ``md``, without header and rule."""
+    lines, started = [], False
+    for line in md.splitlines():
+        if line.startswith("|"):
+            started = True
+            lines.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif started:
+            break
+    return lines[2:]
+
+
+def test_evaluate_methods_quick(tiny_model: Path, tmp_path: Path) -> None:
+    mod = _load("evaluate_methods")
+    out = tmp_path / "evaluation"
+    res = mod.main(["--quick", "--model", str(tiny_model), "--num-views", "84",
+                    "--lisch-max-steps", "2", "--out", str(out), "--no-progress"])
+    for name in ("evaluation.md", "results.json", "bias_variance.png", "nrmse_vs_parameter.png",
+                 "examples.png"):
+        assert (out / name).is_file(), name
+    for name in ("bias_variance.png", "nrmse_vs_parameter.png", "examples.png"):
+        assert _is_png(out / name), name
+
+    md = (out / "evaluation.md").read_text()
+    assert md.startswith("# ")
+    assert "Command: `python benchmarks/evaluate_methods.py --quick" in md
+    assert "CPU cores" in md and f"torch {torch.__version__}" in md
+    rows = _table_rows(md.split("## ", 1)[1])
+    assert [r[0] for r in rows] == [mod.LABELS[m] for m in mod.METHODS]
+
+    data = json.loads((out / "results.json").read_text())
+    assert data == json.loads(json.dumps(res))
+    for key in ("command", "machine", "settings", "summary", "cases", "jobs", "wall_time_s"):
+        assert key in data, key
+    assert data["settings"]["counts"] == [2.5] and data["settings"]["realisations"] == 2
+    assert len(data["jobs"]) == 2
+    assert {j["noise_seed"] for j in data["jobs"]}.__len__() == 2  # noise varies
+    assert {j["subject"] for j in data["jobs"]} == {0}  # a test-split subject, fixed
+    summary = data["summary"]["2.5"]
+    assert list(summary) == list(mod.METHODS)
+    for method, row in summary.items():
+        for key in ("nrmse", "ssim", "psnr"):
+            assert all(math.isfinite(v) for v in row[key]), (method, key)
+        for key in ("gm_bias", "gm_std", "voxel_bias", "voxel_std", "time_s", "lik_evals"):
+            assert math.isfinite(row[key]), (method, key)
+        assert "crc_hot" in row and "crc_cold" in row and "bv" in row
+        assert (row["net_evals"] > 0) == (method in mod.DIFFUSION)
+    # every parameter of every sweep is in the case record
+    case = data["cases"]["2.5/0"]
+    assert list(case["methods"]["osem"]["sweep"]) == ["1", "2", "3", "4"]
+    assert len(case["methods"]["lisch"]["sweep"]) == len(mod.QUICK["lisch_k"])
+
+
+def test_evaluate_methods_regions() -> None:
+    import numpy as np
+
+    mod = _load("evaluate_methods")
+    wm = np.zeros((1, 32, 32), bool)
+    wm[0, 4:28, 4:28] = True
+    gm = np.zeros_like(wm)
+    gm[0, 0:4] = True
+    lesion = np.zeros_like(wm)
+    lesion[0, 14:18, 14:18] = True
+    masks = {"wm": wm, "gm": gm, "lesion": lesion}
+    rois = mod.white_matter_rois(masks, block=8, min_voxels=16)
+    assert len(rois) >= 4
+    union = np.any(rois, axis=0)
+    assert not (union & lesion).any() and not (union & ~wm).any()
+    assert all(not (a & b).any() for i, a in enumerate(rois) for b in rois[i + 1:])
+    assert (mod.grey_matter_roi(masks) == gm).all()
+
+
+def test_bench_prior_denoising_quick(tiny_model: Path, tmp_path: Path) -> None:
+    mod = _load("bench_prior_denoising")
+    out = tmp_path / "denoising"
+    res = mod.main(["--model", str(tiny_model), "--subjects", "1", "--val-subjects", "1",
+                    "--slices-per-subject", "3", "--volume-shape", "6", "112", "112",
+                    "--sigmas", "0.1", "0.5", "--widths", "0", "1", "2", "--out", str(out),
+                    "--no-progress"])
+    for name in ("prior_denoising.md", "results.json", "examples.png", "mse_vs_sigma.png"):
+        assert (out / name).is_file(), name
+    assert _is_png(out / "examples.png") and _is_png(out / "mse_vs_sigma.png")
+    md = (out / "prior_denoising.md").read_text()
+    assert "Command: `python benchmarks/bench_prior_denoising.py" in md and "CPU cores" in md
+    rows = _table_rows(md)
+    assert [r[0] for r in rows] == ["0.1", "0.5"]
+
+    data = json.loads((out / "results.json").read_text())
+    assert data == json.loads(json.dumps(res))
+    assert data["test_subjects"] == [0] and data["val_subjects"] == [1]
+    assert data["num_test_slices"] == 3
+    assert data["data"]["psf_fwhm_mm"] == 4.5
+    for r in data["results"]:
+        assert r["gaussian_width_px"] in (0.0, 1.0, 2.0)
+        for name in ("identity", "gaussian", "prior"):
+            for key in ("mse_support", "mse_overall"):
+                assert all(math.isfinite(v) for v in r[name][key]), (name, key)
+        # the identity's error is the added noise: sigma^2 on average
+        assert r["identity"]["mse_support"][0] == pytest.approx(r["sigma"] ** 2, rel=0.1)
+        assert 0.0 <= r["prior_better_fraction"] <= 1.0
+    # the tuned width is the best of the grid on the validation slices
+    for t in data["tuning"].values():
+        assert t["val_mse_support"] == min(t["grid_mse_support"])
