@@ -305,6 +305,8 @@ def test_two_process_ddp_equals_single_process(tmp_path):
 # ------------------------------------------------------------------------------------- EMA
 def test_ema_follows_the_warm_up_recursion():
     lin = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.fill_(0.25)  # a fixed start: float32 rounding is then the same every run
     ema = EMA(lin, decay=0.9)
     expected = float(lin.weight.detach())
     for n, w in enumerate([1.0, -2.0, 3.0, 0.5, 4.0] * 4):
@@ -314,7 +316,8 @@ def test_ema_follows_the_warm_up_recursion():
         assert ema.current_decay() == pytest.approx(d)
         ema.update(lin)
         expected = d * expected + (1 - d) * w
-        assert float(ema.shadow["weight"]) == pytest.approx(expected, rel=1e-6)
+        # the shadow is float32, the oracle float64
+        assert float(ema.shadow["weight"]) == pytest.approx(expected, rel=1e-5, abs=1e-6)
     assert ema.current_decay() == pytest.approx(21 / 30)  # still warming up after 20 updates
     assert EMA(lin, decay=0.9, warmup=False).current_decay() == 0.9
     target = nn.Linear(1, 1, bias=False)
