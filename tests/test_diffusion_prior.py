@@ -545,3 +545,23 @@ def test_bsrem_with_diffusion_prior_reaches_the_gaussian_map():
     x4 = bsrem(lik, prior, x_osem, num_subsets=4, num_epochs=20, progress=False)
     phi = lambda z: float(lik.value(z) - prior.value(z))  # noqa: E731
     assert phi(x4) > phi(x_osem)
+
+
+def test_from_pretrained_slice_and_volume(tmp_path):
+    from sirf_diffusion.diffusion.model import ScoreModel, ScoreModelConfig
+    from sirf_diffusion.diffusion.modelio import save_model
+    from sirf_diffusion.diffusion.unet import UNetConfig
+
+    cfg = ScoreModelConfig(unet=UNetConfig(base_channels=8, channel_mults=(1,), num_res_blocks=1,
+                                           attention_resolutions=(), groupnorm_groups=4),
+                           image_size=(8, 8))
+    save_model(tmp_path / "xy", ScoreModel(cfg))
+    p2 = DiffusionPrior.from_pretrained(tmp_path, sigma=0.3)
+    assert isinstance(p2.denoiser, ScoreModel) and p2.get_sigma() == 0.3
+    p3 = DiffusionPrior.from_pretrained(tmp_path, volume=True)
+    assert isinstance(p3.denoiser, PerpendicularPrior3D) and p3.denoiser.orientations == ("xy",)
+    v = torch.rand(2, 8, 8) + 0.5
+    p3.set_up(v)
+    assert p3.get_gradient(v.numpy()).shape == (2, 8, 8)
+    with pytest.raises(FileNotFoundError):
+        DiffusionPrior.from_pretrained(tmp_path, volume=True, orientations=("yz",))

@@ -91,10 +91,16 @@ def container_kind(obj: Any) -> ContainerKind:
 def _read_array(obj: Any, kind: ContainerKind) -> np.ndarray:
     """The voxel values of a SIRF/CIL/STIR image as a numpy array (a view where possible)."""
     if kind == "container" and hasattr(obj, "asarray"):
-        try:  # recent SIRF: zero-copy view of the C++ data
-            arr = obj.asarray(copy=False)
-        except TypeError:
-            arr = obj.asarray()
+        # recent SIRF (``ArrayContainer.asarray(xp=numpy, copy=None)``): a zero-copy view of the
+        # C++ data; ``copy=False`` raises when no view is possible, then view-or-copy, then
+        # ``as_array`` below
+        arr = None
+        for kwargs in ({"copy": False}, {}):
+            try:
+                arr = obj.asarray(**kwargs)
+                break
+            except (TypeError, ValueError):
+                continue
         if isinstance(arr, np.ndarray):
             return arr
     arr = obj.as_array()

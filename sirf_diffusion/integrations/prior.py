@@ -93,6 +93,7 @@ dimension) and returns the same type (:mod:`.containers`).
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Literal
 
 import numpy as np
@@ -192,7 +193,8 @@ class DiffusionPrior:
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
-    def from_pretrained(cls, model_dir: str | None = None, *, volume: bool = False,
+    def from_pretrained(cls, model_dir: str | os.PathLike[str] | None = None, *,
+                        volume: bool = False,
                         orientations: tuple[str, ...] | None = None,
                         **kwargs: Any) -> "DiffusionPrior":
         """A prior from a trained model folder (default: the prior shipped with the package).
