@@ -47,7 +47,12 @@ class PoissonLogLikelihood:
     num_forward, num_adjoint
         Counters of forward / adjoint projections (in units of full-data passes; a subset pass
         counts ``1 / num_subsets``), for reporting the cost of algorithms.
+    has_projections
+        Whether :meth:`ybar` and :meth:`ratio` are available (``False`` for likelihoods known
+        only through gradients, such as a SIRF objective function).
     """
+
+    has_projections = True
 
     def __init__(self, physics: PETPhysics, data: torch.Tensor, *, ybar_floor: float = 1e-8) -> None:
         physics._check_data(data, subset=None)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 __all__ = ["cmd_simulate", "cmd_reconstruct", "cmd_demo", "cmd_train", "cmd_sample",
-           "load_case", "case_physics", "image_metrics", "reconstruct_classical", "write_json"]
+           "load_case", "case_physics", "load_denoiser", "image_metrics", "reconstruct_classical", "write_json"]
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
@@ -46,19 +46,30 @@ def load_case(folder: str | Path):
 
 
 def case_physics(case, meta: dict, *, num_subsets: int = 1, device: str = "cpu",
-                 physics: str = "torch"):
-    """The physics of a case: the embedded model with the case's ``m``, ``b`` and PSF."""
+                 physics: str = "torch", folder: str | Path | None = None):
+    """The physics of a case: the embedded model with the case's ``m``, ``b`` and PSF
+    (``physics='torch'``), or STIR's projector through SIRF (``'sirf'``) or STIR's Python
+    bindings (``'stir'``) on the case's files in ``folder``."""
+    psf = meta.get("psf_fwhm_mm") or None
+    if physics in ("sirf", "stir"):
+        if folder is None:
+            raise ValueError(f"--physics {physics} reads the case files: give the case folder")
+        if physics == "sirf":
+            from .integrations.sirf import sirf_case_likelihood
+
+            return sirf_case_likelihood(folder, psf_fwhm_mm=psf, num_subsets=num_subsets,
+                                        device=device).physics
+        from stir_wrappers import stir_case_physics
+
+        return stir_case_physics(folder, psf_fwhm_mm=psf, num_subsets=num_subsets)
     if physics != "torch":
-        raise ImportError(
-            f"--physics {physics} needs the STIR/SIRF integration, which is not available in this "
-            "version; install SIRF/STIR (conda-forge `sirf`, or the SIRF SuperBuild) and use a "
-            "release with the toolkit adapters, or use --physics torch")
+        raise ValueError(f"physics must be 'torch', 'sirf' or 'stir', got {physics!r}")
     from .physics.model import AcquisitionModel
 
     t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32, device=device)  # noqa: E731
     return AcquisitionModel(case.sinogram_geometry, case.image_geometry,
                             multiplicative=t(case.multiplicative), additive=t(case.additive),
-                            psf_fwhm_mm=meta.get("psf_fwhm_mm") or None, num_subsets=num_subsets)
+                            psf_fwhm_mm=psf, num_subsets=num_subsets)
 
 
 def image_metrics(x: Any, reference: Any, masks: dict[str, Any]) -> dict[str, float]:
@@ -146,7 +157,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     case, meta = load_case(args.case)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = case_physics(case, meta, device=args.device, physics=args.physics)
+    model = case_physics(case, meta, device=args.device, physics=args.physics, folder=args.case)
     prompts = torch.as_tensor(case.prompts, dtype=torch.float32, device=args.device)
     lik = PoissonLogLikelihood(model, prompts)
     progress = not args.no_progress
@@ -245,26 +256,32 @@ def load_slice_prior(model_dir: str | Path | None = None, orientation: str = "xy
     return load_model(d).eval()
 
 
+def load_denoiser(model_dir: str | Path | None = None, num_slices: int = 1):
+    """The denoiser for images of ``num_slices`` axial slices: the xy slice model for one slice,
+    else a :class:`~sirf_diffusion.diffusion.PerpendicularPrior3D` of the orientations found in
+    ``model_dir`` (default: the shipped prior)."""
+    from .diffusion import PerpendicularPrior3D
+
+    if num_slices == 1:
+        return load_slice_prior(model_dir, "xy")
+    models = {}
+    for o in ("xy", "yz", "xz"):
+        try:
+            models[o] = load_slice_prior(model_dir, o)
+        except FileNotFoundError:
+            continue
+    if not models:
+        raise FileNotFoundError("no score model found for a 3D reconstruction")
+    return PerpendicularPrior3D(models)
+
+
 def run_diffusion_method(method: str, likelihood, *, model_dir: str | Path | None = None,
                          num_steps: int | None = None, num_mlem_iterations: int | None = None,
                          num_samples: int = 1, seed: int = 0, progress: bool = True):
     """PET-LiSch / PET-DDS / DPS on a 2D case with a slice prior (3D: a perpendicular prior)."""
-    from .diffusion import PerpendicularPrior3D
     from .samplers.methods import reconstruct
 
-    nz = likelihood.physics.image_shape[0]
-    if nz == 1:
-        denoiser = load_slice_prior(model_dir, "xy")
-    else:
-        models = {}
-        for o in ("xy", "yz", "xz"):
-            try:
-                models[o] = load_slice_prior(model_dir, o)
-            except FileNotFoundError:
-                continue
-        if not models:
-            raise FileNotFoundError("no score model found for a 3D reconstruction")
-        denoiser = PerpendicularPrior3D(models)
+    denoiser = load_denoiser(model_dir, likelihood.physics.image_shape[0])
     options: dict[str, Any] = {}
     if method == "lisch" and num_mlem_iterations:
         options["num_mlem_iterations"] = num_mlem_iterations

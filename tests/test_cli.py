@@ -153,9 +153,15 @@ def test_corrupt_prompts_exits_2(case_dir, tmp_path, capsys, damage):
     assert "sirf-diffusion reconstruct: error" in err and expected in err
 
 
-def test_unavailable_physics_backend_exits_2(case_dir, tmp_path, capsys):
-    assert _reconstruct(case_dir, tmp_path / "out", "--physics", "stir") == 2
-    assert "--physics stir" in capsys.readouterr().err
+@pytest.mark.parametrize("backend,module", [("stir", "stir"), ("sirf", "sirf")])
+def test_unavailable_physics_backend_exits_2(case_dir, tmp_path, capsys, monkeypatch, backend,
+                                             module):
+    monkeypatch.setitem(sys.modules, module, None)   # as if the toolkit were not installed
+    if module == "sirf":
+        monkeypatch.setitem(sys.modules, "sirf.STIR", None)
+    assert _reconstruct(case_dir, tmp_path / "out", "--physics", backend) == 2
+    err = capsys.readouterr().err
+    assert "not installed" in err and "conda install -c conda-forge" in err
 
 
 def test_invalid_simulation_settings_exit_2(tmp_path, capsys):

@@ -92,8 +92,13 @@ def uniform_image(likelihood: PoissonLogLikelihood) -> torch.Tensor:
     """Uniform image ``c`` with the measured net counts: ``c = (sum y - sum b) / sum_j s_j``.
 
     (``sum_i [A c 1]_i = c sum_j s_j``), the usual uniform start of MLEM with the right global
-    scale; shape ``physics.image_shape``.
+    scale; shape ``physics.image_shape``.  A likelihood without the measured data (e.g.
+    :class:`~sirf_diffusion.integrations.sirf.ObjectiveFunctionLikelihood`) supplies its own
+    ``uniform_image()``.
     """
+    own = getattr(likelihood, "uniform_image", None)
+    if callable(own):
+        return own()
     data = likelihood.data
     sens = likelihood.sensitivity(None, like=data.new_zeros(()))
     b = likelihood.physics.additive_term

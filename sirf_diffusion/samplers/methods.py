@@ -344,6 +344,10 @@ def reconstruct(
                       axial_penalty=axial_penalty,
                       penalty=None if penalty is None else type(penalty).__name__)
     else:
+        if not getattr(likelihood, "has_projections", True):
+            raise ValueError("method 'dps' differentiates the Poisson misfit through the "
+                             "projector; this likelihood has no projections (build it from an "
+                             "acquisition model, e.g. integrations.sirf.sirf_likelihood)")
         if step_size is None:
             raise ValueError("method 'dps' needs step_size (zeta); it depends on the data and the "
                              "prior and has no safe default")

@@ -1,0 +1,624 @@
+r"""SIRF (``sirf.STIR``) physics under every sampler, and a drop-in SIRF reconstructor.
+
+SIRF is imported lazily: nothing here imports it at module import; the functions that need it
+raise an :class:`ImportError` naming the install route.  The classes only *call* the SIRF objects
+they are given (duck typing), so they also run on any object with SIRF's methods.
+
+Two routes lead from a SIRF script to the package's samplers:
+
+:class:`SIRFPhysics` (projections)
+    A set-up ``sirf.STIR.AcquisitionModel`` ``y = S (G P x + a) + b`` becomes the package's
+    physics contract ``ybar = m * (G P x) + b'`` (:class:`~sirf_diffusion.physics.base.PETPhysics`):
+    the linear part ``S G P`` is SIRF's ``get_linear_acquisition_model()`` (SIRF's ``direct``/
+    ``adjoint`` refuse affine models), the additive term ``b' = S a + b`` its
+    ``get_constant_term()``.  Subset ``k`` of ``K`` uses SIRF's partial projections
+    ``forward(x, subset_num=k, num_subsets=K)`` / ``backward(...)`` and STIR's own view sets
+    (``v % K == k`` plus the views related by the projector's symmetries, found once per ``K``:
+    :mod:`.subsets`), so that subset gradients are those of SIRF's objective functions.
+    :func:`sirf_likelihood` pairs it with SIRF ``AcquisitionData`` into the package's
+    :class:`~sirf_diffusion.likelihood.PoissonLogLikelihood`: PET-LiSch, PET-DDS and DPS then
+    run on STIR's projectors unchanged.
+
+:class:`ObjectiveFunctionLikelihood` (gradients only)
+    A set-up SIRF ``ObjectiveFunction`` (e.g. ``make_Poisson_loglikelihood``) used through
+    ``value``, ``gradient(x, subset)`` and ``get_subset_sensitivity(subset)``: enough for
+    MLEM/OSEM, PET-LiSch and PET-DDS, since every EM-preconditioned step
+    ``u + u / s_k * grad L_k(u)`` needs only those.  SIRF exposes no acquisition model of an
+    objective, so DPS (which differentiates the Poisson misfit through projections) needs
+    :class:`SIRFPhysics`.  A prior set on the objective is part of its value and gradient.
+
+:class:`DiffusionReconstructor`
+    SIRF's iterative-reconstructor surface (``set_objective_function``, ``set_num_subsets``,
+    ``set_up``, ``set_current_estimate``, ``process``, ``get_output``) running PET-LiSch,
+    PET-DDS or DPS, so that replacing ``OSMAPOSLReconstructor`` in a SIRF script is a two-line
+    change (the constructor and, optionally, the number of generative steps).
+
+SIRF conventions handled here: ``ImageData`` is ``(z, y, x)`` float32; ``AcquisitionData``
+arrays are ``(TOF bin, sinogram, view, tangential)`` (one non-TOF bin is required; segments in
+STIR's order 0, +1, -1, +2, -2, ... as the package's sinograms); methods with ``out=`` fill
+``out`` and return ``None``; ``get_uniform_copy`` defaults to 0 for acquisition data; arrays
+are read with the zero-copy ``asarray()`` where SIRF offers it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..likelihood import PoissonLogLikelihood, check_prompts
+from ..physics.base import PETPhysics
+from .containers import _read_array, to_torch
+from .subsets import ToolkitSubsets
+
+__all__ = ["SIRF_INSTALL_HINT", "require_sirf", "SIRFPhysics", "sirf_likelihood",
+           "ObjectiveFunctionLikelihood", "DiffusionReconstructor", "acquisition_to_torch",
+           "fill_acquisition", "sirf_case_likelihood"]
+
+SIRF_INSTALL_HINT = ("SIRF is not installed (it is not on PyPI): `conda install -c conda-forge "
+                     "sirf`, or build it with the SIRF SuperBuild "
+                     "(https://github.com/SyneRBI/SIRF-SuperBuild)")
+
+
+def require_sirf() -> Any:
+    """Import and return ``sirf.STIR``, or raise an ImportError naming the install route."""
+    try:
+        import sirf.STIR as pet
+    except ImportError as e:
+        raise ImportError(f"{SIRF_INSTALL_HINT} ({e})") from e
+    return pet
+
+
+# ----------------------------------------------------------------------------- conversions
+def acquisition_to_torch(acq: Any, *, dtype: torch.dtype = torch.float32,
+                         device: torch.device | str = "cpu") -> torch.Tensor:
+    """SIRF ``AcquisitionData`` (or STIR ``ProjData``) values as ``[sinogram, view, tangential]``.
+
+    Raises
+    ------
+    NotImplementedError
+        For TOF data (more than one TOF bin).
+    """
+    arr = _read_array(acq, "container") if hasattr(acq, "get_uniform_copy") else acq.as_array()
+    arr = np.asarray(arr)
+    if arr.ndim == 4:
+        if arr.shape[0] != 1:
+            raise NotImplementedError(f"TOF acquisition data ({arr.shape[0]} TOF bins) are not "
+                                      "supported; use non-TOF (or TOF-mashed) data")
+        arr = arr[0]
+    if arr.ndim != 3:
+        raise ValueError(f"acquisition data have shape {arr.shape}, expected "
+                         "(TOF bin, sinogram, view, tangential) or (sinogram, view, tangential)")
+    return torch.from_numpy(np.array(arr, dtype=np.float32)).to(dtype=dtype, device=device)
+
+
+def fill_acquisition(acq: Any, values: torch.Tensor | np.ndarray) -> Any:
+    """Write ``[sinogram, view, tangential]`` values into SIRF ``AcquisitionData`` ``acq``
+    (its own 4D shape), and return ``acq``."""
+    v = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    shape = tuple(acq.shape) if hasattr(acq, "shape") else tuple(acq.as_array().shape)
+    if int(np.prod(shape)) != v.size:
+        raise ValueError(f"cannot fill acquisition data of shape {shape} with {v.shape} values")
+    acq.fill(np.ascontiguousarray(v, dtype=np.float32).reshape(shape))
+    return acq
+
+
+def _image_shape_and_voxels(image: Any) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    dims = tuple(int(d) for d in image.dimensions())
+    if len(dims) != 3:
+        raise ValueError(f"SIRF images are (z, y, x); got dimensions {dims}")
+    vox = tuple(float(v) for v in image.voxel_sizes())
+    return dims, vox  # type: ignore[return-value]
+
+
+def _fill_image(template: Any, values: torch.Tensor) -> Any:
+    img = template.get_uniform_copy(0.0)
+    img.fill(np.ascontiguousarray(values.detach().cpu().numpy(), dtype=np.float32))
+    return img
+
+
+def _image_to_torch(image: Any, like: torch.Tensor) -> torch.Tensor:
+    arr = np.array(_read_array(image, "container"), dtype=np.float32)
+    return torch.from_numpy(arr).to(dtype=like.dtype, device=like.device)
+
+
+# ----------------------------------------------------------------------------- physics
+class SIRFPhysics(ToolkitSubsets, PETPhysics):
+    """A SIRF ``AcquisitionModel`` as a :class:`~sirf_diffusion.physics.base.PETPhysics`.
+
+    Parameters
+    ----------
+    acquisition_model
+        A ``sirf.STIR.AcquisitionModel`` (ray tracing matrix, Parallelproj...) with its
+        acquisition sensitivity model, additive and background terms; set up here when
+        ``acquisition_template`` and ``image_template`` are given, else it must be set up.
+    acquisition_template, image_template
+        SIRF ``AcquisitionData`` / ``ImageData`` defining the geometry (default: those the model
+        was set up with).
+    num_subsets
+        Number of view subsets (STIR's subsets: :mod:`.subsets`).
+
+    Notes
+    -----
+    Tensors are converted to float32 SIRF containers one batch element at a time; results come
+    back in the input's dtype and device.  The additive term is read once, at construction:
+    build a new object after changing the model's terms.
+    """
+
+    def __init__(self, acquisition_model: Any, acquisition_template: Any = None,
+                 image_template: Any = None, *, num_subsets: int = 1) -> None:
+        if acquisition_template is not None and image_template is not None:
+            acquisition_model.set_up(acquisition_template, image_template)
+        acq = acquisition_template if acquisition_template is not None \
+            else getattr(acquisition_model, "acq_templ", None)
+        img = image_template if image_template is not None \
+            else getattr(acquisition_model, "img_templ", None)
+        if acq is None or img is None:
+            raise ValueError("the SIRF acquisition model is not set up: call "
+                             "acquisition_model.set_up(acq_data, image) or pass "
+                             "acquisition_template and image_template")
+        self.acquisition_model = acquisition_model
+        self.linear_model = acquisition_model.get_linear_acquisition_model()
+        self._acq_template = acq.get_uniform_copy(0.0)
+        self._img_template = img.get_uniform_copy(0.0)
+        self.image_shape, self.voxel_size_mm = _image_shape_and_voxels(img)
+        b = acquisition_to_torch(acquisition_model.get_constant_term())
+        self.data_shape = tuple(int(n) for n in b.shape)  # type: ignore[assignment]
+        self._additive = b if bool((b != 0).any()) else None
+        if self._additive is not None:
+            if not bool(torch.isfinite(b).all()) or bool((b < 0).any()):
+                raise ValueError("the SIRF model's constant term S a + b has negative or "
+                                 "non-finite values")
+        self._subset_sets = {}
+        super().__init__(num_subsets)
+
+    @classmethod
+    def from_acquisition_model(cls, acquisition_model: Any, **kwargs: Any) -> "SIRFPhysics":
+        """The physics of an already set-up SIRF acquisition model."""
+        return cls(acquisition_model, **kwargs)
+
+    @property
+    def additive_term(self) -> torch.Tensor | None:
+        return self._additive
+
+    def _partial_forward_of_ones(self, subset: int, num_subsets: int) -> torch.Tensor:
+        ones = self._img_template.get_uniform_copy(1.0)
+        return acquisition_to_torch(self.linear_model.forward(ones, subset_num=subset,
+                                                              num_subsets=num_subsets))
+
+    # -------------------------------------------------------------- projections
+    def _forward_linear(self, x: torch.Tensor, views: torch.Tensor | None) -> torch.Tensor:
+        k, K = self._subset_index(views)
+        out = []
+        for xb in x:
+            ad = self.linear_model.forward(_fill_image(self._img_template, xb),
+                                           subset_num=k, num_subsets=K)
+            y = acquisition_to_torch(ad, dtype=x.dtype, device=x.device)
+            out.append(y if views is None else y.index_select(1, views.to(x.device)))
+        return torch.stack(out)
+
+    def _adjoint(self, y: torch.Tensor, views: torch.Tensor | None) -> torch.Tensor:
+        k, K = self._subset_index(views)
+        out = []
+        for yb in y:
+            full = torch.zeros(self.data_shape, dtype=torch.float32)
+            if views is None:
+                full.copy_(yb.detach().cpu())
+            else:
+                full[:, views.cpu(), :] = yb.detach().cpu().to(torch.float32)
+            ad = fill_acquisition(self._acq_template.get_uniform_copy(0.0), full)
+            img = self.linear_model.backward(ad, subset_num=k, num_subsets=K)
+            out.append(_image_to_torch(img, y))
+        return torch.stack(out)
+
+    # -------------------------------------------------------------- containers
+    def image_to_sirf(self, x: torch.Tensor) -> Any:
+        """A SIRF ``ImageData`` of this geometry holding ``x`` (``(z, y, x)``)."""
+        if tuple(x.shape[-3:]) != tuple(self.image_shape) or x.numel() != int(np.prod(self.image_shape)):
+            raise ValueError(f"image has shape {tuple(x.shape)}, expected {self.image_shape}")
+        return _fill_image(self._img_template, x.reshape(self.image_shape))
+
+    def __repr__(self) -> str:
+        return (f"SIRFPhysics({type(self.acquisition_model).__name__}, image {self.image_shape}, "
+                f"data {self.data_shape}, {self.num_subsets} subsets)")
+
+
+def sirf_likelihood(acquisition_model: Any, acquisition_data: Any, image_template: Any = None,
+                    *, num_subsets: int = 1, device: torch.device | str = "cpu",
+                    ybar_floor: float = 1e-8) -> PoissonLogLikelihood:
+    """The package's Poisson log-likelihood of SIRF ``acquisition_data`` on SIRF physics.
+
+    The value and gradient are those of SIRF's ``make_Poisson_loglikelihood`` with the same
+    acquisition model (tested to 1e-4 relative, subsets included).  ``image_template`` sets up
+    the model when given; otherwise the model must be set up.
+    """
+    phys = SIRFPhysics(acquisition_model, acquisition_data if image_template is not None else None,
+                       image_template, num_subsets=num_subsets)
+    y = acquisition_to_torch(acquisition_data, device=device)
+    if tuple(y.shape) != tuple(phys.data_shape):
+        raise ValueError(f"acquisition data have shape {tuple(y.shape)}, but the acquisition "
+                         f"model projects to {phys.data_shape}: mismatched geometry")
+    return PoissonLogLikelihood(phys, y, ybar_floor=ybar_floor)
+
+
+# ----------------------------------------------------------------------------- objective route
+class _ObjectiveGeometry(PETPhysics):
+    """Image geometry and subset count of a SIRF objective (no projections: see
+    :class:`ObjectiveFunctionLikelihood`)."""
+
+    def __init__(self, image_shape: tuple[int, int, int], voxel_size_mm: tuple[float, float, float],
+                 num_views: int | None, num_subsets: int) -> None:
+        self.image_shape = image_shape
+        self.voxel_size_mm = voxel_size_mm
+        # the views are unknown to an objective; a generous bound keeps subset checks meaningful
+        self.data_shape = (0, int(num_views) if num_views else 1 << 20, 0)
+        self.on_num_subsets: Callable[[int], None] | None = None
+        super().__init__(num_subsets)
+
+    def set_num_subsets(self, num_subsets: int) -> None:
+        super().set_num_subsets(num_subsets)
+        if getattr(self, "on_num_subsets", None) is not None:
+            self.on_num_subsets(self.num_subsets)
+
+    @property
+    def additive_term(self) -> torch.Tensor | None:
+        return None
+
+    def _forward_linear(self, x, views):
+        raise NotImplementedError(
+            "a SIRF ObjectiveFunction exposes gradients, not projections: for DPS (or anything "
+            "projecting images) build the likelihood with sirf_likelihood(acq_model, acq_data)")
+
+    _adjoint = _forward_linear  # type: ignore[assignment]
+
+
+class ObjectiveFunctionLikelihood(PoissonLogLikelihood):
+    """A set-up SIRF ``ObjectiveFunction`` as the package's likelihood (module docstring).
+
+    Parameters
+    ----------
+    objective
+        E.g. ``sirf.STIR.make_Poisson_loglikelihood(acq_data)`` with its acquisition model.
+    image_template
+        A SIRF ``ImageData`` of the reconstruction geometry (the objective is set up on it).
+    num_subsets
+        Number of subsets for subset gradients (SIRF's ``set_num_subsets``; the objective is set
+        up again when it changes).
+    num_views
+        The data's number of views, if known (only checks subset counts).
+
+    Notes
+    -----
+    ``value`` is the objective's value (SIRF maximises it: the Poisson log-likelihood minus any
+    prior set on it), ``gradient(x, k)`` its subset gradient, ``sensitivity(k)`` its subset
+    sensitivity; ``em_update`` is ``x + x / s_k * grad_k``, which for the Poisson likelihood is
+    the (OS)EM update exactly.  :meth:`uniform_image` starts from the objective's own scale (see
+    there).  ``data`` is an empty tensor: the measured data stay inside SIRF.
+    """
+
+    has_projections = False
+
+    def __init__(self, objective: Any, image_template: Any, *, num_subsets: int = 1,
+                 num_views: int | None = None) -> None:
+        shape, vox = _image_shape_and_voxels(image_template)
+        self.objective = objective
+        self._img_template = image_template.get_uniform_copy(0.0)
+        self.physics = _ObjectiveGeometry(shape, vox, num_views, num_subsets)
+        self.data = torch.zeros(0)
+        self.ybar_floor = 0.0
+        self.num_forward = 0.0
+        self.num_adjoint = 0.0
+        self._sens: dict[tuple[int, int], torch.Tensor] = {}
+        self._objective_subsets: int | None = None
+        self.physics.on_num_subsets = lambda K: None  # set up lazily, when a subset is used
+        self._ensure_subsets(self.physics.num_subsets)
+
+    def _ensure_subsets(self, K: int) -> None:
+        if self._objective_subsets != K:
+            self.objective.set_num_subsets(int(K))
+            self.objective.set_up(self._img_template)
+            self._objective_subsets = K
+
+    def _sirf_index(self, subset: int | None) -> int:
+        K = 1 if subset is None else self.physics.num_subsets
+        if subset is None:
+            return -1
+        self._ensure_subsets(K)
+        if not 0 <= int(subset) < K:
+            raise ValueError(f"subset {subset} out of range for {K} subsets")
+        return int(subset)
+
+    def _each(self, x: torch.Tensor, fn: Callable[[Any], Any]) -> list[Any]:
+        if tuple(x.shape[-3:]) != tuple(self.physics.image_shape):
+            raise ValueError(f"image has shape {tuple(x.shape)}, expected (..., "
+                             f"{', '.join(map(str, self.physics.image_shape))})")
+        xb = x.reshape(-1, *self.physics.image_shape)
+        return [fn(_fill_image(self._img_template, xi)) for xi in xb]
+
+    def value(self, x: torch.Tensor, subset: int | None = None) -> torch.Tensor:
+        if subset is not None:
+            raise NotImplementedError("SIRF objectives give the value over all data only")
+        self.num_forward += 1.0
+        vals = self._each(x, lambda img: float(self.objective.value(img)))
+        return torch.tensor(vals, dtype=x.dtype, device=x.device).reshape(x.shape[:-3])
+
+    def gradient(self, x: torch.Tensor, subset: int | None = None) -> torch.Tensor:
+        idx = self._sirf_index(subset)
+        cost = 1.0 if subset is None else 1.0 / self.physics.num_subsets
+        self.num_forward += cost
+        self.num_adjoint += cost
+        grads = self._each(x, lambda img: self.objective.gradient(img, idx))
+        return torch.stack([_image_to_torch(g, x) for g in grads]).reshape(x.shape)
+
+    def value_and_gradient(self, x: torch.Tensor, subset: int | None = None):
+        g = self.gradient(x, subset)
+        if subset is None:
+            v = self.value(x)
+            self.num_forward -= 1.0  # STIR computes both from one projection in principle
+        else:
+            v = torch.full(x.shape[:-3], float("nan"), dtype=x.dtype, device=x.device)
+        return v, g
+
+    def sensitivity(self, subset: int | None = None, like: torch.Tensor | None = None) -> torch.Tensor:
+        K = 1 if subset is None else self.physics.num_subsets
+        k = 0 if subset is None else int(subset)
+        if (K, k) not in self._sens:
+            if subset is None and self.physics.num_subsets != 1:
+                # the full sensitivity is the sum of the subset sensitivities
+                total = None
+                for j in range(self.physics.num_subsets):
+                    s = self.sensitivity(j)
+                    total = s.clone() if total is None else total + s
+                self._sens[(K, k)] = total  # type: ignore[assignment]
+            else:
+                self._ensure_subsets(K)
+                s = self.objective.get_subset_sensitivity(k)
+                self._sens[(K, k)] = torch.from_numpy(
+                    np.array(_read_array(s, "container"), dtype=np.float32))
+        s = self._sens[(K, k)]
+        return s if like is None else s.to(dtype=like.dtype, device=like.device)
+
+    def ratio(self, x: torch.Tensor, subset: int | None = None) -> torch.Tensor:
+        raise NotImplementedError("a SIRF objective gives no data ratio; use gradient()")
+
+    def ybar(self, x: torch.Tensor, subset: int | None = None) -> torch.Tensor:
+        raise NotImplementedError("a SIRF objective gives no expected data; use SIRFPhysics")
+
+    def em_update(self, x: torch.Tensor, subset: int | None = None) -> torch.Tensor:
+        sens = self.sensitivity(subset, like=x)
+        g = self.gradient(x, subset)
+        pos = sens > 0
+        return torch.where(pos, torch.clamp(x + x * g / torch.where(pos, sens, 1.0), min=0),
+                           torch.zeros_like(x))
+
+    def uniform_image(self) -> torch.Tensor:
+        """A uniform start ``c`` with the data's global scale, from gradients only.
+
+        The EM update of a uniform image ``c 1`` restricted to uniform images is
+        ``c <- c (1 + <1, grad L(c 1)> / <1, s>)``; without background it gives the net-count
+        scale ``sum(y) / sum(s)`` in one step; three steps are taken from ``c = 1``.
+        """
+        sens = self.sensitivity(None)
+        total = float(sens.sum())
+        if not total > 0:
+            raise ValueError("the sensitivity image is zero everywhere: the scanner sees no voxel")
+        c = 1.0
+        ones = torch.ones(self.physics.image_shape, dtype=torch.float32)
+        for _ in range(3):
+            g = self.gradient(c * ones)
+            c = max(c * (1.0 + float(g.sum()) / total), 1e-12)
+        return torch.full(self.physics.image_shape, c, dtype=torch.float32)
+
+
+# ----------------------------------------------------------------------------- reconstructor
+class DiffusionReconstructor:
+    """PET-LiSch / PET-DDS / DPS with SIRF's iterative-reconstructor API.
+
+    A SIRF script's ::
+
+        recon = pet.OSMAPOSLReconstructor()
+        recon.set_num_subiterations(24)
+
+    becomes ::
+
+        recon = DiffusionReconstructor("lisch", num_mlem_iterations=20)
+        recon.set_num_subiterations(50)          # generative steps
+
+    and the rest (``set_objective_function``, ``set_num_subsets``, ``set_up``,
+    ``set_current_estimate``, ``process``, ``get_output``) is unchanged.
+
+    Parameters
+    ----------
+    method
+        ``'lisch'`` (default), ``'dds'`` or ``'dps'`` (DPS needs :meth:`set_acquisition_model`
+        and :meth:`set_acquisition_data` instead of an objective function).
+    prior
+        A denoiser ``D(x, sigma)``, a model folder, or ``None`` for the shipped prior (a volume
+        with more than one slice uses :class:`~sirf_diffusion.diffusion.PerpendicularPrior3D`
+        of the orientations found).
+    num_steps
+        Number of generative steps (default 50; ``set_num_subiterations`` sets it too).
+    seed
+        Seed of the sampler's random numbers.
+    progress
+        Show progress bars.
+    **options
+        Passed to :func:`sirf_diffusion.samplers.methods.reconstruct` (``num_mlem_iterations``,
+        ``beta``, ``num_epochs``, ``axial_penalty``, ``step_size``, ``num_samples``, ``eta``...).
+
+    Notes
+    -----
+    ``set_num_subsets(K)``: PET-DDS uses ``K`` subsets for its EM steps; PET-LiSch ignores it
+    (its steps use all data, as in the paper).  ``get_output()`` is the posterior mean (one
+    sample by default) as an ``ImageData`` like the current estimate; the full
+    :class:`~sirf_diffusion.samplers.methods.ReconResult` is :attr:`result`.
+    """
+
+    def __init__(self, method: str = "lisch", prior: Any = None, *, num_steps: int = 50,
+                 seed: int = 0, progress: bool = True, **options: Any) -> None:
+        if method not in ("lisch", "dds", "dps"):
+            raise ValueError(f"method must be 'lisch', 'dds' or 'dps', got {method!r}")
+        self.method = method
+        self.prior = prior
+        self.num_steps = int(num_steps)
+        self.seed = int(seed)
+        self.progress = bool(progress)
+        self.options = dict(options)
+        self._objective: Any = None
+        self._acq_model: Any = None
+        self._acq_data: Any = None
+        self._num_subsets = 1
+        self._template: Any = None
+        self._estimate: Any = None
+        self._likelihood: PoissonLogLikelihood | None = None
+        self.result: Any = None
+        self._callback: Callable[[dict[str, Any]], None] | None = None
+
+    # SIRF's setters
+    def set_objective_function(self, objective: Any) -> None:
+        """The SIRF objective (e.g. ``make_Poisson_loglikelihood``) to reconstruct with."""
+        self._objective = objective
+
+    def get_objective_function(self) -> Any:
+        return self._objective
+
+    def set_acquisition_model(self, acquisition_model: Any) -> None:
+        """Alternative to an objective: a SIRF acquisition model (needed for DPS)."""
+        self._acq_model = acquisition_model
+
+    def set_acquisition_data(self, acquisition_data: Any) -> None:
+        self._acq_data = acquisition_data
+
+    def set_num_subsets(self, num_subsets: int) -> None:
+        if int(num_subsets) < 1:
+            raise ValueError("num_subsets must be >= 1")
+        self._num_subsets = int(num_subsets)
+
+    def get_num_subsets(self) -> int:
+        return self._num_subsets
+
+    def set_num_subiterations(self, num_subiterations: int) -> None:
+        """Number of generative steps (each step is one data-consistent update)."""
+        if int(num_subiterations) < 1:
+            raise ValueError("the number of generative steps must be >= 1")
+        self.num_steps = int(num_subiterations)
+
+    def get_num_subiterations(self) -> int:
+        return self.num_steps
+
+    def set_callback(self, callback: Callable[[dict[str, Any]], None] | None) -> None:
+        """Called after every generative step with the sampler's dict (may raise
+        ``StopIteration`` to stop early)."""
+        self._callback = callback
+
+    def set_up(self, image: Any) -> None:
+        """Prepare the likelihood on the geometry of ``image`` (a SIRF ``ImageData``)."""
+        self._template = image
+        if self._acq_model is not None and self._acq_data is not None:
+            self._likelihood = sirf_likelihood(self._acq_model, self._acq_data, image,
+                                               num_subsets=self._num_subsets)
+        elif self._objective is not None:
+            if self.method == "dps":
+                raise ValueError("DPS needs projections: call set_acquisition_model and "
+                                 "set_acquisition_data instead of set_objective_function")
+            self._likelihood = ObjectiveFunctionLikelihood(self._objective, image,
+                                                           num_subsets=self._num_subsets)
+        else:
+            raise ValueError("call set_objective_function (or set_acquisition_model and "
+                             "set_acquisition_data) before set_up")
+
+    def set_current_estimate(self, image: Any) -> None:
+        """The image whose geometry and type the output takes (its values are not used: the
+        samplers start from noise and from MLEM/OSEM of the data)."""
+        self._estimate = image.clone() if hasattr(image, "clone") else image
+
+    def get_current_estimate(self) -> Any:
+        if self._estimate is None:
+            raise RuntimeError("current estimate not set")
+        return self._estimate.clone() if hasattr(self._estimate, "clone") else self._estimate
+
+    def _denoiser(self, nz: int) -> Any:
+        if callable(self.prior) and not isinstance(self.prior, (str, os.PathLike)):
+            return self.prior
+        from ..workflows import load_denoiser
+
+        return load_denoiser(self.prior, nz)
+
+    def process(self) -> None:
+        """Run the reconstruction; the result replaces the current estimate."""
+        from ..samplers.methods import reconstruct
+
+        if self._likelihood is None:
+            raise RuntimeError("call set_up(image) before process()")
+        if self._estimate is None:
+            raise RuntimeError("current estimate not set: call set_current_estimate(image)")
+        lik = self._likelihood
+        opts = dict(self.options)
+        if self.method == "dds":
+            opts.setdefault("num_subsets", self._num_subsets)
+        g = torch.Generator().manual_seed(self.seed)
+        self.result = reconstruct(self.method, lik, self._denoiser(lik.physics.image_shape[0]),
+                                  num_steps=self.num_steps, generator=g, progress=self.progress,
+                                  callback=self._callback, **opts)
+        mean = self.result.mean.reshape(lik.physics.image_shape)
+        _, restore = to_torch(self._estimate)
+        self._estimate = restore(mean)
+
+    def get_output(self) -> Any:
+        """The reconstructed image, of the type of the current estimate."""
+        if self.result is None:
+            raise RuntimeError("no reconstruction yet: call process()")
+        return self.get_current_estimate()
+
+
+# ----------------------------------------------------------------------------- PETRIC cases
+def sirf_case_likelihood(folder: str | os.PathLike[str], *, psf_fwhm_mm: Any = None,
+                         projector: str = "ray-tracing", num_subsets: int = 1,
+                         device: torch.device | str = "cpu") -> PoissonLogLikelihood:
+    """The likelihood of a PETRIC-layout folder on SIRF's physics.
+
+    ``prompts.hs``, ``mult_factors.hs`` (``S``) and ``additive_term.hs`` (``a``, so
+    ``ybar = S (G x + a)`` as PETRIC defines it) are read by SIRF; the image geometry is that of
+    ``OSEM_image.hv`` (else ``PETRIC/reference_image.hv``).  ``projector``: ``'ray-tracing'``
+    (STIR's ``ProjMatrixByBinUsingRayTracing``) or ``'parallelproj'`` (when SIRF has it).
+    ``psf_fwhm_mm``: optional image-space Gaussian (one FWHM or ``(transaxial, axial)``).
+    """
+    pet = require_sirf()
+    folder = Path(folder)
+    paths = {k: folder / f"{k}.hs" for k in ("prompts", "mult_factors", "additive_term")}
+    for k, p in paths.items():
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} is missing: a PETRIC case needs prompts.hs, "
+                                    "mult_factors.hs and additive_term.hs")
+    template_path = next((p for p in (folder / "OSEM_image.hv",
+                                      folder / "PETRIC" / "reference_image.hv") if p.is_file()),
+                         None)
+    if template_path is None:
+        raise FileNotFoundError(f"{folder} has neither OSEM_image.hv nor "
+                                "PETRIC/reference_image.hv to define the image geometry")
+    prompts = pet.AcquisitionData(str(paths["prompts"]))
+    mult = pet.AcquisitionData(str(paths["mult_factors"]))
+    additive = pet.AcquisitionData(str(paths["additive_term"]))
+    image = pet.ImageData(str(template_path))
+    check_prompts(acquisition_to_torch(prompts))
+    if projector == "parallelproj":
+        if not hasattr(pet, "AcquisitionModelUsingParallelproj"):
+            raise ImportError("this SIRF has no Parallelproj projector; use projector='ray-tracing'")
+        am = pet.AcquisitionModelUsingParallelproj()
+    elif projector == "ray-tracing":
+        am = pet.AcquisitionModelUsingRayTracingMatrix()
+    else:
+        raise ValueError(f"projector must be 'ray-tracing' or 'parallelproj', got {projector!r}")
+    if psf_fwhm_mm:
+        f = psf_fwhm_mm if isinstance(psf_fwhm_mm, (list, tuple)) else (psf_fwhm_mm, psf_fwhm_mm)
+        if len(f) != 2:
+            raise ValueError("psf_fwhm_mm must be one FWHM or (transaxial, axial)")
+        blur = pet.SeparableGaussianImageFilter()
+        blur.set_fwhms((float(f[1]), float(f[0]), float(f[0])))
+        am.set_image_data_processor(blur)
+    am.set_acquisition_sensitivity(pet.AcquisitionSensitivityModel(mult))
+    am.set_additive_term(additive)
+    return sirf_likelihood(am, prompts, image, num_subsets=num_subsets, device=device)

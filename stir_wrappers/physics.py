@@ -1,0 +1,290 @@
+r"""STIR's projectors (``import stir``) under the package's physics contract.
+
+:class:`STIRPhysics` is ``ybar = m * (G P x) + b`` with ``G`` a STIR projector pair, by default
+``ProjectorByBinPairUsingProjMatrixByBin(ProjMatrixByBinUsingRayTracing)`` (the projector SIRF's
+``AcquisitionModelUsingRayTracingMatrix`` uses), or Parallelproj's pair when STIR was built with
+it.  ``P`` (an optional Gaussian PSF), ``m`` (attenuation x normalisation) and ``b`` (randoms +
+scatter) are applied in torch, so STIR does only what it is validated for: the line integrals.
+Subset ``k`` of ``K`` uses STIR's partial projections ``forward_project(data, image, k, K)`` /
+``back_project(image, data, k, K)`` and STIR's view sets (``v % K == k`` plus the views related by
+the projector's symmetries; :mod:`sirf_diffusion.integrations.subsets`).
+
+Conversions: :func:`projdata_to_torch` / :func:`fill_projdata` (``ProjData.as_array()`` is
+``(TOF bin, sinogram, view, tangential)`` with segments in STIR's order 0, +1, -1, +2, -2 — the
+package's sinogram layout), :func:`image_to_torch` / :func:`torch_to_image` (``(z, y, x)``).
+:func:`multiplicative_factors` turns any STIR ``BinNormalisation`` (e.g. from a scanner's
+normalisation file, or ``BinNormalisationFromAttenuationImage``) into ``m``;
+:func:`scatter_estimate` runs STIR's ``ScatterEstimation`` from its parameter file.
+
+``stir`` is imported lazily; without it the functions raise an :class:`ImportError` naming the
+install route.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sirf_diffusion.integrations.subsets import ToolkitSubsets
+from sirf_diffusion.physics.base import PETPhysics
+
+__all__ = ["STIR_INSTALL_HINT", "require_stir", "STIRPhysics", "projdata_to_torch",
+           "fill_projdata", "image_to_torch", "torch_to_image", "multiplicative_factors",
+           "scatter_estimate", "stir_case_physics"]
+
+STIR_INSTALL_HINT = ("STIR's Python bindings are not installed (STIR is not on PyPI): "
+                     "`conda install -c conda-forge stir`, or build STIR with "
+                     "BUILD_SWIG_PYTHON=ON (the SIRF SuperBuild does)")
+
+
+def require_stir() -> Any:
+    """Import and return the ``stir`` module, or raise an ImportError naming the install route."""
+    try:
+        import stir
+    except ImportError as e:
+        raise ImportError(f"{STIR_INSTALL_HINT} ({e})") from e
+    return stir
+
+
+# ----------------------------------------------------------------------------- conversions
+def projdata_to_torch(projdata: Any, *, dtype: torch.dtype = torch.float32,
+                      device: torch.device | str = "cpu") -> torch.Tensor:
+    """STIR ``ProjData`` as ``[sinogram, view, tangential]`` (non-TOF only)."""
+    arr = np.asarray(projdata.as_array())
+    if arr.ndim == 4:
+        if arr.shape[0] != 1:
+            raise NotImplementedError(f"TOF projection data ({arr.shape[0]} TOF bins) are not "
+                                      "supported")
+        arr = arr[0]
+    return torch.from_numpy(np.array(arr, dtype=np.float32)).to(dtype=dtype, device=device)
+
+
+def fill_projdata(projdata: Any, values: torch.Tensor | np.ndarray) -> Any:
+    """Write ``[sinogram, view, tangential]`` values into STIR ``ProjData``; returns it."""
+    v = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    n = int(projdata.get_proj_data_info().size_all()) if hasattr(
+        projdata.get_proj_data_info(), "size_all") else None
+    if n is not None and n != v.size:
+        raise ValueError(f"cannot fill projection data of {n} bins with {v.size} values")
+    projdata.fill(np.ascontiguousarray(v, dtype=np.float32).flat)
+    return projdata
+
+
+def image_to_torch(image: Any, *, dtype: torch.dtype = torch.float32,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+    """A STIR image (``FloatVoxelsOnCartesianGrid``) as a ``(z, y, x)`` tensor."""
+    return torch.from_numpy(np.array(image.as_array(), dtype=np.float32)).to(dtype=dtype,
+                                                                             device=device)
+
+
+def torch_to_image(values: torch.Tensor | np.ndarray, template: Any) -> Any:
+    """A new STIR image like ``template`` holding ``values`` (``(z, y, x)``)."""
+    v = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    shape = tuple(np.asarray(template.as_array()).shape)
+    if tuple(v.shape) != shape:
+        raise ValueError(f"image values of shape {tuple(v.shape)} do not fit the STIR image of "
+                         f"shape {shape}")
+    out = template.get_empty_copy()
+    out.fill(np.ascontiguousarray(v, dtype=np.float32).flat)
+    return out
+
+
+def _voxel_sizes(image: Any) -> tuple[float, float, float]:
+    g = image.get_grid_spacing()
+    return (float(g[1]), float(g[2]), float(g[3]))
+
+
+def multiplicative_factors(normalisation: Any, template: Any) -> torch.Tensor:
+    """``m`` of a STIR ``BinNormalisation`` on the geometry of ``template`` (``ProjData``).
+
+    STIR's model multiplies the projections by the normalisation's ``undo`` factors, so
+    ``m = undo(1)``.
+    """
+    stir = require_stir()
+    ones = stir.ProjDataInMemory(template.get_exam_info(), template.get_proj_data_info())
+    ones.fill(1.0)
+    normalisation.set_up(template.get_exam_info(), template.get_proj_data_info())
+    normalisation.undo(ones)
+    return projdata_to_torch(ones)
+
+
+def scatter_estimate(parameter_file: str | os.PathLike[str]) -> torch.Tensor:
+    """Run STIR's ``ScatterEstimation`` from its parameter file and return the scatter estimate
+    (``[sinogram, view, tangential]``, the additive contribution of scatter in STIR's model)."""
+    stir = require_stir()
+    p = Path(parameter_file)
+    if not p.is_file():
+        raise FileNotFoundError(f"scatter estimation parameter file {p} does not exist")
+    se = stir.ScatterEstimation(str(p))
+    if not se.process_data().succeeded():
+        raise RuntimeError(f"STIR's ScatterEstimation failed with {p}")
+    return projdata_to_torch(se.get_output())
+
+
+# ----------------------------------------------------------------------------- physics
+class STIRPhysics(ToolkitSubsets, PETPhysics):
+    """STIR projector pair as a :class:`~sirf_diffusion.physics.base.PETPhysics`.
+
+    Parameters
+    ----------
+    template
+        STIR ``ProjData`` giving the scanner and sinogram geometry.
+    image_template
+        STIR ``FloatVoxelsOnCartesianGrid`` giving the voxel grid.
+    multiplicative, additive
+        ``m`` and ``b`` as tensors ``[sinogram, view, tangential]`` or STIR ``ProjData``.
+    projector
+        ``'ray-tracing'`` (``ProjMatrixByBinUsingRayTracing``) or ``'parallelproj'``.
+    num_tangential_lors, restrict_to_cylindrical_fov
+        Settings of the ray-tracing matrix (STIR's ``num_tangential_LORs``,
+        ``restrict_to_cylindrical_FOV``).
+    psf_fwhm_mm
+        Optional Gaussian image-space PSF (one FWHM or ``(transaxial, axial)``), in torch.
+    num_subsets
+        Number of view subsets.
+    """
+
+    def __init__(self, template: Any, image_template: Any, *,
+                 multiplicative: Any = None, additive: Any = None,
+                 projector: str = "ray-tracing", num_tangential_lors: int = 1,
+                 restrict_to_cylindrical_fov: bool = True,
+                 psf_fwhm_mm: float | tuple[float, float] | None = None,
+                 num_subsets: int = 1) -> None:
+        stir = require_stir()
+        self._stir = stir
+        self._exam_info = template.get_exam_info()
+        self._pdi = template.get_proj_data_info()
+        self._img_template = image_template.get_empty_copy()
+        if projector == "ray-tracing":
+            matrix = stir.ProjMatrixByBinUsingRayTracing()
+            matrix.set_num_tangential_LORs(int(num_tangential_lors))
+            matrix.set_restrict_to_cylindrical_FOV(bool(restrict_to_cylindrical_fov))
+            pair = stir.ProjectorByBinPairUsingProjMatrixByBin(matrix)
+        elif projector == "parallelproj":
+            if not hasattr(stir, "ProjectorByBinPairUsingParallelproj"):
+                raise ImportError("this STIR was built without Parallelproj; use "
+                                  "projector='ray-tracing'")
+            pair = stir.ProjectorByBinPairUsingParallelproj()
+        else:
+            raise ValueError(f"projector must be 'ray-tracing' or 'parallelproj', got {projector!r}")
+        pair.set_up(self._pdi, self._img_template)
+        self.projector_pair = pair
+        self._fwd = pair.get_forward_projector()
+        self._bck = pair.get_back_projector()
+        self.image_shape = tuple(int(n) for n in np.asarray(image_template.as_array()).shape)
+        self.voxel_size_mm = _voxel_sizes(image_template)
+        probe = stir.ProjDataInMemory(self._exam_info, self._pdi)
+        self.data_shape = tuple(projdata_to_torch(probe).shape)  # type: ignore[assignment]
+        self._m = self._term(multiplicative, "multiplicative")
+        self._b = self._term(additive, "additive")
+        self.psf = None
+        if psf_fwhm_mm:
+            from sirf_diffusion.physics.geometry import ImageGeometry
+            from sirf_diffusion.physics.psf import GaussianPSF
+
+            fw = psf_fwhm_mm if isinstance(psf_fwhm_mm, (list, tuple)) else (psf_fwhm_mm,) * 2
+            self.psf = GaussianPSF(ImageGeometry(self.image_shape, self.voxel_size_mm),
+                                   float(fw[0]), float(fw[1]))
+        self._subset_sets = {}
+        super().__init__(num_subsets)
+
+    def _term(self, t: Any, name: str) -> torch.Tensor | None:
+        if t is None:
+            return None
+        if not isinstance(t, torch.Tensor):
+            t = projdata_to_torch(t)
+        if tuple(t.shape) != tuple(self.data_shape):
+            raise ValueError(f"{name} term has shape {tuple(t.shape)}, but the STIR geometry "
+                             f"has {self.data_shape} (sinogram, view, tangential)")
+        if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+            raise ValueError(f"{name} term has negative or non-finite values")
+        return t.to(torch.float32)
+
+    @property
+    def additive_term(self) -> torch.Tensor | None:
+        return self._b
+
+    @property
+    def multiplicative_term(self) -> torch.Tensor | None:
+        return self._m
+
+    def _partial_forward_of_ones(self, subset: int, num_subsets: int) -> torch.Tensor:
+        ones = self._img_template.get_empty_copy()
+        ones.fill(1.0)
+        return self._project(ones, subset, num_subsets)
+
+    def _project(self, image: Any, k: int, K: int) -> torch.Tensor:
+        out = self._stir.ProjDataInMemory(self._exam_info, self._pdi)
+        self._fwd.forward_project(out, image, k, K)
+        return projdata_to_torch(out)
+
+    def _forward_linear(self, x: torch.Tensor, views: torch.Tensor | None) -> torch.Tensor:
+        k, K = self._subset_index(views)
+        if self.psf is not None:
+            x = self.psf.forward(x)
+        res = []
+        for xb in x:
+            y = self._project(torch_to_image(xb, self._img_template), k, K).to(x)
+            if views is not None:
+                y = y.index_select(1, views.to(x.device))
+            res.append(y)
+        y = torch.stack(res)
+        if self._m is not None:
+            m = self._m.to(y)
+            y = y * (m if views is None else m.index_select(1, views.to(y.device)))
+        return y
+
+    def _adjoint(self, y: torch.Tensor, views: torch.Tensor | None) -> torch.Tensor:
+        k, K = self._subset_index(views)
+        if self._m is not None:
+            m = self._m.to(y)
+            y = y * (m if views is None else m.index_select(1, views.to(y.device)))
+        res = []
+        for yb in y:
+            full = torch.zeros(self.data_shape, dtype=torch.float32)
+            if views is None:
+                full.copy_(yb.detach().cpu())
+            else:
+                full[:, views.cpu(), :] = yb.detach().cpu().to(torch.float32)
+            pd = fill_projdata(self._stir.ProjDataInMemory(self._exam_info, self._pdi), full)
+            img = self._img_template.get_empty_copy()
+            img.fill(0.0)
+            self._bck.back_project(img, pd, k, K)
+            res.append(image_to_torch(img).to(y))
+        x = torch.stack(res)
+        if self.psf is not None:
+            x = self.psf.adjoint(x)
+        return x
+
+    def __repr__(self) -> str:
+        return (f"STIRPhysics(image {self.image_shape}, data {self.data_shape}, "
+                f"{self.num_subsets} subsets)")
+
+
+def stir_case_physics(folder: str | os.PathLike[str], *, psf_fwhm_mm: Any = None,
+                      projector: str = "ray-tracing", num_subsets: int = 1) -> STIRPhysics:
+    """:class:`STIRPhysics` of a PETRIC-layout folder read by STIR: ``m`` from
+    ``mult_factors.hs``, ``b = m * additive_term`` (PETRIC's ``ybar = m (G x + a)``), the voxel
+    grid of ``OSEM_image.hv`` (else ``PETRIC/reference_image.hv``)."""
+    stir = require_stir()
+    folder = Path(folder)
+    files = {k: folder / f"{k}.hs" for k in ("prompts", "mult_factors", "additive_term")}
+    for p in files.values():
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} is missing: a PETRIC case needs prompts.hs, "
+                                    "mult_factors.hs and additive_term.hs")
+    tpl = next((p for p in (folder / "OSEM_image.hv", folder / "PETRIC" / "reference_image.hv")
+                if p.is_file()), None)
+    if tpl is None:
+        raise FileNotFoundError(f"{folder} has neither OSEM_image.hv nor "
+                                "PETRIC/reference_image.hv to define the image geometry")
+    prompts = stir.ProjData.read_from_file(str(files["prompts"]))
+    mult = projdata_to_torch(stir.ProjData.read_from_file(str(files["mult_factors"])))
+    add = projdata_to_torch(stir.ProjData.read_from_file(str(files["additive_term"])))
+    image = stir.FloatVoxelsOnCartesianGrid.read_from_file(str(tpl))
+    return STIRPhysics(prompts, image, multiplicative=mult, additive=mult * add,
+                       projector=projector, psf_fwhm_mm=psf_fwhm_mm, num_subsets=num_subsets)
