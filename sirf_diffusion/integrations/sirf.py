@@ -356,8 +356,7 @@ class ObjectiveFunctionLikelihood(PoissonLogLikelihood):
     def value_and_gradient(self, x: torch.Tensor, subset: int | None = None):
         g = self.gradient(x, subset)
         if subset is None:
-            v = self.value(x)
-            self.num_forward -= 1.0  # STIR computes both from one projection in principle
+            v = self.value(x)  # SIRF evaluates it separately: one more forward projection
         else:
             v = torch.full(x.shape[:-3], float("nan"), dtype=x.dtype, device=x.device)
         return v, g
