@@ -60,20 +60,20 @@ def main(out: str) -> None:
                                         num_mlem_iterations=20,
                                         generator=torch.Generator().manual_seed(0))
     algo.run(100, callbacks=[PrintPLL()])        # stops by itself after its 50 steps
-    lisch = algo.solution.as_array()
+    lisch = algo.solution.as_array().reshape(ref.shape)   # CIL drops the size-1 z axis
     print(f"PET-LiSch (CIL Algorithm): NRMSE {metrics.nrmse(lisch, ref, brain):.4f}")
 
     # 2. the prior as a CIL Function inside CIL's FISTA
     x_osem = osem(lik, num_subsets=12, num_epochs=3, progress=False)
     b = ig.allocate(0)
-    b.fill(x_osem.numpy().astype(np.float32))
+    b.fill(x_osem.numpy().astype(np.float32).reshape(b.shape))
     prior = DiffusionPrior(model, sigma=0.2, penalisation_factor=0.02)
     f = DiffusionPriorFunction(prior).set_up(b)
     fista = FISTA(initial=b.copy(), f=0.5 * L2NormSquared(b=b), g=f, step_size=1.0)
     fista.run(20, verbose=0)
     print(f"OSEM 3 epochs: NRMSE {metrics.nrmse(x_osem.numpy(), ref, brain):.4f}; "
           f"FISTA with the prior's proximal map: "
-          f"{metrics.nrmse(fista.solution.as_array(), ref, brain):.4f}")
+          f"{metrics.nrmse(fista.solution.as_array().reshape(ref.shape), ref, brain):.4f}")
     np.save(out_dir / "lisch.npy", lisch)
     np.save(out_dir / "fista.npy", fista.solution.as_array())
 

@@ -345,3 +345,32 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="values but the reverse diffusion"):
         AnchoredEMDC(lik, norm, beta=torch.ones(3))(norm.to_prior(truth[None]),
                                                      ctx(0, 2, norm.to_prior(truth[None])))
+
+
+def test_intensity_scale_ignores_barely_seen_voxels():
+    """A voxel at the rim of the field of view, seen by almost no ray, takes an arbitrary EM
+    value; the fitted scale (mean over the support) must come from the well-sampled voxels."""
+    from sirf_diffusion.diffusion.normalisation import support_mean, well_sampled
+
+    lik, truth = poisson_problem(seed=3)
+    A = lik.physics.matrix.clone()
+    A[:, 0] = 0
+    A[0, 0] = 1e-7          # voxel 0: one ray, tiny weight
+    phys = DenseMatrixPhysics(A, lik.physics.image_shape, lik.physics.data_shape,
+                              additive=lik.physics.additive_term)
+    y = lik.data.clone()
+    y[0, 0, 0] += 50        # counts in its only bin: MLEM puts a huge value there
+    lik2 = PoissonLogLikelihood(phys, y)
+    x = mlem(lik2, None, num_iterations=20, progress=False)
+    assert float(x.flatten()[0]) > 100 * float(x.flatten()[1:].max())
+    eligible = well_sampled(lik2.sensitivity(None, like=x))
+    assert not bool(eligible.flatten()[0]) and bool(eligible.flatten()[1:].all())
+    s = float(support_mean(x[None], eligible=eligible[None])[0])
+    rest = x.flatten()[1:]
+    assert s == pytest.approx(float(rest[rest > 0.05 * rest.max()].mean()), rel=1e-6)
+    assert float(support_mean(x[None])[0]) > 10 * s   # without it, the rim voxel sets the scale
+    res = reconstruct("dds", lik2, GaussianDenoiser(torch.ones(1, 1, 4, 4, dtype=DT),
+                                                     torch.full((1, 1, 4, 4), 0.5, dtype=DT)),
+                      num_steps=3, progress=False, dtype=DT,
+                      generator=torch.Generator().manual_seed(0))
+    assert res.normalisation.scale < 10 * float(truth.mean())

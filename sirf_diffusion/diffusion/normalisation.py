@@ -21,19 +21,26 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["IntensityNormalisation", "support_mean"]
+__all__ = ["IntensityNormalisation", "support_mean", "well_sampled"]
 
 
 def support_mean(image: torch.Tensor, mask: torch.Tensor | None = None,
-                 threshold: float = 0.05) -> torch.Tensor:
+                 threshold: float = 0.05, *, eligible: torch.Tensor | None = None
+                 ) -> torch.Tensor:
     """Mean of ``image`` over its support, per leading batch element.
 
     The support is ``mask`` when given, else the voxels above ``threshold * max`` of each
-    image.  Returns a tensor of shape ``image.shape[:-3]``.
+    image, the maximum and the support being taken over the ``eligible`` voxels only (default:
+    all).  Reconstructions pass the voxels the scanner sees well as ``eligible``: voxels at the
+    edge of the field of view with a tiny sensitivity take arbitrary EM values, and one of them
+    would otherwise set the maximum.  Returns a tensor of shape ``image.shape[:-3]``.
     """
     flat = image.reshape(*image.shape[:-3], -1)
     if mask is None:
-        m = flat > threshold * flat.amax(dim=-1, keepdim=True).clamp(min=0)
+        ok = torch.ones_like(flat, dtype=torch.bool) if eligible is None else \
+            eligible.reshape(*eligible.shape[:-3], -1).to(torch.bool).expand_as(flat)
+        top = torch.where(ok, flat, torch.zeros_like(flat)).amax(dim=-1, keepdim=True)
+        m = ok & (flat > threshold * top.clamp(min=0))
     else:
         m = mask.reshape(*mask.shape[:-3], -1).to(torch.bool).expand_as(flat)
     count = m.sum(dim=-1)
@@ -41,6 +48,12 @@ def support_mean(image: torch.Tensor, mask: torch.Tensor | None = None,
         raise ValueError("the support used for intensity normalisation is empty "
                          "(an all-zero or negative image?)")
     return (flat * m).sum(dim=-1) / count
+
+
+def well_sampled(sensitivity: torch.Tensor, fraction: float = 0.01) -> torch.Tensor:
+    """Voxels whose sensitivity is at least ``fraction`` of the largest: those an EM
+    reconstruction determines (the others, at the rim of the field of view, can take any value)."""
+    return sensitivity > fraction * sensitivity.amax()
 
 
 @dataclass

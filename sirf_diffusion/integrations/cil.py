@@ -45,7 +45,7 @@ from typing import Any, Callable, Literal
 import torch
 
 from ..diffusion.denoiser import Denoiser
-from ..diffusion.normalisation import IntensityNormalisation, support_mean
+from ..diffusion.normalisation import IntensityNormalisation, support_mean, well_sampled
 from ..likelihood import PoissonLogLikelihood
 from ..samplers.loop import DataConsistency, StepContext, ddim_noise_levels
 from .containers import Restore, to_torch
@@ -299,9 +299,10 @@ def prepare_diffusion_sampling(
         config.update(init_subsets=ns, init_epochs=ne)
     if normalisation is None:
         assert init_image is not None
+        eligible = well_sampled(likelihood.sensitivity(None, like=init_image))
         normalisation = IntensityNormalisation(
             float(support_mean(init_image[None], None if support_mask is None
-                               else support_mask[None])[0]))
+                               else support_mask[None], eligible=eligible[None])[0]))
     config["normalisation"] = normalisation.to_dict()
 
     # 2. the data-consistency rule

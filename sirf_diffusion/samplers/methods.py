@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from ..diffusion.denoiser import Denoiser
-from ..diffusion.normalisation import IntensityNormalisation, support_mean
+from ..diffusion.normalisation import IntensityNormalisation, support_mean, well_sampled
 from ..likelihood import PoissonLogLikelihood
 from ..recon.priors import NeighbourhoodPrior, RelativeDifferencePrior
 from .dds import AnchoredEMDC
@@ -315,9 +315,10 @@ def reconstruct(
         config.update(init_subsets=ns, init_epochs=ne)
     if normalisation is None:
         assert init_image is not None
+        eligible = well_sampled(likelihood.sensitivity(None, like=init_image))
         normalisation = IntensityNormalisation(
             float(support_mean(init_image[None], None if support_mask is None
-                               else support_mask[None])[0]))
+                               else support_mask[None], eligible=eligible[None])[0]))
     config["normalisation"] = normalisation.to_dict()
 
     # 2. the data-consistency rule
