@@ -98,17 +98,26 @@ def _voxel_sizes(image: Any) -> tuple[float, float, float]:
     return (float(g[1]), float(g[2]), float(g[3]))
 
 
-def multiplicative_factors(normalisation: Any, template: Any) -> torch.Tensor:
+def multiplicative_factors(normalisation: Any, template: Any, *,
+                           forward_projector: Any = None) -> torch.Tensor:
     """``m`` of a STIR ``BinNormalisation`` on the geometry of ``template`` (``ProjData``).
 
     STIR's model multiplies the projections by the normalisation's ``undo`` factors, so
-    ``m = undo(1)``.
+    ``m = undo(1)``.  A normalisation that forward projects (``BinNormalisationFromAttenuationImage``)
+    must be built with an explicit ``forward_projector`` and given it here too: STIR walks the
+    data in that projector's symmetry groups (without them it aborts on mismatched related
+    viewgrams).
     """
     stir = require_stir()
     ones = stir.ProjDataInMemory(template.get_exam_info(), template.get_proj_data_info())
     ones.fill(1.0)
-    normalisation.set_up(template.get_exam_info(), template.get_proj_data_info())
-    normalisation.undo(ones)
+    if not normalisation.set_up(template.get_exam_info(),
+                                template.get_proj_data_info()).succeeded():
+        raise RuntimeError("the STIR normalisation could not be set up for this geometry")
+    if forward_projector is not None:
+        normalisation.undo(ones, forward_projector.get_symmetries_used())
+    else:
+        normalisation.undo(ones)
     return projdata_to_torch(ones)
 
 
@@ -156,6 +165,9 @@ class STIRPhysics(ToolkitSubsets, PETPhysics):
                  num_subsets: int = 1) -> None:
         stir = require_stir()
         self._stir = stir
+        # STIR's getters return views into the objects: keep the objects alive
+        self._template = template
+        self._image_template = image_template
         self._exam_info = template.get_exam_info()
         self._pdi = template.get_proj_data_info()
         self._img_template = image_template.get_empty_copy()

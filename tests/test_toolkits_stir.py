@@ -103,8 +103,9 @@ def test_multiplicative_factors_from_stir_attenuation(stir, stir_reference):
 
     mu = stir.FloatVoxelsOnCartesianGrid.read_from_file(str(stir_reference / "mu_disk.hv"))
     tpl = stir.ProjData.read_from_file(str(stir_reference / "mu_disk_af.hs"))
-    norm = stir.BinNormalisationFromAttenuationImage(mu)
-    m = multiplicative_factors(norm, tpl)
+    fp = stir.ForwardProjectorByBinUsingProjMatrixByBin(stir.ProjMatrixByBinUsingRayTracing())
+    norm = stir.BinNormalisationFromAttenuationImage(mu, fp)
+    m = multiplicative_factors(norm, tpl, forward_projector=fp)
     assert float((m - projdata_to_torch(tpl)).abs().max()) < 1e-4
 
 
