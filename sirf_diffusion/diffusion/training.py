@@ -147,6 +147,11 @@ class TrainConfig:
         :class:`~.model.ScoreModelConfig` fields (``unet``, ``parametrisation``, ``schedule``,
         ``t_min``); ``orientation``, ``image_size``, ``normalisation`` and ``training_data``
         are filled in from this config and the data.
+    init_from
+        A model folder (:func:`~.modelio.load_model`) whose weights start the network and its
+        EMA: a warm start, e.g. to continue training the shipped prior (its architecture must
+        match ``model``).  Only for a new run: a resumed run takes everything from its
+        checkpoint.
     """
 
     orientation: Orientation = "xy"
@@ -179,6 +184,7 @@ class TrainConfig:
     cache_dir: str | None = None
     device: str = "cpu"
     model: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         for key in ("betas", "voxel_size_mm", "scale_range"):
@@ -567,6 +573,17 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
         model = _build_model(cfg, train_ds, seeds, model_factory)
     if not callable(getattr(model, "training_loss", None)):
         raise TypeError("the model must have a training_loss(x0, generator) method")
+    if ckpt is None and cfg.init_from:
+        from .modelio import load_model
+
+        warm = load_model(cfg.init_from)
+        try:
+            model.load_state_dict(warm.state_dict())
+        except RuntimeError as e:
+            raise ValueError(f"init_from={cfg.init_from!r} does not fit the configured model: "
+                             f"{e}") from None
+        if main:
+            tqdm.write(f"warm start from {cfg.init_from}")
     model.to(device)
     ema = EMA(model, cfg.ema_decay, cfg.ema_warmup)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas,
