@@ -308,3 +308,42 @@ def test_cil_algorithm_refuses_a_wrong_template():
     with pytest.raises(ValueError, match="template has shape"):
         LikelihoodScheduledDiffusion(lik, gaussian_denoiser(), template=np.zeros((2, 4, 4)),
                                      num_steps=2, num_mlem_iterations=2)
+
+
+def test_cil_operator_of_the_physics():
+    """``PETPhysicsOperator``: CIL's dot test, ``out=`` conventions, equal to the physics, and
+    usable with CIL's KullbackLeibler (gradient = -grad PLL)."""
+    require("cil")
+    from cil.optimisation.functions import KullbackLeibler, OperatorCompositionFunction
+    from cil.optimisation.operators import LinearOperator
+
+    from sirf_diffusion.integrations.cil import PETPhysicsOperator
+
+    lik = poisson_problem(dtype=torch.float32)[0]
+    phys = lik.physics
+    op = PETPhysicsOperator(phys)
+    assert isinstance(op, LinearOperator) and op.is_linear()
+    assert LinearOperator.dot_test(op, tolerance=4)
+    x = op.domain_geometry().allocate("random", seed=1)
+    y = op.direct(x)
+    xt = torch.as_tensor(x.as_array()).reshape(phys.image_shape)
+    np.testing.assert_allclose(y.as_array().reshape(phys.data_shape),
+                               phys.forward_linear(xt).numpy(), rtol=1e-5, atol=1e-6)
+    out = op.range_geometry().allocate(0)
+    assert op.direct(x, out=out) is out
+    np.testing.assert_allclose(out.as_array(), y.as_array())
+    back = op.domain_geometry().allocate(0)
+    assert op.adjoint(y, out=back) is back
+    # CIL's KL(b=y, eta=additive) composed with the operator is -L (up to a constant)
+    b = op.range_geometry().allocate(0)
+    b.fill(lik.data.numpy().reshape(b.shape))
+    eta = op.range_geometry().allocate(0)
+    eta.fill(phys.additive_term.numpy().reshape(eta.shape))
+    f = OperatorCompositionFunction(KullbackLeibler(b=b, eta=eta), op)
+    g_cil = f.gradient(x).as_array().reshape(phys.image_shape)
+    np.testing.assert_allclose(g_cil, -lik.gradient(xt).numpy(), rtol=1e-4, atol=1e-4)
+    phys.set_num_subsets(2)
+    sub = PETPhysicsOperator(phys, subset=1)
+    ys = sub.direct(x).as_array().reshape(phys.data_shape[0], -1, phys.data_shape[2])
+    np.testing.assert_allclose(ys, phys.forward_linear(xt, 1).numpy(), rtol=1e-5, atol=1e-6)
+    assert LinearOperator.dot_test(sub, tolerance=4)

@@ -5,8 +5,11 @@
 * :mod:`.prior`: :class:`DiffusionPrior`, a penalty with SIRF's ``Prior`` surface
   (``set_penalisation_factor``, ``set_up``, ``get_value``, ``get_gradient``) usable by the Python
   MAP algorithms of :mod:`sirf_diffusion.recon.map` and by SIRF/CIL scripts;
-* :mod:`.cil`: CIL ``Function`` and ``Algorithm`` classes (``DiffusionPriorFunction``,
-  ``LikelihoodScheduledDiffusion``, ``DecomposedDiffusion``), built when first accessed.
+* :mod:`.cil`: CIL ``Function``, ``Operator`` and ``Algorithm`` classes
+  (``DiffusionPriorFunction``, ``PETPhysicsOperator``, ``LikelihoodScheduledDiffusion``,
+  ``DecomposedDiffusion``), built when first accessed;
+* :mod:`.sirf`: SIRF physics (``SIRFPhysics``, ``sirf_likelihood``), SIRF objective functions
+  (``ObjectiveFunctionLikelihood``) and the drop-in ``DiffusionReconstructor``.
 
 Importing this package imports neither SIRF, STIR nor CIL: the CIL classes are resolved lazily
 (``from sirf_diffusion.integrations import DiffusionPriorFunction`` imports CIL at that moment and
@@ -23,7 +26,8 @@ from .prior import DiffusionPrior
 # The lazily resolved CIL classes are not in ``__all__``: ``import *`` must not need CIL.
 __all__ = ["DiffusionPrior", "to_torch", "to_numpy", "like", "container_kind"]
 
-_LAZY_CIL = ("DiffusionPriorFunction", "LikelihoodScheduledDiffusion", "DecomposedDiffusion")
+_LAZY_CIL = ("DiffusionPriorFunction", "LikelihoodScheduledDiffusion", "DecomposedDiffusion",
+             "PETPhysicsOperator")
 
 
 def __getattr__(name: str) -> Any:

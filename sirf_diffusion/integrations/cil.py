@@ -32,6 +32,11 @@ raises an :class:`ImportError` naming the install route when CIL is missing.
     of ``template`` (CIL or SIRF ``ImageData``, STIR image, numpy array or torch tensor; default
     a torch tensor ``(z, y, x)``).
 
+``PETPhysicsOperator``
+    The linear part ``m * G P`` of any physics backend as a CIL ``LinearOperator``
+    (``direct``/``adjoint`` with ``out=``), for CIL's own solvers with e.g.
+    ``KullbackLeibler(b=prompts, eta=additive)``.
+
 The toolkit-independent machinery (:class:`DiffusionStepper`, :func:`prepare_diffusion_sampling`)
 is usable and tested without CIL.
 """
@@ -54,9 +59,10 @@ from .prior import DiffusionPrior
 # the last three are built on first access (module ``__getattr__``; importing them needs CIL)
 __all__ = ["DiffusionStepper", "DiffusionRun", "prepare_diffusion_sampling", "require_cil",
            "DiffusionPriorFunction", "LikelihoodScheduledDiffusion",  # noqa: F822
-           "DecomposedDiffusion"]  # noqa: F822
+           "DecomposedDiffusion", "PETPhysicsOperator"]  # noqa: F822
 
-_CIL_NAMES = ("DiffusionPriorFunction", "LikelihoodScheduledDiffusion", "DecomposedDiffusion")
+_CIL_NAMES = ("DiffusionPriorFunction", "LikelihoodScheduledDiffusion", "DecomposedDiffusion",
+              "PETPhysicsOperator")
 
 CIL_INSTALL_HINT = ("CIL is not installed: `conda install -c conda-forge -c ccpi cil`, "
                     "or build it with the SIRF SuperBuild (https://github.com/SyneRBI/SIRF-SuperBuild)")
@@ -506,13 +512,80 @@ def _build_cil_classes() -> dict[str, type]:
 
         _method = "dds"
 
+    from cil.framework import ImageGeometry
+    from cil.optimisation.operators import LinearOperator
+
+    class PETPhysicsOperator(LinearOperator):
+        """The linear part ``m * G P`` of a package physics model as a CIL ``LinearOperator``.
+
+        Parameters
+        ----------
+        physics
+            Any :class:`~sirf_diffusion.physics.base.PETPhysics` (embedded, SIRF, STIR).
+        domain_geometry, range_geometry
+            CIL geometries (anything with ``allocate``) of images ``(z, y, x)`` and sinograms
+            ``(sinogram, view, tangential)``; default: CIL ``ImageGeometry`` objects of those
+            shapes (voxel sizes in mm for the image; CIL drops axes of size 1).
+        subset
+            Project the views of this subset only (``None``: all views).
+
+        Notes
+        -----
+        ``direct(x, out=None)`` / ``adjoint(y, out=None)`` follow CIL: with ``out`` the result
+        is written into ``out``, which is returned.  The affine term ``b`` is not part of the
+        operator: give it to CIL's ``KullbackLeibler(b=prompts, eta=b)``.
+        """
+
+        def __init__(self, physics: Any, domain_geometry: Any = None, range_geometry: Any = None,
+                     subset: int | None = None) -> None:
+            nz, ny, nx = physics.image_shape
+            vz, vy, vx = physics.voxel_size_mm
+            if domain_geometry is None:
+                domain_geometry = ImageGeometry(voxel_num_x=nx, voxel_num_y=ny, voxel_num_z=nz,
+                                                voxel_size_x=vx, voxel_size_y=vy,
+                                                voxel_size_z=vz)
+            ns, nv, nt = physics.data_shape
+            if subset is not None:
+                nv = len(physics.subset_views(subset))
+            if range_geometry is None:
+                range_geometry = ImageGeometry(voxel_num_x=nt, voxel_num_y=nv, voxel_num_z=ns)
+            self.physics = physics
+            self.subset = subset
+            self._data_shape = (ns, nv, nt)
+            super().__init__(domain_geometry=domain_geometry, range_geometry=range_geometry)
+
+        @staticmethod
+        def _values(x: Any, shape: tuple[int, ...], what: str) -> torch.Tensor:
+            t, _ = to_torch(x)
+            if t.numel() != math.prod(shape):
+                raise ValueError(f"{what} has shape {tuple(t.shape)}, expected {shape}")
+            return t.reshape(shape)
+
+        @staticmethod
+        def _write(values: torch.Tensor, geometry: Any, out: Any) -> Any:
+            if out is None:
+                out = geometry.allocate(0)
+            out.fill(values.detach().cpu().numpy().astype("float32").reshape(out.shape))
+            return out
+
+        def direct(self, x: Any, out: Any = None) -> Any:
+            u = self._values(x, tuple(self.physics.image_shape), "image")
+            y = self.physics.forward_linear(u, self.subset)
+            return self._write(y, self.range_geometry(), out)
+
+        def adjoint(self, x: Any, out: Any = None) -> Any:
+            y = self._values(x, self._data_shape, "sinogram")
+            u = self.physics.adjoint(y, self.subset)
+            return self._write(u, self.domain_geometry(), out)
+
     for cls in (DiffusionPriorFunction, LikelihoodScheduledDiffusion, DecomposedDiffusion,
-                _DiffusionAlgorithm):
+                _DiffusionAlgorithm, PETPhysicsOperator):
         cls.__module__ = __name__
         cls.__qualname__ = cls.__name__
     _CLASSES.update(DiffusionPriorFunction=DiffusionPriorFunction,
                     LikelihoodScheduledDiffusion=LikelihoodScheduledDiffusion,
-                    DecomposedDiffusion=DecomposedDiffusion)
+                    DecomposedDiffusion=DecomposedDiffusion,
+                    PETPhysicsOperator=PETPhysicsOperator)
     return _CLASSES
 
 
