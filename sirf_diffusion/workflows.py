@@ -142,7 +142,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _default_subsets(model) -> int:
+    """A number of subsets dividing the views; for STIR's projectors (SIRF/STIR physics) it
+    divides a quarter of the views, as STIR needs with its default symmetries."""
+    from .integrations.subsets import ToolkitSubsets
+
     views = model.data_shape[1]
+    if isinstance(model, ToolkitSubsets) and views % 4 == 0:
+        views //= 4
     for k in (12, 14, 9, 7, 6, 4, 3, 2):
         if views % k == 0:
             return k
