@@ -22,7 +22,8 @@ scatter, 4.5 mm PSF) and reconstructed by
 * **PET-LiSch** (likelihood schedule from a ``K``-iteration MLEM) for each ``--lisch-k``;
 
 the diffusion methods with the shipped slice prior (or ``--model``), ``--steps`` generative
-steps, one chain, the same sampler seed for every parameter of a realisation.
+steps, one chain (or the mean of ``--samples`` chains, run as one batch: the posterior-mean
+estimate), the same sampler seed for every parameter of a realisation.
 
 Per method and parameter: NRMSE, PSNR and SSIM in the brain, lesion contrast recovery (hot/cold
 masks of the phantom; background = brain without lesions), NEMA background variability over
@@ -104,6 +105,7 @@ class Job:
     methods: list[str]
     model: str | None
     threads: int
+    samples: int = 1
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -151,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-views", type=int, default=None,
                    help="sinogram views (a divisor of the scanner's 252 that --subsets divides; "
                         "default: all)")
+    p.add_argument("--samples", type=int, default=1,
+                   help="chains per diffusion reconstruction; the reported image is their mean "
+                        "(the posterior-mean estimate), the same for every diffusion method")
     p.add_argument("--seed", type=int, default=0, help="base seed of the noise and the samplers")
     p.add_argument("--workers", type=int, default=1,
                    help="parallel worker processes (one scan each)")
@@ -172,6 +177,8 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("--realisations must be >= 2 (bias and variance need two)")
     if s["subjects"] < 1:
         raise SystemExit("--subjects must be >= 1")
+    if args.samples < 1:
+        raise SystemExit("--samples must be >= 1")
     if args.map_init_epochs < 1 or args.map_init_epochs > s["osem_epochs"]:
         raise SystemExit("--map-init-epochs must be in [1, --osem-epochs]")
     return s
@@ -286,7 +293,7 @@ def run_job(job: Job) -> dict[str, Any]:
         for method, value, options in settings:
             g = torch.Generator().manual_seed(job.sampler_seed)
             res = reconstruct(method, lik, denoiser, num_steps=job.steps, generator=g,
-                              progress=False, **options)
+                              num_samples=job.samples, progress=False, **options)
             runs[method][value] = {
                 "image": img(res.mean), "time_s": res.wall_time_s,
                 "net_evals": res.num_network_evaluations,
@@ -529,7 +536,10 @@ def write_markdown(path: Path, command: str, settings: dict[str, Any], summary: 
         f"{settings['num_views_used']} views, 4.5 mm PSF, attenuation, normalisation, randoms, "
         f"scatter, 2 lesions), {settings['realisations']} noise realisations per subject and count "
         f"level. Prior: `{settings['model']}` ({settings['model_parameters']:,} parameters). "
-        f"Diffusion methods: {settings['steps']} steps, one chain; PET-DDS: "
+        f"Diffusion methods: {settings['steps']} steps, "
+        + ("one chain" if settings['samples'] == 1 else
+           f"posterior mean of {settings['samples']} chains (run as one batch)")
+        + "; PET-DDS: "
         f"{settings['dds_epochs']} epoch(s) of {settings['dds_subsets']} subsets per step. "
         "OSEM/MAP-EM: "
         f"{settings['subsets']} subsets; MAP-EM {settings['map_iterations']} epochs from "
@@ -627,7 +637,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 dds_beta=[float(b) for b in s["dds_beta"]], dds_subsets=args.dds_subsets,
                 dds_epochs=args.dds_epochs, lisch_k=[int(k) for k in s["lisch_k"]],
                 lisch_max_steps=args.lisch_max_steps, steps=s["steps"], methods=methods,
-                model=args.model, threads=args.threads)
+                model=args.model, threads=args.threads, samples=args.samples)
             for c in s["counts"] for sub in seeds for r in range(s["realisations"])]
     print(f"[evaluate] {len(jobs)} scans (subjects {seeds}, counts {s['counts']}, "
           f"{s['realisations']} realisations), methods {methods}")
@@ -659,7 +669,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "dds_subsets": args.dds_subsets, "dds_epochs": args.dds_epochs,
                 "lisch_max_steps": args.lisch_max_steps, "num_views_used": views,
                 "seed": args.seed, "workers": args.workers, "threads": args.threads,
-                "quick": args.quick, "methods": methods}
+                "quick": args.quick, "methods": methods, "samples": args.samples}
     write_markdown(out / "evaluation.md", command, settings, summary, per_case, methods, wall,
                    args.workers, args.threads)
     plot_bias_variance(out / "bias_variance.png", per_case, summary, s["counts"], methods)

@@ -73,7 +73,8 @@ def test_evaluate_methods_quick(tiny_model: Path, tmp_path: Path) -> None:
     mod = _load("evaluate_methods")
     out = tmp_path / "evaluation"
     res = mod.main(["--quick", "--model", str(tiny_model), "--num-views", "84",
-                    "--lisch-max-steps", "2", "--out", str(out), "--no-progress"])
+                    "--lisch-max-steps", "2", "--samples", "2", "--out", str(out),
+                    "--no-progress"])
     for name in ("evaluation.md", "results.json", "bias_variance.png", "nrmse_vs_parameter.png",
                  "examples.png"):
         assert (out / name).is_file(), name
@@ -84,6 +85,7 @@ def test_evaluate_methods_quick(tiny_model: Path, tmp_path: Path) -> None:
     assert md.startswith("# ")
     assert "Command: `python benchmarks/evaluate_methods.py --quick" in md
     assert "CPU cores" in md and f"torch {torch.__version__}" in md
+    assert "posterior mean of 2 chains" in md
     rows = _table_rows(md.split("## ", 1)[1])
     assert [r[0] for r in rows] == [mod.LABELS[m] for m in mod.METHODS]
 
@@ -92,7 +94,7 @@ def test_evaluate_methods_quick(tiny_model: Path, tmp_path: Path) -> None:
     for key in ("command", "machine", "settings", "summary", "cases", "jobs", "wall_time_s"):
         assert key in data, key
     assert data["settings"]["counts"] == [2.5] and data["settings"]["realisations"] == 2
-    assert len(data["jobs"]) == 2
+    assert len(data["jobs"]) == 2 and all(j["samples"] == 2 for j in data["jobs"])
     assert {j["noise_seed"] for j in data["jobs"]}.__len__() == 2  # noise varies
     assert {j["subject"] for j in data["jobs"]} == {0}  # a test-split subject, fixed
     summary = data["summary"]["2.5"]
