@@ -84,6 +84,9 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--n", type=int, default=16, help="number of samples")
     p.add_argument("--steps", type=int, default=100, help="number of generative steps")
+    p.add_argument("--eta", type=float, default=1.0,
+                   help="DDIM stochasticity: 1 = ancestral (DDPM-like) sampling, the default; "
+                        "0 = deterministic DDIM")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 

@@ -241,8 +241,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     model = args.model or _default_prior_dir("xy")
     g = torch.Generator().manual_seed(args.seed)
+    if not 0.0 <= args.eta <= 1.0:
+        raise ValueError(f"--eta must be in [0, 1], got {args.eta}")
     path = sample_grid_png(model, args.out, n=args.n, num_steps=args.steps, generator=g,
-                           progress=not args.no_progress)
+                           eta=args.eta, progress=not args.no_progress)
     write_json(Path(args.out).with_suffix(".json"), {"command": "sample", **vars(args), "model": str(model)})
     print(f"wrote {path}")
     return 0

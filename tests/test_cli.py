@@ -123,6 +123,31 @@ def test_reconstruct_lisch_with_a_tiny_model(case_dir, tmp_path):
     assert config["num_network_evaluations"] > 0
 
 
+
+@pytest.mark.parametrize("eta", ["0", "1"])
+def test_sample_writes_a_grid_and_its_settings(tmp_path, eta):
+    from sirf_diffusion.diffusion import ScoreModel, ScoreModelConfig, UNetConfig, save_model
+
+    torch.manual_seed(0)
+    model = ScoreModel(ScoreModelConfig(
+        unet=UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+                        attention_resolutions=()),
+        orientation="xy", image_size=(16, 16)))
+    save_model(tmp_path / "tiny", model)
+    png = tmp_path / "grid.png"
+    assert main(["sample", "--model", str(tmp_path / "tiny"), "--out", str(png), "--n", "3",
+                 "--steps", "4", "--eta", eta, "--no-progress"]) == 0
+    _check_png(png)
+    settings = json.loads(png.with_suffix(".json").read_text())
+    assert settings["eta"] == float(eta) and settings["n"] == 3 and settings["steps"] == 4
+
+
+def test_sample_rejects_eta_outside_0_1(tmp_path, capsys):
+    assert main(["sample", "--out", str(tmp_path / "g.png"), "--eta", "1.5",
+                 "--no-progress"]) == 2
+    assert "--eta" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------- errors
 def test_missing_case_folder_exits_2(tmp_path, capsys):
     assert _reconstruct(tmp_path / "no_such_case", tmp_path / "out") == 2
