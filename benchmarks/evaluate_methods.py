@@ -373,8 +373,10 @@ def summarise(per_case: dict[str, Any], counts_levels: list[float],
             entries = [cs["methods"][method]["sweep"][b] for cs, b in zip(cases, best)]
             keys = [k for k in entries[0]["metrics"] if all(k in e["metrics"] for e in entries)]
             pooled = {k: np.concatenate([e["metrics"][k] for e in entries]) for k in keys}
+            # NaN (e.g. a CRC of an image that is zero over the background) is left out
             row = {"best": best,
-                   **{k: [float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0]
+                   **{k: [float(np.nanmean(v)) if np.isfinite(v).any() else float("nan"),
+                          float(np.nanstd(v, ddof=1)) if np.isfinite(v).sum() > 1 else 0.0]
                       for k, v in pooled.items()}}
             for k in ("gm_bias", "gm_std", "voxel_bias", "voxel_std", "time_s", "net_evals",
                       "lik_evals"):

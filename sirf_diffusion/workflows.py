@@ -93,7 +93,11 @@ def image_metrics(x: Any, reference: Any, masks: dict[str, Any]) -> dict[str, fl
                 les = np.asarray(masks[k]) > 0.5
                 true_ratio = ref[les].mean() / ref[bg].mean()
                 if abs(true_ratio - 1) > 1e-3:
-                    out[f"crc_{k.split('_')[1]}"] = float(M.crc(x, les, bg, true_ratio))
+                    # an image that is zero over the background (e.g. a diverged sampler) has
+                    # no CRC: NaN, so that a sweep still reports its other metrics
+                    bg_mean = float(x[bg].mean())
+                    out[f"crc_{k.split('_')[1]}"] = (
+                        float(M.crc(x, les, bg, true_ratio)) if bg_mean != 0.0 else float("nan"))
     return out
 
 

@@ -174,3 +174,16 @@ def test_bad_input_is_named():
         ssim(ref, ref, spatial_dims=4)
     with pytest.raises(TypeError, match="rows"):
         metrics_table([1, 2])
+
+
+def test_image_metrics_of_a_zero_image_has_nan_crc_not_an_error():
+    from sirf_diffusion.workflows import image_metrics
+
+    ref = np.ones((1, 16, 16))
+    hot = np.zeros_like(ref, dtype=bool)
+    hot[0, 6:9, 6:9] = True
+    ref[hot] = 4.0
+    masks = {"brain": np.ones_like(ref, dtype=bool), "lesion_hot": hot}
+    m = image_metrics(np.zeros_like(ref), ref, masks)
+    assert np.isnan(m["crc_hot"]) and m["nrmse"] == pytest.approx(1.0)
+    assert image_metrics(ref, ref, masks)["crc_hot"] == pytest.approx(1.0)
