@@ -312,7 +312,10 @@ def scan_metrics(image: np.ndarray, reference: np.ndarray, masks: dict[str, np.n
 
     m = image_metrics(image, reference, masks)
     if len(wm_rois) >= 2:
-        m["bv"] = float(background_variability(image, wm_rois))
+        # an image that is zero over the white matter (a diverged sampler) has no BV: NaN
+        wm_mean = float(np.mean([np.asarray(image)[r].mean() for r in wm_rois]))
+        m["bv"] = (float(background_variability(image, wm_rois)) if wm_mean != 0.0
+                   else float("nan"))
     return m
 
 
@@ -658,6 +661,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             bar.update()
     bar.close()
 
+    # the reconstructions first (an hour of work on a 2-core CPU), in a file that loads
+    # without executing code: images as arrays, the rest as JSON
+    raw = {f"{i}/{m}/{v}": r["image"] for i, o in enumerate(outputs)
+           for m, runs in o["runs"].items() for v, r in runs.items()}
+    np.savez_compressed(out / "reconstructions.npz", **raw)
     per_case = analyse(jobs, outputs)
     summary = summarise(per_case, s["counts"], methods)
     wall = time.perf_counter() - t_start
