@@ -39,7 +39,8 @@ literature; it favours every method equally).  The tables report mean ± standar
 all subjects and realisations at those parameters.
 
 Outputs in ``--out`` (default ``docs/evaluation``): ``evaluation.md``, ``results.json``,
-``bias_variance.png``, ``nrmse_vs_parameter.png``, ``examples.png``.  Examples::
+``bias_variance.png``, ``nrmse_vs_parameter.png``, ``examples.png`` and
+``reconstructions.npz`` (every image, saved before the analysis).  Examples::
 
     python benchmarks/evaluate_methods.py --subjects 2 --realisations 3 --steps 50 --workers 2
     python benchmarks/evaluate_methods.py --quick --out /tmp/eval
