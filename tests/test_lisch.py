@@ -12,6 +12,8 @@ from sirf_diffusion.diffusion.normalisation import IntensityNormalisation
 from sirf_diffusion.likelihood import PoissonLogLikelihood
 from sirf_diffusion.physics.base import DenseMatrixPhysics
 from sirf_diffusion.recon.em import em_step, mlem
+from sirf_diffusion.samplers import em_steps
+from sirf_diffusion.samplers.dds import AnchoredEMDC
 from sirf_diffusion.samplers.em_steps import em_ascent_step, uniform_image
 from sirf_diffusion.samplers.lisch import (
     LikelihoodScheduleDC,
@@ -190,3 +192,32 @@ def test_lisch_bad_inputs():
         rule(torch.ones(1, 1, 5, 5, dtype=DT), ctx(0, 2, torch.ones(1, 1, 5, 5, dtype=DT)))
     with pytest.raises(ValueError, match="num_iterations"):
         reconstruct("lisch", lik, D, norm, num_steps=3, num_mlem_iterations=0, progress=False)
+
+
+def test_voxels_outside_the_field_of_view_are_zeroed_not_amplified():
+    """A voxel the scanner barely sees (column of A ~1e-7 of the others, like the corners of a
+    square image outside the ring) has a huge EM preconditioner u / s: both EM rules set it to 0
+    (fov_fraction), and with fov_fraction = 0 it is left to the ascent."""
+    lik, truth = poisson_problem()
+    A = lik.physics.matrix.clone()
+    A[:, 0] *= 1e-7
+    phys = DenseMatrixPhysics(A, lik.physics.image_shape, lik.physics.data_shape,
+                              additive=lik.physics.additive_term)
+    lik = PoissonLogLikelihood(phys, lik.data)
+    norm = IntensityNormalisation(1.0)
+    x0 = norm.to_prior(truth[None])
+    x0.view(-1)[0] = 50.0                               # the prior puts activity there
+    fov = em_steps.field_of_view(lik, x0, 0.01)
+    assert fov.shape == truth.shape and not bool(fov.view(-1)[0]) and bool(fov.view(-1)[1:].all())
+    for rule in (LikelihoodScheduleDC(lik, norm, torch.tensor([1e30]), max_likelihood_steps=3),
+                 AnchoredEMDC(lik, norm, beta=0.0, precond_floor=0.1)):
+        out = rule(x0, ctx(0, 1, x0))
+        assert float(out.view(-1)[0]) == 0.0 and bool((out.view(-1)[1:] > 0).all())
+        rule.fov_fraction = 0.0
+        kept = rule(x0, ctx(0, 1, x0))
+        assert float(kept.view(-1)[0]) > 0
+    assert em_steps.field_of_view(lik, x0, 0.0) is None
+    with pytest.raises(ValueError, match="fov_fraction"):
+        em_steps.field_of_view(lik, x0, 1.0)
+    with pytest.raises(ValueError, match="fov_fraction"):
+        LikelihoodScheduleDC(lik, norm, torch.tensor([0.0]), fov_fraction=-0.1)

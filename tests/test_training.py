@@ -403,3 +403,27 @@ def test_warm_start_from_a_model_folder(tmp_path):
                       model={"unet": {**unet, "base_channels": 16}})
     with pytest.raises(ValueError, match="does not fit"):
         train(bad, tmp_path / "d", progress=False, volume_source=blob_volume)
+
+
+def test_cosine_learning_rate_schedule_and_old_checkpoints_resume():
+    from sirf_diffusion.diffusion.training import TrainConfig, _check_resumable, _lr_at
+
+    c = TrainConfig(steps=101, warmup_steps=10, lr=1e-3, lr_decay="cosine", min_lr=1e-5)
+    assert _lr_at(c, 0) == pytest.approx(1e-4) and _lr_at(c, 9) == pytest.approx(1e-3)
+    assert _lr_at(c, 10) == pytest.approx(1e-3)
+    assert _lr_at(c, 55) == pytest.approx(1e-5 + (1e-3 - 1e-5) / 2)       # half way: the mean
+    assert _lr_at(c, 100) == pytest.approx(1e-5)
+    lrs = [_lr_at(c, s) for s in range(10, 101)]
+    assert all(b <= a for a, b in zip(lrs, lrs[1:]))
+    const = TrainConfig(steps=101, warmup_steps=10, lr=1e-3)
+    assert _lr_at(const, 100) == 1e-3
+    with pytest.raises(ValueError, match="lr_decay"):
+        TrainConfig(lr_decay="linear")
+    with pytest.raises(ValueError, match="min_lr"):
+        TrainConfig(lr=1e-4, min_lr=1e-3)
+    # a checkpoint written before lr_decay/min_lr existed ran with their defaults: resumable
+    saved = const.to_dict()
+    del saved["lr_decay"], saved["min_lr"]
+    _check_resumable(saved, const.to_dict())
+    with pytest.raises(ValueError, match="lr_decay"):
+        _check_resumable(saved, c.to_dict())

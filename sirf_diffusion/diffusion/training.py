@@ -114,6 +114,10 @@ class TrainConfig:
         processes identical.
     lr, warmup_steps
         AdamW learning rate, reached linearly over ``warmup_steps``.
+    lr_decay, min_lr
+        After the warm-up: ``'constant'`` keeps ``lr``; ``'cosine'`` lowers it to ``min_lr`` at
+        the last step along a half cosine (a function of the step only, so resumed runs follow
+        the same schedule; raising ``steps`` on resume stretches it).
     weight_decay, betas
         AdamW decoupled weight decay and moment coefficients.
     grad_clip
@@ -160,6 +164,8 @@ class TrainConfig:
     micro_batches: int | None = None
     lr: float = 2e-4
     warmup_steps: int = 200
+    lr_decay: str = "constant"
+    min_lr: float = 0.0
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float | None = 1.0
@@ -209,6 +215,10 @@ class TrainConfig:
                              f"batch_size={self.batch_size}")
         if not self.lr > 0 or self.weight_decay < 0:
             raise ValueError("lr must be > 0 and weight_decay >= 0")
+        if self.lr_decay not in ("constant", "cosine"):
+            raise ValueError(f"lr_decay must be 'constant' or 'cosine', got {self.lr_decay!r}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"min_lr must be in [0, lr], got {self.min_lr}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
         if not isinstance(self.model, dict):
@@ -326,13 +336,20 @@ class _LossModule(nn.Module):
 
 
 def _lr_at(cfg: TrainConfig, step: int) -> float:
-    """Learning rate of (0-based) step ``step``: linear warm-up, then constant."""
-    if cfg.warmup_steps == 0:
+    """Learning rate of (0-based) step ``step``: linear warm-up, then constant or cosine decay."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_decay == "constant" or cfg.steps <= cfg.warmup_steps + 1:
         return cfg.lr
-    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+    frac = (step - cfg.warmup_steps) / (cfg.steps - 1 - cfg.warmup_steps)
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
 
 
 def _check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    # fields added after a checkpoint was written take their defaults (the behaviour it ran with)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+                if f.default is not dataclasses.MISSING}
+    saved = {**{k: v for k, v in defaults.items() if k not in saved and k in current}, **saved}
     diff = sorted(k for k in set(saved) | set(current)
                   if k not in _RESUMABLE_CHANGES and saved.get(k) != current.get(k))
     if diff:

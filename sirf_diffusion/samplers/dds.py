@@ -40,6 +40,7 @@ from .em_steps import (
     check_positive_float,
     check_positive_int,
     em_ascent_step,
+    field_of_view,
     to_physical,
     to_prior,
 )
@@ -70,6 +71,9 @@ class AnchoredEMDC:
         Optional penalty ``R`` subtracted from the objective, e.g. the axial RDP for slice priors.
     precond_floor
         ``u_min`` of the preconditioner ``max(u, u_min) / s^k`` (physical units; 0: pure EM).
+    fov_fraction
+        Voxels whose full-data sensitivity is below this fraction of the maximum are outside the
+        field of view and set to 0 (:func:`~.em_steps.field_of_view`; 0 keeps them all).
     record_pll
         Also compute the full-data PLL of the result (one extra forward projection per step, not
         counted in ``n_likelihood_evaluations``).
@@ -89,6 +93,7 @@ class AnchoredEMDC:
     num_subiterations: int | None = None
     penalty: NeighbourhoodPrior | None = None
     precond_floor: float = 0.0
+    fov_fraction: float = 0.01
     record_pll: bool = True
     _next_subset: int = field(default=0, init=False, repr=False)
     _sens: list[torch.Tensor] = field(default_factory=list, init=False, repr=False)
@@ -114,6 +119,8 @@ class AnchoredEMDC:
             self.beta = check_positive_float(self.beta, "beta", allow_zero=True)
         self.precond_floor = check_positive_float(self.precond_floor, "precond_floor",
                                                   allow_zero=True)
+        self.fov_fraction = check_positive_float(self.fov_fraction, "fov_fraction",
+                                                 allow_zero=True)
         if self.penalty is not None and not isinstance(self.penalty, NeighbourhoodPrior):
             raise TypeError("penalty must be a sirf_diffusion.recon.priors.NeighbourhoodPrior "
                             f"(e.g. RelativeDifferencePrior), got {type(self.penalty).__name__}")
@@ -134,6 +141,10 @@ class AnchoredEMDC:
         beta = self._beta_at(context)
         # 1. anchor a = s * max(x0, 0) (Tweedie estimate, physical units) and start u = a
         a = to_physical(x0, self.normalisation, lik)
+        fov = field_of_view(lik, a, self.fov_fraction)
+        if fov is not None:
+            #    restricted to the field of view (em_steps.field_of_view)
+            a = a * fov
         u = a
         fwd0 = lik.num_forward
         previous = phys.num_subsets
@@ -153,6 +164,8 @@ class AnchoredEMDC:
                 self._next_subset = (k + 1) % K
         finally:
             phys.set_num_subsets(previous)
+        if fov is not None:
+            u = u * fov
         context.info.update(n_likelihood_steps=self._num_updates,
                             n_likelihood_evaluations=lik.num_forward - fwd0, beta=beta)
         if self.record_pll:

@@ -46,7 +46,7 @@ from ..diffusion.normalisation import IntensityNormalisation
 from ..likelihood import PoissonLogLikelihood
 
 __all__ = ["to_physical", "to_prior", "em_ascent_step", "ascend_to_target", "AscentResult",
-           "uniform_image", "check_positive_int", "check_positive_float"]
+           "uniform_image", "field_of_view", "check_positive_int", "check_positive_float"]
 
 
 def check_positive_int(value: object, name: str) -> int:
@@ -109,6 +109,26 @@ def uniform_image(likelihood: PoissonLogLikelihood) -> torch.Tensor:
     c = torch.clamp(net, min=torch.finfo(data.dtype).tiny) / total
     return torch.full(likelihood.physics.image_shape, float(c), dtype=data.dtype,
                       device=data.device)
+
+
+def field_of_view(likelihood: PoissonLogLikelihood, like: torch.Tensor,
+                  fraction: float) -> torch.Tensor | None:
+    """Voxels the data determine: full-data sensitivity above ``fraction`` of its maximum.
+
+    The data-consistency rules set the other voxels to 0, as STIR truncates images to the
+    cylindrical field of view.  Their EM preconditioner ``u / s`` is huge (the corners of a square
+    image outside the scanner's ring have ``s`` down to ``1e-8`` of the maximum), so a
+    multiplicative ascent step lets any activity the prior puts there grow without bound; fed back
+    to the network, such a voxel derails the rest of the reverse diffusion.  ``fraction = 0``
+    keeps every voxel with ``s > 0`` (returns ``None``).
+    """
+    fraction = check_positive_float(fraction, "fov_fraction", allow_zero=True)
+    if fraction == 0:
+        return None
+    if fraction >= 1:
+        raise ValueError(f"fov_fraction must be in [0, 1), got {fraction}")
+    sens = likelihood.sensitivity(None, like=like)
+    return sens > fraction * sens.amax()
 
 
 def em_ascent_step(likelihood: PoissonLogLikelihood, u: torch.Tensor, *,

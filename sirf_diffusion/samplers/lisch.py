@@ -40,6 +40,7 @@ from ..likelihood import PoissonLogLikelihood
 from .em_steps import (
     ascend_to_target,
     check_positive_float,
+    field_of_view,
     check_positive_int,
     to_physical,
     to_prior,
@@ -151,6 +152,9 @@ class LikelihoodScheduleDC:
         Step size of the EM-preconditioned ascent (1: each step is an MLEM update).
     max_likelihood_steps
         Cap on the ascent steps per generative step.
+    fov_fraction
+        Voxels whose full-data sensitivity is below this fraction of the maximum are outside the
+        field of view and set to 0 (:func:`~.em_steps.field_of_view`; 0 keeps them all).
 
     Notes
     -----
@@ -164,6 +168,8 @@ class LikelihoodScheduleDC:
     targets: torch.Tensor
     alpha: float = 1.0
     max_likelihood_steps: int = 20
+    fov_fraction: float = 0.01
+    _fov: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         t = torch.as_tensor(self.targets, dtype=torch.float64)
@@ -175,6 +181,8 @@ class LikelihoodScheduleDC:
         self.alpha = check_positive_float(self.alpha, "alpha")
         self.max_likelihood_steps = check_positive_int(self.max_likelihood_steps,
                                                        "max_likelihood_steps")
+        self.fov_fraction = check_positive_float(self.fov_fraction, "fov_fraction",
+                                                 allow_zero=True)
 
     def __call__(self, x0: torch.Tensor, context: StepContext) -> torch.Tensor:
         if context.num_steps != self.targets.numel():
@@ -182,6 +190,11 @@ class LikelihoodScheduleDC:
                              f"reverse diffusion has {context.num_steps} steps")
         # 1. u = s * max(x0, 0): Tweedie estimate in physical units
         u = to_physical(x0, self.normalisation, self.likelihood)
+        #    restricted to the field of view (EM keeps the zeros outside it at 0)
+        if context.step == 0 or self._fov is None:
+            self._fov = field_of_view(self.likelihood, u, self.fov_fraction)
+        if self._fov is not None:
+            u = u * self._fov
         # 2. PLL*_n, the scheduled likelihood of this step
         target = float(self.targets[context.step])
         # 3. EM-preconditioned ascent until L(u) >= PLL*_n
