@@ -23,7 +23,8 @@ scatter, 4.5 mm PSF) and reconstructed by
 
 the diffusion methods with the shipped slice prior (or ``--model``), ``--steps`` generative
 steps, one chain (or the mean of ``--samples`` chains, run as one batch: the posterior-mean
-estimate), the same sampler seed for every parameter of a realisation.
+estimate; ``--dps-samples`` for DPS, whose chains each cost two network passes with autograd),
+the same sampler seed for every parameter of a realisation.
 
 Per method and parameter: NRMSE, PSNR and SSIM in the brain, lesion contrast recovery (hot/cold
 masks of the phantom; background = brain without lesions), NEMA background variability over
@@ -75,9 +76,10 @@ DIFFUSION = ("dps", "dds", "lisch")
 #: Settings with different defaults in full and ``--quick`` runs.
 FULL = {"subjects": 2, "realisations": 5, "steps": 50, "osem_epochs": 12,
         "rdp_beta": [0.25, 0.5, 1.0, 2.0, 4.0, 8.0], "map_iterations": 15,
-        "dps_zeta": [0.3, 1.0, 3.0], "dds_beta": [0.0, 0.1, 0.4], "lisch_k": [10, 20, 40]}
+        "dps_zeta": [1000.0, 2000.0, 3000.0], "dds_beta": [0.0, 0.1, 0.3],
+        "lisch_k": [10, 15, 20, 30]}
 QUICK = {"subjects": 1, "realisations": 2, "steps": 8, "osem_epochs": 4,
-         "rdp_beta": [0.5, 2.0], "map_iterations": 4, "dps_zeta": [1.0],
+         "rdp_beta": [0.5, 2.0], "map_iterations": 4, "dps_zeta": [2000.0],
          "dds_beta": [0.0, 0.2], "lisch_k": [5, 10]}
 
 
@@ -107,6 +109,7 @@ class Job:
     model: str | None
     threads: int
     samples: int = 1
+    dps_samples: int = 1
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -156,7 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: all)")
     p.add_argument("--samples", type=int, default=1,
                    help="chains per diffusion reconstruction; the reported image is their mean "
-                        "(the posterior-mean estimate), the same for every diffusion method")
+                        "(the posterior-mean estimate), the same for every diffusion method "
+                        "except DPS (--dps-samples)")
+    p.add_argument("--dps-samples", type=int, default=None,
+                   help="chains per DPS reconstruction (default: --samples)")
     p.add_argument("--seed", type=int, default=0, help="base seed of the noise and the samplers")
     p.add_argument("--workers", type=int, default=1,
                    help="parallel worker processes (one scan each)")
@@ -178,8 +184,8 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("--realisations must be >= 2 (bias and variance need two)")
     if s["subjects"] < 1:
         raise SystemExit("--subjects must be >= 1")
-    if args.samples < 1:
-        raise SystemExit("--samples must be >= 1")
+    if args.samples < 1 or (args.dps_samples is not None and args.dps_samples < 1):
+        raise SystemExit("--samples and --dps-samples must be >= 1")
     if args.map_init_epochs < 1 or args.map_init_epochs > s["osem_epochs"]:
         raise SystemExit("--map-init-epochs must be in [1, --osem-epochs]")
     return s
@@ -294,7 +300,8 @@ def run_job(job: Job) -> dict[str, Any]:
         for method, value, options in settings:
             g = torch.Generator().manual_seed(job.sampler_seed)
             res = reconstruct(method, lik, denoiser, num_steps=job.steps, generator=g,
-                              num_samples=job.samples, progress=False, **options)
+                              num_samples=job.dps_samples if method == "dps" else job.samples,
+                              progress=False, **options)
             runs[method][value] = {
                 "image": img(res.mean), "time_s": res.wall_time_s,
                 "net_evals": res.num_network_evaluations,
@@ -545,6 +552,8 @@ def write_markdown(path: Path, command: str, settings: dict[str, Any], summary: 
         f"Diffusion methods: {settings['steps']} steps, "
         + ("one chain" if settings['samples'] == 1 else
            f"posterior mean of {settings['samples']} chains (run as one batch)")
+        + ("" if settings["dps_samples"] == settings["samples"] else
+           f" (DPS: {settings['dps_samples']} chain(s))")
         + "; PET-DDS: "
         f"{settings['dds_epochs']} epoch(s) of {settings['dds_subsets']} subsets per step. "
         "OSEM/MAP-EM: "
@@ -643,7 +652,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 dds_beta=[float(b) for b in s["dds_beta"]], dds_subsets=args.dds_subsets,
                 dds_epochs=args.dds_epochs, lisch_k=[int(k) for k in s["lisch_k"]],
                 lisch_max_steps=args.lisch_max_steps, steps=s["steps"], methods=methods,
-                model=args.model, threads=args.threads, samples=args.samples)
+                model=args.model, threads=args.threads, samples=args.samples,
+                dps_samples=args.samples if args.dps_samples is None else args.dps_samples)
             for c in s["counts"] for sub in seeds for r in range(s["realisations"])]
     print(f"[evaluate] {len(jobs)} scans (subjects {seeds}, counts {s['counts']}, "
           f"{s['realisations']} realisations), methods {methods}")
@@ -680,7 +690,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "dds_subsets": args.dds_subsets, "dds_epochs": args.dds_epochs,
                 "lisch_max_steps": args.lisch_max_steps, "num_views_used": views,
                 "seed": args.seed, "workers": args.workers, "threads": args.threads,
-                "quick": args.quick, "methods": methods, "samples": args.samples}
+                "quick": args.quick, "methods": methods, "samples": args.samples,
+                "dps_samples": args.samples if args.dps_samples is None else args.dps_samples}
     write_markdown(out / "evaluation.md", command, settings, summary, per_case, methods, wall,
                    args.workers, args.threads)
     plot_bias_variance(out / "bias_variance.png", per_case, summary, s["counts"], methods)

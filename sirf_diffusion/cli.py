@@ -50,6 +50,8 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mlem-iterations", type=int, default=None,
                    help="PET-LiSch: MLEM iteration count K that sets the prior/data balance")
     p.add_argument("--samples", type=int, default=1, help="diffusion methods: number of posterior samples")
+    p.add_argument("--zeta", type=float, default=None,
+                   help="DPS: misfit-normalised step size (default 2000; depends on the data)")
     p.add_argument("--physics", choices=("torch", "stir", "sirf"), default="torch",
                    help="physics backend (stir/sirf need the toolkits installed)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler's randomness")
