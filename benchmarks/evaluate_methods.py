@@ -77,7 +77,7 @@ DIFFUSION = ("dps", "dds", "lisch")
 FULL = {"subjects": 2, "realisations": 5, "steps": 50, "osem_epochs": 12,
         "rdp_beta": [0.25, 0.5, 1.0, 2.0, 4.0, 8.0], "map_iterations": 15,
         "dps_zeta": [1000.0, 2000.0, 3000.0], "dds_beta": [0.0, 0.1, 0.3],
-        "lisch_k": [10, 15, 20]}
+        "lisch_k": [10, 15, 20, 30]}
 QUICK = {"subjects": 1, "realisations": 2, "steps": 8, "osem_epochs": 4,
          "rdp_beta": [0.5, 2.0], "map_iterations": 4, "dps_zeta": [2000.0],
          "dds_beta": [0.0, 0.2], "lisch_k": [5, 10]}
