@@ -288,9 +288,9 @@ def load_denoiser(model_dir: str | Path | None = None, num_slices: int = 1):
     return PerpendicularPrior3D(models)
 
 
-#: DPS ``zeta`` of the CLI: the best of 400-4000 on a simulated 2.5 counts/mm^3 brain slice
-#: (the misfit normalisation divides by the KL summed over ~86,000 bins, so zeta is O(10^3);
-#: zeta <= 100 leaves the sample unguided).  It depends on the data: sweep it for yours.
+#: DPS ``zeta`` of the CLI: the best of 10-10000 on simulated 2.5 counts/mm^3 brain slices
+#: (``docs/evaluation/dps_zeta_sweep``; the misfit normalisation divides by the KL summed over
+#: every sinogram bin, so zeta is O(10^3)).  It depends on the data: sweep it for yours.
 DPS_DEFAULT_ZETA = 2000.0
 
 
