@@ -21,9 +21,10 @@ Chung et al.'s ``zeta_i = zeta' / ||y - A x0||`` for Gaussian noise (DPS, Alg. 1
 with ``x'_{t-1}`` the unconditional update.  ``KL`` sums over every sinogram bin, so ``zeta`` is
 not of order 1: on the package's simulated 2D brain at 2.5 counts/mm^3 the brain NRMSE is 0.80,
 0.62, 0.45, 0.31, 0.27, 0.30 and 0.70 for ``zeta`` = 10, 100, 300, 1000, 2000, 3000 and 10000
-(``docs/evaluation/dps_zeta_sweep``): too small leaves the sample unguided, too large diverges.  :class:`PoissonDPSDC` returns
-``x0' = x0 - (zeta / KL) grad_{x_t} KL``.  Since the reverse-diffusion loop re-noises with the
-*unconditioned* noise estimate, ``x_{t-1} = x0' + c_1 eps + c_2 z`` is linear in ``x0'`` with
+(``docs/evaluation/dps_zeta_sweep``): too small leaves the sample unguided, too large diverges.
+
+:class:`PoissonDPSDC` returns ``x0' = x0 - (zeta / KL) grad_{x_t} KL``.  Since the
+reverse-diffusion loop re-noises with the *unconditioned* noise estimate, ``x_{t-1} = x0' + c_1 eps + c_2 z`` is linear in ``x0'`` with
 coefficient 1, so this equals the DPS update of ``x_{t-1}`` exactly (DDIM / ancestral
 re-noise in the VE parametrisation).
 

@@ -40,8 +40,8 @@ from ..likelihood import PoissonLogLikelihood
 from .em_steps import (
     ascend_to_target,
     check_positive_float,
-    field_of_view,
     check_positive_int,
+    field_of_view,
     to_physical,
     to_prior,
     uniform_image,
