@@ -184,7 +184,9 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("--realisations must be >= 2 (bias and variance need two)")
     if s["subjects"] < 1:
         raise SystemExit("--subjects must be >= 1")
-    if args.samples < 1 or (args.dps_samples is not None and args.dps_samples < 1):
+    if args.dps_samples is None:
+        args.dps_samples = args.samples
+    if args.samples < 1 or args.dps_samples < 1:
         raise SystemExit("--samples and --dps-samples must be >= 1")
     if args.map_init_epochs < 1 or args.map_init_epochs > s["osem_epochs"]:
         raise SystemExit("--map-init-epochs must be in [1, --osem-epochs]")
@@ -653,7 +655,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 dds_epochs=args.dds_epochs, lisch_k=[int(k) for k in s["lisch_k"]],
                 lisch_max_steps=args.lisch_max_steps, steps=s["steps"], methods=methods,
                 model=args.model, threads=args.threads, samples=args.samples,
-                dps_samples=args.samples if args.dps_samples is None else args.dps_samples)
+                dps_samples=args.dps_samples)
             for c in s["counts"] for sub in seeds for r in range(s["realisations"])]
     print(f"[evaluate] {len(jobs)} scans (subjects {seeds}, counts {s['counts']}, "
           f"{s['realisations']} realisations), methods {methods}")
@@ -691,7 +693,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "lisch_max_steps": args.lisch_max_steps, "num_views_used": views,
                 "seed": args.seed, "workers": args.workers, "threads": args.threads,
                 "quick": args.quick, "methods": methods, "samples": args.samples,
-                "dps_samples": args.samples if args.dps_samples is None else args.dps_samples}
+                "dps_samples": args.dps_samples}
     write_markdown(out / "evaluation.md", command, settings, summary, per_case, methods, wall,
                    args.workers, args.threads)
     plot_bias_variance(out / "bias_variance.png", per_case, summary, s["counts"], methods)

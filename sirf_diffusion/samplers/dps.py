@@ -19,8 +19,8 @@ Chung et al.'s ``zeta_i = zeta' / ||y - A x0||`` for Gaussian noise (DPS, Alg. 1
     x_{t-1} = x'_{t-1} - \\frac{\\zeta}{\\mathrm{KL}(x_t)} \\nabla_{x_t} \\mathrm{KL}(x_t),
 
 with ``x'_{t-1}`` the unconditional update.  ``KL`` sums over every sinogram bin, so ``zeta`` is
-not of order 1: on the package's simulated 2D brain at 2.5 counts/mm^3 the brain NRMSE is 0.80,
-0.62, 0.45, 0.31, 0.27, 0.30 and 0.70 for ``zeta`` = 10, 100, 300, 1000, 2000, 3000 and 10000
+not of order 1: on the package's simulated 2D brain at 2.5 counts/mm^3 the brain NRMSE is 0.73,
+0.59, 0.44, 0.30, 0.26, 0.25 and 1.63 for ``zeta`` = 10, 100, 300, 1000, 2000, 3000 and 10000
 (``docs/evaluation/dps_zeta_sweep``): too small leaves the sample unguided, too large diverges.
 
 :class:`PoissonDPSDC` returns ``x0' = x0 - (zeta / KL) grad_{x_t} KL``.  Since the

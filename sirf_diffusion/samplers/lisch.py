@@ -169,7 +169,6 @@ class LikelihoodScheduleDC:
     alpha: float = 1.0
     max_likelihood_steps: int = 20
     fov_fraction: float = 0.01
-    _fov: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         t = torch.as_tensor(self.targets, dtype=torch.float64)
@@ -191,10 +190,9 @@ class LikelihoodScheduleDC:
         # 1. u = s * max(x0, 0): Tweedie estimate in physical units
         u = to_physical(x0, self.normalisation, self.likelihood)
         #    restricted to the field of view (EM keeps the zeros outside it at 0)
-        if context.step == 0 or self._fov is None:
-            self._fov = field_of_view(self.likelihood, u, self.fov_fraction)
-        if self._fov is not None:
-            u = u * self._fov
+        fov = field_of_view(self.likelihood, u, self.fov_fraction)
+        if fov is not None:
+            u = u * fov
         # 2. PLL*_n, the scheduled likelihood of this step
         target = float(self.targets[context.step])
         # 3. EM-preconditioned ascent until L(u) >= PLL*_n
