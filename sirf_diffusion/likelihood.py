@@ -94,11 +94,23 @@ class PoissonLogLikelihood:
     def value_and_gradient(self, x: torch.Tensor, subset: int | None = None):
         """Both at the cost of one forward and one adjoint projection."""
         ybar = self.ybar(x, subset)
+        return self.value_at(ybar, subset), self.gradient_at(ybar, subset)
+
+    def value_at(self, ybar: torch.Tensor, subset: int | None = None) -> torch.Tensor:
+        """``L`` from expected data ``ybar`` already computed by :meth:`ybar` (no projection).
+
+        With :meth:`gradient_at` this splits :meth:`value_and_gradient` into its forward and
+        adjoint halves, so that an algorithm that only needs the value (e.g. a stopping test)
+        does not pay for the adjoint.
+        """
+        return self._value_from_ybar(ybar, self._y(subset, ybar))
+
+    def gradient_at(self, ybar: torch.Tensor, subset: int | None = None) -> torch.Tensor:
+        """``grad L = A^T (y / ybar) - A^T 1`` from ``ybar`` of :meth:`ybar` (one adjoint)."""
         y = self._y(subset, ybar)
-        val = self._value_from_ybar(ybar, y)
         ratio = torch.where(y > 0, y / torch.clamp(ybar, min=self.ybar_floor), torch.zeros_like(ybar))
         self.num_adjoint += self._cost(subset)
-        return val, self.physics.adjoint(ratio - 1.0, subset)
+        return self.physics.adjoint(ratio - 1.0, subset)
 
     def ratio(self, x: torch.Tensor, subset: int | None = None) -> torch.Tensor:
         """``y / ybar(x)`` with ``0 / 0 -> 0``."""

@@ -112,6 +112,52 @@ def test_evaluate_methods_quick(tiny_model: Path, tmp_path: Path) -> None:
     assert len(case["methods"]["lisch"]["sweep"]) == len(mod.QUICK["lisch_k"])
 
 
+def test_speed_accuracy_quick(tiny_model: Path, tmp_path: Path) -> None:
+    mod = _load("speed_accuracy")
+    out = tmp_path / "speed"
+    res = mod.main(["--quick", "--model", str(tiny_model), "--num-views", "84",
+                    "--lisch-max-steps", "2", "--samples", "2", "--out", str(out),
+                    "--no-progress"])
+    assert _is_png(out / "speed_accuracy.png")
+    md = (out / "speed_accuracy.md").read_text()
+    assert "Command: `python benchmarks/speed_accuracy.py --quick" in md and "CPU cores" in md
+    data = json.loads((out / "results.json").read_text())
+    assert data == json.loads(json.dumps(res))
+    # 1 subject x 2 realisations x 2 step counts, the same scans at every N
+    jobs = data["jobs"]
+    assert sorted(j["steps"] for j in jobs) == [4, 4, 8, 8]
+    assert len({j["noise_seed"] for j in jobs}) == 2
+    pts = data["points"]["2.5"]
+    for m in ("dds", "lisch"):
+        best = [q for q in pts[m] if q["best"]]
+        assert sorted(q["steps"] for q in best) == [4, 8]
+        # network passes: one per step and chain batch
+        assert all(q["net_evals"] == q["steps"] for q in pts[m])
+        for q in best:   # the best point is one of the swept points of the same N
+            same = [r["nrmse"] for r in pts[m] if not r["best"] and r["steps"] == q["steps"]]
+            assert q["nrmse"] == pytest.approx(min(same), rel=1e-9)
+    assert len(data["comparisons"]["2.5"]["dds->lisch"]) == 2
+
+
+def test_speed_accuracy_comparison_rule() -> None:
+    mod = _load("speed_accuracy")
+
+    def pt(steps, value, nrmse, t, best=False):
+        return {"steps": steps, "value": value, "nrmse": nrmse, "time_s": t, "best": best}
+
+    pts = {"dds": [pt(20, 0.1, 0.23, 20.0), pt(20, [0.1], 0.23, 20.0, True),
+                   pt(50, 0.1, 0.25, 50.0), pt(50, [0.1], 0.25, 50.0, True)],
+           "lisch": [pt(20, 20, 0.24, 19.0), pt(50, 20, 0.22, 45.0), pt(30, 15, 0.25, 30.0)]}
+    rows = mod.compare(pts, "dds", "lisch")
+    # DDS at 20 steps (0.23): only LiSch at 50 steps reaches it, and takes longer
+    assert rows[0]["match"]["steps"] == 50 and rows[0]["at_least_as_fast"] is False
+    # DDS at 50 steps (0.25): LiSch at 20 steps is the fastest with NRMSE <= 0.25
+    assert rows[1]["match"]["steps"] == 20 and rows[1]["at_least_as_fast"] is True
+    none = mod.compare({"dds": [pt(20, [0], 0.1, 1.0, True)], "lisch": pts["lisch"]},
+                       "dds", "lisch")
+    assert none[0]["match"] is None and none[0]["at_least_as_fast"] is None
+
+
 def test_evaluate_methods_regions() -> None:
     import numpy as np
 

@@ -45,8 +45,9 @@ import torch
 from ..diffusion.normalisation import IntensityNormalisation
 from ..likelihood import PoissonLogLikelihood
 
-__all__ = ["to_physical", "to_prior", "em_ascent_step", "ascend_to_target", "AscentResult",
-           "uniform_image", "field_of_view", "check_positive_int", "check_positive_float"]
+__all__ = ["to_physical", "to_prior", "em_ascent_step", "em_ascent_update", "ascend_to_target",
+           "AscentResult", "uniform_image", "field_of_view", "check_positive_int",
+           "check_positive_float"]
 
 
 def check_positive_int(value: object, name: str) -> int:
@@ -167,8 +168,25 @@ def em_ascent_step(likelihood: PoissonLogLikelihood, u: torch.Tensor, *,
     K = 1 if subset is None else likelihood.physics.num_subsets
     value, grad = likelihood.value_and_gradient(u, subset)
     sens = likelihood.sensitivity(subset, like=u) if sensitivity is None else sensitivity
+    u_new = em_ascent_update(u, grad, sens, num_subsets=K, alpha=alpha, anchor=anchor, beta=beta,
+                             penalty_gradient=penalty_gradient, precond_floor=precond_floor)
+    return u_new, value
+
+
+def em_ascent_update(u: torch.Tensor, gradient: torch.Tensor, sensitivity: torch.Tensor, *,
+                     num_subsets: int = 1, alpha: float = 1.0, anchor: torch.Tensor | None = None,
+                     beta: float = 0.0, penalty_gradient: torch.Tensor | None = None,
+                     precond_floor: float = 0.0) -> torch.Tensor:
+    """The update of :func:`em_ascent_step` from a likelihood gradient already computed.
+
+    ``gradient`` is ``grad L_k(u)`` and ``sensitivity`` is ``s^k`` of the same subset;
+    ``num_subsets`` is the ``K`` that splits the anchor and penalty terms (1 for full data).
+    No projection is done here.
+    """
+    K = num_subsets
+    sens = sensitivity
     # 1. backprojected ratio A_k^T (y_k / ybar_k) = grad L_k(u) + s^k  (as recon.em.em_step)
-    t = grad + sens
+    t = gradient + sens
     # 2. anchor (DDS) and penalty terms, split over the K subsets
     if anchor is not None and beta != 0:
         t = t + (beta / K) * (anchor - u)
@@ -181,8 +199,7 @@ def em_ascent_step(likelihood: PoissonLogLikelihood, u: torch.Tensor, *,
                           / torch.where(pos, sens, torch.ones_like(sens)), torch.zeros_like(u))
     # (alpha = 1: u - u~ is exactly 0 when u_min = 0, so u_new is the EM image bit for bit)
     u_new = (u - ut) + em_like if alpha == 1.0 else (u - alpha * ut) + alpha * em_like
-    u_new = torch.where(pos, torch.clamp(u_new, min=0), torch.zeros_like(u_new))
-    return u_new, value
+    return torch.where(pos, torch.clamp(u_new, min=0), torch.zeros_like(u_new))
 
 
 @dataclass
@@ -198,14 +215,32 @@ class AscentResult:
     num_steps
         Ascent steps taken per batch element, shape ``[B]`` (int64).
     num_evaluations
-        Number of likelihood evaluations (each one forward and one adjoint projection of the
-        elements still ascending), summed over batch calls.
+        Likelihood evaluations in full-data forward projections of the whole batch: a pass
+        over the ``m`` of ``B`` elements still ascending counts ``m / B``.
+    num_gradients
+        Adjoint projections (gradients), in the same units.
     """
 
     image: torch.Tensor
     pll: torch.Tensor
     num_steps: torch.Tensor
-    num_evaluations: int
+    num_evaluations: float
+    num_gradients: float = 0.0
+
+
+def _value_and_state(likelihood: PoissonLogLikelihood, u: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``L(u)`` and what :func:`_gradient` needs to finish ``grad L(u)`` without a new forward
+    projection (``ybar``; ``None`` for likelihoods without projections, e.g. a SIRF objective)."""
+    if getattr(likelihood, "has_projections", False) and hasattr(likelihood, "value_at"):
+        ybar = likelihood.ybar(u)
+        return likelihood.value_at(ybar), ybar
+    return likelihood.value(u), None
+
+
+def _gradient(likelihood: PoissonLogLikelihood, u: torch.Tensor,
+              ybar: torch.Tensor | None) -> torch.Tensor:
+    return likelihood.gradient(u) if ybar is None else likelihood.gradient_at(ybar)
 
 
 def ascend_to_target(likelihood: PoissonLogLikelihood, u: torch.Tensor, target: float, *,
@@ -216,32 +251,36 @@ def ascend_to_target(likelihood: PoissonLogLikelihood, u: torch.Tensor, target: 
     Each batch element stops on its own as soon as its PLL reaches ``target`` or after
     ``max_steps`` steps; an element already at or above the target is left unchanged (no
     update: the prior's estimate is kept when it already explains the data as well as the
-    scheduled MLEM iterate).  The PLL and the gradient come together (one forward and one
-    adjoint projection per evaluation), so a step that reaches the target costs one more
-    evaluation to know it.
+    scheduled MLEM iterate).
+
+    The stopping test needs only the value, i.e. a forward projection; the adjoint is taken
+    only for the elements that still have to climb, from the same expected data ``ybar``.  A
+    generative step that takes ``n`` ascent steps therefore costs ``n + 1`` forward and ``n``
+    adjoint projections (a likelihood without projections, such as a SIRF objective, computes
+    its gradient on its own and pays one more forward projection per step).  For ``alpha = 1``
+    each update is exactly :func:`em_ascent_step`, i.e. an MLEM update.
     """
     u = u.clone()
     n = u.shape[0]
     steps = torch.zeros(n, dtype=torch.int64)
-    pll = torch.empty(n, dtype=u.dtype, device=u.device)
-    active = torch.arange(n, device=u.device)
     sens = likelihood.sensitivity(None, like=u)
-    evaluations = 0
-    while active.numel() > 0:
-        ua = u.index_select(0, active)
-        can_step = steps.index_select(0, active.cpu()) < max_steps
-        if bool(can_step.any()):
-            ua_new, value = em_ascent_step(likelihood, ua, sensitivity=sens, alpha=alpha,
-                                           precond_floor=precond_floor)
-        else:
-            value, ua_new = likelihood.value(ua), ua
-        evaluations += 1
-        pll.index_copy_(0, active, value)
-        go = (value < target) & can_step.to(value.device)
+    active = torch.arange(n, device=u.device)
+    value, ybar = _value_and_state(likelihood, u)
+    pll = value.clone()
+    forward, adjoint = 1.0, 0.0
+    while True:
+        go = (value < target) & (steps.index_select(0, active.cpu()) < max_steps).to(value.device)
         if not bool(go.any()):
             break
-        idx = active[go]
-        u.index_copy_(0, idx, ua_new[go])
-        steps[idx.cpu()] += 1
-        active = idx
-    return AscentResult(u, pll, steps, evaluations)
+        active, ua = active[go], u.index_select(0, active[go])
+        if ybar is not None:
+            ybar = ybar[go]
+        grad = _gradient(likelihood, ua, ybar)
+        adjoint += active.numel() / n
+        ua = em_ascent_update(ua, grad, sens, alpha=alpha, precond_floor=precond_floor)
+        u.index_copy_(0, active, ua)
+        steps[active.cpu()] += 1
+        value, ybar = _value_and_state(likelihood, ua)
+        forward += active.numel() / n
+        pll.index_copy_(0, active, value)
+    return AscentResult(u, pll, steps, forward, adjoint)

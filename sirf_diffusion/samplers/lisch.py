@@ -159,8 +159,10 @@ class LikelihoodScheduleDC:
     Notes
     -----
     Fills ``context.info`` with ``pll`` (list, PLL of each sample after the step), ``pll_target``,
-    ``n_likelihood_steps`` (list, ascent steps per sample) and ``n_likelihood_evaluations``
-    (likelihood evaluations of this step, one forward and one adjoint projection each).
+    ``n_likelihood_steps`` (list, ascent steps per sample), ``n_likelihood_evaluations``
+    (forward projections of this step, in full-data passes of the batch: the stopping test needs
+    only the value) and ``n_likelihood_gradients`` (adjoint projections, same units; one fewer
+    than the forward projections for every sample that ascends).
     """
 
     likelihood: PoissonLogLikelihood
@@ -200,6 +202,7 @@ class LikelihoodScheduleDC:
                                max_steps=self.max_likelihood_steps)
         context.info.update(pll=res.pll.detach().cpu().tolist(), pll_target=target,
                             n_likelihood_steps=res.num_steps.tolist(),
-                            n_likelihood_evaluations=res.num_evaluations)
+                            n_likelihood_evaluations=res.num_evaluations,
+                            n_likelihood_gradients=res.num_gradients)
         # 4. back to the prior's normalised space
         return to_prior(res.image, self.normalisation).to(x0.dtype)
