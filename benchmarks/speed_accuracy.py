@@ -80,7 +80,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smoke-test settings")
     p.add_argument("--out", default="docs/evaluation/speed_accuracy", help="output folder")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--from-results", default=None, metavar="JSON",
+                   help="redo the analysis, tables and figure from a results.json of an earlier "
+                        "run instead of reconstructing (its settings are used)")
     return p
+
+
+def load_cases(path: Path) -> tuple[dict[int, dict[str, Any]], dict[str, Any]]:
+    """``cases`` (per N) and ``settings`` of a ``results.json``, with numeric sweep keys again."""
+    import json
+
+    data = json.loads(Path(path).read_text())
+    per_steps: dict[int, dict[str, Any]] = {}
+    for n, per_case in data["cases"].items():
+        for case in per_case.values():
+            for rec in case["methods"].values():
+                rec["sweep"] = {float(k): v for k, v in rec["sweep"].items()}
+                rec["best"] = float(rec["best"])
+        per_steps[int(n)] = per_case
+    return per_steps, {**data["settings"], "wall_time_s": data["wall_time_s"],
+                       "command": data["command"], "jobs": data["jobs"]}
 
 
 def make_jobs(args: argparse.Namespace, s: dict[str, Any]) -> list[ev.Job]:
@@ -115,12 +134,16 @@ def points(per_steps: dict[int, dict[str, Any]], counts: float) -> dict[str, lis
                 nr = np.concatenate([e["metrics"]["nrmse"] for e in entries])
                 out[m].append({"steps": n, "value": float(value), "best": False,
                                "nrmse": float(nr.mean()), "nrmse_std": float(nr.std(ddof=1)),
+                               "nrmse_per_scan": [float(v) for v in nr],
                                "time_s": float(np.mean([e["time_s"] for e in entries])),
                                "lik_evals": float(np.mean([e["lik_evals"] for e in entries])),
                                "net_evals": float(np.mean([e["net_evals"] for e in entries]))})
             row = summ[m]
+            per_scan = np.concatenate([cs["methods"][m]["sweep"][cs["methods"][m]["best"]]
+                                       ["metrics"]["nrmse"] for cs in cases])
             out[m].append({"steps": n, "value": [float(b) for b in row["best"]], "best": True,
                            "nrmse": row["nrmse"][0], "nrmse_std": row["nrmse"][1],
+                           "nrmse_per_scan": [float(v) for v in per_scan],
                            "time_s": row["time_s"], "lik_evals": row["lik_evals"],
                            "net_evals": row["net_evals"]})
     return out
@@ -133,9 +156,15 @@ def compare(pts: dict[str, list[dict[str, Any]]], a: str, b: str) -> list[dict[s
     for p in (q for q in pts[a] if q["best"]):
         ok = [q for q in pts[b] if not q["best"] and q["nrmse"] <= p["nrmse"]]
         fastest = min(ok, key=lambda q: q["time_s"]) if ok else None
-        rows.append({"reference": p, "match": fastest,
-                     "at_least_as_fast": None if fastest is None
-                     else bool(fastest["time_s"] <= p["time_s"])})
+        row = {"reference": p, "match": fastest,
+               "at_least_as_fast": None if fastest is None
+               else bool(fastest["time_s"] <= p["time_s"])}
+        if fastest is not None and len(fastest.get("nrmse_per_scan", [])) == len(
+                p.get("nrmse_per_scan", [])) > 1:
+            # the same scans: the paired NRMSE difference and its standard error
+            d = np.asarray(fastest["nrmse_per_scan"]) - np.asarray(p["nrmse_per_scan"])
+            row["paired_difference"] = [float(d.mean()), float(d.std(ddof=1) / np.sqrt(d.size))]
+        rows.append(row)
     return rows
 
 
@@ -198,13 +227,15 @@ def write_markdown(path: Path, command: str, settings: dict[str, Any],
             lines += ["", f"Fastest {ev.LABELS[b]} point (any N and parameter, averaged over "
                       f"scans) with NRMSE at most that of each {ev.LABELS[a]} point:", "",
                       f"| {ev.LABELS[a]} N | its NRMSE | its time (s) | {ev.LABELS[b]} N, "
-                      f"{ev.PARAMETERS[b]} | NRMSE | time (s) | {ev.LABELS[b]} at least as "
-                      "fast? |", "|---|---|---|---|---|---|---|"]
+                      f"{ev.PARAMETERS[b]} | NRMSE | paired difference (± s.e.) | time (s) | "
+                      f"{ev.LABELS[b]} at least as fast? |", "|---|---|---|---|---|---|---|---|"]
             for row in comparisons[counts][f"{a}->{b}"]:
                 p, q = row["reference"], row["match"]
-                rhs = ("| none reaches it | | | no |" if q is None else
-                       f"| {q['steps']}, {q['value']:g} | {q['nrmse']:.4f} | {q['time_s']:.1f} "
-                       f"| {'yes' if row['at_least_as_fast'] else 'no'} |")
+                pd = row.get("paired_difference")
+                diff = "" if pd is None else f"{pd[0]:+.4f} ± {pd[1]:.4f}"
+                rhs = ("| none reaches it | | | | no |" if q is None else
+                       f"| {q['steps']}, {q['value']:g} | {q['nrmse']:.4f} | {diff} | "
+                       f"{q['time_s']:.1f} | {'yes' if row['at_least_as_fast'] else 'no'} |")
                 lines.append(f"| {p['steps']} | {p['nrmse']:.4f} | {p['time_s']:.1f} {rhs}")
         lines.append("")
     lines += ["![NRMSE against wall time](speed_accuracy.png)", ""]
@@ -213,9 +244,9 @@ def write_markdown(path: Path, command: str, settings: dict[str, Any],
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the sweep (module docstring); returns what is written to ``results.json``."""
-    from sirf_diffusion.workflows import write_json
-
     args = build_parser().parse_args(argv)
+    if args.from_results is not None:
+        return report(*load_cases(Path(args.from_results)), Path(args.out))
     base = QUICK if args.quick else FULL
     s = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in base.items()}
     s["counts"] = [float(c) for c in args.counts]
@@ -246,10 +277,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for n in s["steps"]:
         idx = [i for i, j in enumerate(jobs) if j.steps == n]
         per_steps[int(n)] = ev.analyse([jobs[i] for i in idx], [outputs[i] for i in idx])
-    pts_by_count = {f"{c:g}": points(per_steps, c) for c in s["counts"]}
-    comparisons = {c: {"dds->lisch": compare(p, "dds", "lisch"),
-                       "lisch->dds": compare(p, "lisch", "dds")} for c, p in pts_by_count.items()}
-    wall = time.perf_counter() - t0
     command = ("python benchmarks/speed_accuracy.py " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))).strip()
     from sirf_diffusion.data.splits import subject_seeds
@@ -257,12 +284,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     settings = {**s, "subject_seeds": subject_seeds("test", s["subjects"]),
                 "samples": args.samples, "dds_subsets": args.dds_subsets,
                 "lisch_max_steps": args.lisch_max_steps, "workers": args.workers,
-                "threads": args.threads, "model": args.model, "quick": args.quick}
+                "threads": args.threads, "model": args.model, "quick": args.quick,
+                "wall_time_s": time.perf_counter() - t0, "command": command,
+                "jobs": [asdict(j) for j in jobs]}
+    return report(per_steps, settings, out)
+
+
+def report(per_steps: dict[int, dict[str, Any]], settings: dict[str, Any],
+           out: Path) -> dict[str, Any]:
+    """Points, comparisons, ``speed_accuracy.md``, ``speed_accuracy.png`` and ``results.json``."""
+    from sirf_diffusion.workflows import write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    settings = dict(settings)
+    command, wall, jobs = (settings.pop("command"), settings.pop("wall_time_s"),
+                           settings.pop("jobs"))
+    pts_by_count = {f"{c:g}": points(per_steps, c) for c in settings["counts"]}
+    comparisons = {c: {"dds->lisch": compare(p, "dds", "lisch"),
+                       "lisch->dds": compare(p, "lisch", "dds")} for c, p in pts_by_count.items()}
     write_markdown(out / "speed_accuracy.md", command, settings, pts_by_count, comparisons, wall)
     plot(out / "speed_accuracy.png", pts_by_count)
     results = ev._jsonable({"command": command, "settings": settings, "points": pts_by_count,
-                            "comparisons": comparisons, "cases": per_steps,
-                            "jobs": [asdict(j) for j in jobs], "wall_time_s": wall})
+                            "comparisons": comparisons, "cases": per_steps, "jobs": jobs,
+                            "wall_time_s": wall})
     write_json(out / "results.json", results)
     print((out / "speed_accuracy.md").read_text())
     return results

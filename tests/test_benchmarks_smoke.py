@@ -137,6 +137,10 @@ def test_speed_accuracy_quick(tiny_model: Path, tmp_path: Path) -> None:
             same = [r["nrmse"] for r in pts[m] if not r["best"] and r["steps"] == q["steps"]]
             assert q["nrmse"] == pytest.approx(min(same), rel=1e-9)
     assert len(data["comparisons"]["2.5"]["dds->lisch"]) == 2
+    # the report can be redone from results.json alone, with the same numbers
+    again = mod.main(["--from-results", str(out / "results.json"), "--out", str(tmp_path / "re")])
+    assert json.loads(json.dumps(again["points"])) == data["points"]
+    assert (tmp_path / "re" / "speed_accuracy.md").read_text() == md
 
 
 def test_speed_accuracy_comparison_rule() -> None:
