@@ -313,6 +313,34 @@ def run_job(job: Job) -> dict[str, Any]:
             "info": {k: scan.info[k] for k in ("prompt_counts", "true_counts")}, "runs": runs}
 
 
+def scan_seeds(seed: int, subject: int, counts: float, realisation: int) -> dict[str, int]:
+    """``noise_seed`` and ``sampler_seed`` of one scan: every benchmark that derives them here
+    reconstructs the same scans with the same sampler noise."""
+    from sirf_diffusion.diffusion.datasets import derive_seed
+
+    c = int(round(1000 * counts))
+    return {"noise_seed": derive_seed(seed, subject, c, realisation),
+            "sampler_seed": derive_seed(seed, subject, c, realisation, 1)}
+
+
+def run_jobs(jobs: Sequence[Job], workers: int, progress: bool,
+             unit: str = "scan") -> list[dict[str, Any]]:
+    """:func:`run_job` for every job, in order; ``workers > 1`` runs them in spawned processes."""
+    bar = tqdm(total=len(jobs), desc=f"{unit}s", disable=not progress, unit=unit)
+    outputs: list[dict[str, Any]] = []
+    if workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            for f in [pool.submit(run_job, j) for j in jobs]:
+                outputs.append(f.result())
+                bar.update()
+    else:
+        for j in jobs:
+            outputs.append(run_job(j))
+            bar.update()
+    bar.close()
+    return outputs
+
+
 # ----------------------------------------------------------------------------- analysis
 def scan_metrics(image: np.ndarray, reference: np.ndarray, masks: dict[str, np.ndarray],
                  wm_rois: list[np.ndarray]) -> dict[str, float]:
@@ -623,7 +651,6 @@ def _jsonable(obj: Any) -> Any:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the evaluation (module docstring); returns what is written to ``results.json``."""
     from sirf_diffusion.data.splits import subject_seeds
-    from sirf_diffusion.diffusion.datasets import derive_seed
     from sirf_diffusion.workflows import write_json
 
     args = build_parser().parse_args(argv)
@@ -644,9 +671,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
             model_dir = str(default_prior_dir() / "xy")
     seeds = subject_seeds("test", s["subjects"])
-    jobs = [Job(subject=sub, counts=c, realisation=r,
-                noise_seed=derive_seed(args.seed, sub, int(round(1000 * c)), r),
-                sampler_seed=derive_seed(args.seed, sub, int(round(1000 * c)), r, 1),
+    jobs = [Job(subject=sub, counts=c, realisation=r, **scan_seeds(args.seed, sub, c, r),
                 num_views=args.num_views, subsets=args.subsets, osem_epochs=s["osem_epochs"],
                 map_init_epochs=args.map_init_epochs, map_iterations=s["map_iterations"],
                 rdp_beta=[float(b) for b in s["rdp_beta"]],
@@ -659,20 +684,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for c in s["counts"] for sub in seeds for r in range(s["realisations"])]
     print(f"[evaluate] {len(jobs)} scans (subjects {seeds}, counts {s['counts']}, "
           f"{s['realisations']} realisations), methods {methods}")
-    bar = tqdm(total=len(jobs), desc="scans", disable=not progress, unit="scan")
-    if args.workers > 1:
-        with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(run_job, j) for j in jobs]
-            outputs = []
-            for f in futures:
-                outputs.append(f.result())
-                bar.update()
-    else:
-        outputs = []
-        for j in jobs:
-            outputs.append(run_job(j))
-            bar.update()
-    bar.close()
+    outputs = run_jobs(jobs, args.workers, progress, unit="scan")
 
     # the reconstructions first (an hour of work on a 2-core CPU), in a file that loads
     # without executing code: images as arrays, the rest as JSON

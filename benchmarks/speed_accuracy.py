@@ -31,15 +31,12 @@ import argparse
 import shlex
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import evaluate_methods as ev  # noqa: E402  (a sibling script, not a package)
@@ -106,11 +103,8 @@ def make_jobs(args: argparse.Namespace, s: dict[str, Any]) -> list[ev.Job]:
     """One :class:`evaluate_methods.Job` per (count, subject, realisation, N), DDS and LiSch only,
     with the seeds :mod:`evaluate_methods` gives the same scan."""
     from sirf_diffusion.data.splits import subject_seeds
-    from sirf_diffusion.diffusion.datasets import derive_seed
 
-    return [ev.Job(subject=sub, counts=c, realisation=r,
-                   noise_seed=derive_seed(args.seed, sub, int(round(1000 * c)), r),
-                   sampler_seed=derive_seed(args.seed, sub, int(round(1000 * c)), r, 1),
+    return [ev.Job(subject=sub, counts=c, realisation=r, **ev.scan_seeds(args.seed, sub, c, r),
                    num_views=args.num_views, subsets=12, osem_epochs=2, map_init_epochs=2,
                    map_iterations=1, rdp_beta=[], dps_zeta=[],
                    dds_beta=[float(b) for b in s["dds_beta"]], dds_subsets=args.dds_subsets,
@@ -261,18 +255,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     jobs = make_jobs(args, s)
     print(f"[speed_accuracy] {len(jobs)} runs (steps {s['steps']}, counts {s['counts']})")
-    bar = tqdm(total=len(jobs), desc="runs", disable=args.no_progress, unit="run")
-    outputs: list[dict[str, Any]] = []
-    if args.workers > 1:
-        with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-            for f in [pool.submit(ev.run_job, j) for j in jobs]:
-                outputs.append(f.result())
-                bar.update()
-    else:
-        for j in jobs:
-            outputs.append(ev.run_job(j))
-            bar.update()
-    bar.close()
+    outputs = ev.run_jobs(jobs, args.workers, not args.no_progress, unit="run")
     per_steps: dict[int, dict[str, Any]] = {}
     for n in s["steps"]:
         idx = [i for i, j in enumerate(jobs) if j.steps == n]
