@@ -1,0 +1,142 @@
+"""Atomic file writes with the user's umask: the one helper every writer of the package uses.
+
+A file is written to a temporary name in its target folder, flushed and ``fsync``-ed, given the
+permissions an ordinary ``open(path, "w")`` would give it (``0o666`` masked by the process
+umask; :func:`tempfile.mkstemp` would leave ``0o600``), then moved into place with
+:func:`os.replace`.  A reader therefore sees either the old file or the complete new one, never
+a partial write, and a failure (including ``KeyboardInterrupt``) removes the temporary file.
+
+Temporary names are ``.<name>.<random>.tmp``; :func:`remove_stale_temporaries` deletes those
+left behind by a process that was killed mid-write.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["current_umask", "file_mode", "dir_mode", "atomic_write", "atomic_write_bytes",
+           "atomic_write_text", "write_json", "json_safe", "make_dir",
+           "remove_stale_temporaries", "TMP_SUFFIX"]
+
+PathLike = str | os.PathLike[str]
+
+#: Suffix of the temporary files written by :func:`atomic_write`.
+TMP_SUFFIX = ".tmp"
+
+
+def current_umask() -> int:
+    """The process umask (read without changing it for longer than the call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """Permissions of a new regular file under the current umask (``0o666 & ~umask``)."""
+    return 0o666 & ~current_umask()
+
+
+def dir_mode() -> int:
+    """Permissions of a new folder under the current umask (``0o777 & ~umask``)."""
+    return 0o777 & ~current_umask()
+
+
+def make_dir(path: PathLike) -> Path:
+    """``mkdir -p`` with the user's umask (as :meth:`pathlib.Path.mkdir`); returns the path."""
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+@contextmanager
+def atomic_write(path: PathLike, *, fsync: bool = True) -> Iterator[IO[bytes]]:
+    """Open a binary temporary file beside ``path``; on a clean exit move it onto ``path``.
+
+    Raises
+    ------
+    FileNotFoundError
+        The target folder does not exist (the message names it).
+    """
+    path = Path(path)
+    folder = path.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: PathLike, data: bytes | Callable[[IO[bytes]], None]) -> Path:
+    """Write ``data`` (bytes, or a function that writes into the open file) to ``path``."""
+    with atomic_write(path) as f:
+        if callable(data):
+            data(f)
+        else:
+            f.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NaN/inf floats replaced by ``None`` (JSON has no NaN), numpy/torch scalars
+    as Python numbers, tuples as lists and unknown objects as ``str``."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy / torch arrays and scalars
+        return json_safe(obj.tolist())
+    if hasattr(obj, "item") and callable(obj.item):
+        return json_safe(obj.item())
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return str(obj)
+
+
+def write_json(path: PathLike, obj: Any, *, indent: int = 2) -> Path:
+    """Write ``obj`` as strict JSON (NaN -> ``null``, :func:`json_safe`) atomically."""
+    text = json.dumps(json_safe(obj), indent=indent, allow_nan=False) + "\n"
+    return atomic_write_text(path, text)
+
+
+def remove_stale_temporaries(folder: PathLike, name: str | None = None) -> list[Path]:
+    """Delete the temporary files :func:`atomic_write` leaves when a process is killed mid-write.
+
+    Only files named ``.<name>.*.tmp`` (any name when ``name`` is ``None``) directly in
+    ``folder`` are removed; returns them.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    pattern = f".{name}.*{TMP_SUFFIX}" if name else f".*{TMP_SUFFIX}"
+    removed = []
+    for p in folder.glob(pattern):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
