@@ -114,7 +114,8 @@ def test_one_loop_step_has_the_posterior_mean_and_variance(eta):
     """The loop applies the levels: one step from ``x_t`` with a denoiser returning ``x0``,
     over 40,000 draws, has the mean ``c0 x0 + ct x_t`` and variance ``sto^2`` (DDPM posterior at
     eta = 1); sigma 2 -> 1, where a missing square root changes the variance by a third."""
-    sigma, sigma_next = torch.tensor(2.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
+    sigma = torch.tensor(2.0, dtype=torch.float64)
+    sigma_next = torch.tensor(1.0, dtype=torch.float64)
     n = 40_000
     x0, xt = torch.tensor(0.5, dtype=torch.float64), torch.tensor(3.0, dtype=torch.float64)
     x_init = torch.full((n, 1, 1, 1), float(xt), dtype=torch.float64)

@@ -1,9 +1,10 @@
 """The embedded projector against projections written by the real STIR 6.5 / SIRF 3.10.
 
 Reference files: the 2D ones in ``tests/data/stir-reference`` (``stir_reference`` fixture), the
-3D ones (``brain3d*``) in ``../shared/data/stir-reference`` or ``$SIRF_DIFFUSION_STIR_REFERENCE_3D``
-(``stir_reference_path``; those tests are skipped when the folder is absent).  Raw ``.v`` / ``.s`` files are decoded here with numpy (README section 1), independently
-of the package's Interfile reader.
+3D ones (``brain3d*``) in ``../shared/data/stir-reference`` or
+``$SIRF_DIFFUSION_STIR_REFERENCE_3D`` (``stir_reference_path``; those tests are skipped when the
+folder is absent).  Raw ``.v`` / ``.s`` files are decoded here with numpy (README section 1),
+independently of the package's Interfile reader.
 """
 
 from __future__ import annotations

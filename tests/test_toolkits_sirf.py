@@ -245,7 +245,8 @@ def test_cli_reconstructs_a_petric_case_on_sirf_physics(pet, case_dir, tmp_path)
                  "--iterations", "3", "--out", str(own), "--no-progress"]) == 0
     m_sirf = json.loads((out / "metrics.json").read_text())
     m_own = json.loads((own / "metrics.json").read_text())
-    # the embedded model has the case's PSF, SIRF's here none: close, not equal
+    # both model the case's PSF (physics.md); SIRF's matrix traces 2 rays per bin, the embedded
+    # one 1: close, not equal
     assert abs(m_sirf["nrmse"] - m_own["nrmse"]) < 0.05
 
 
@@ -295,7 +296,7 @@ def test_cil_algorithm_on_sirf_physics_with_a_sirf_template(pet, case_dir):
     assert np.isfinite(algo.solution.as_array()).all() and len(algo.objective) == 4
 
 
-# ----------------------------------------------------------------------------- PSF (docs/physics.md)
+# ---------------------------------------------------------------------------- PSF (docs/physics.md)
 def _embedded(case_dir: Path, *, psf: bool, num_rays: int = 1):
     from sirf_diffusion.physics.model import AcquisitionModel
     from sirf_diffusion.workflows import case_physics, load_case

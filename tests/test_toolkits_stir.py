@@ -131,7 +131,7 @@ def test_cli_reconstructs_on_stir_physics(stir, case_dir, tmp_path):
     assert abs(a - b) < 0.01
 
 
-# ----------------------------------------------------------------------------- PSF (docs/physics.md)
+# ---------------------------------------------------------------------------- PSF (docs/physics.md)
 def test_stir_gaussian_filter_equals_the_embedded_psf(stir, case_dir):
     """STIR's ``SeparableGaussianImageFilter`` with the FWHMs of ``psf_fwhms_zyx`` (axial 0 on
     the case's single plane) blurs as the embedded PSF."""

@@ -225,4 +225,5 @@ class GaussianPSF:
 
     def __repr__(self) -> str:
         fz, fy, fx = self.fwhms_zyx_mm
-        return f"GaussianPSF(fwhm_zyx_mm=({fz:g}, {fy:g}, {fx:g}), image {self.image_geometry.shape})"
+        return (f"GaussianPSF(fwhm_zyx_mm=({fz:g}, {fy:g}, {fx:g}), "
+                f"image {self.image_geometry.shape})")
