@@ -152,7 +152,9 @@ class STIRPhysics(ToolkitSubsets, PETPhysics):
         Settings of the ray-tracing matrix (STIR's ``num_tangential_LORs``,
         ``restrict_to_cylindrical_FOV``).
     psf_fwhm_mm
-        Optional Gaussian image-space PSF (one FWHM or ``(transaxial, axial)``), in torch.
+        Optional Gaussian image-space PSF (one FWHM or ``(transaxial, axial)``), applied in
+        torch with the kernel of STIR's ``SeparableGaussianImageFilter``; in-plane only on a
+        single-plane image (:mod:`sirf_diffusion.physics.psf`).
     num_subsets
         Number of view subsets.
     """
@@ -193,14 +195,12 @@ class STIRPhysics(ToolkitSubsets, PETPhysics):
         self.data_shape = tuple(projdata_to_torch(probe).shape)  # type: ignore[assignment]
         self._m = self._term(multiplicative, "multiplicative")
         self._b = self._term(additive, "additive")
-        self.psf = None
-        if psf_fwhm_mm:
-            from sirf_diffusion.physics.geometry import ImageGeometry
-            from sirf_diffusion.physics.psf import GaussianPSF
+        from sirf_diffusion.physics.geometry import ImageGeometry
+        from sirf_diffusion.physics.psf import GaussianPSF
 
-            fw = psf_fwhm_mm if isinstance(psf_fwhm_mm, (list, tuple)) else (psf_fwhm_mm,) * 2
-            self.psf = GaussianPSF(ImageGeometry(self.image_shape, self.voxel_size_mm),
-                                   float(fw[0]), float(fw[1]))
+        # STIR's SeparableGaussianImageFilter, in torch; in-plane only on one plane
+        self.psf = GaussianPSF.from_fwhm(ImageGeometry(self.image_shape, self.voxel_size_mm),
+                                         psf_fwhm_mm)
         self._subset_sets = {}
         super().__init__(num_subsets)
 

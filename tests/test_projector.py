@@ -1,4 +1,4 @@
-"""Embedded projector, PSF, attenuation and acquisition model: analytic oracles.
+"""Embedded projector, attenuation and acquisition model: analytic oracles (PSF: test_psf.py).
 
 Small scanners keep every test fast; the STIR comparison is in
 ``test_stir_reference_projections.py``.
@@ -17,7 +17,7 @@ from sirf_diffusion.physics.base import adjointness_test
 from sirf_diffusion.physics.geometry import ImageGeometry, Scanner, SinogramGeometry
 from sirf_diffusion.physics.model import AcquisitionModel
 from sirf_diffusion.physics.projector import RayTracingProjector, fov_radius_mm, trace_rays_2d
-from sirf_diffusion.physics.psf import GaussianPSF, fwhm_to_sigma, gaussian_kernel_1d
+from sirf_diffusion.physics.psf import GaussianPSF
 
 TINY = Scanner(name="tiny", num_rings=4, num_detectors_per_ring=64, inner_ring_radius_mm=150.0,
                average_depth_of_interaction_mm=0.0, ring_spacing_mm=4.0, default_bin_size_mm=2.0,
@@ -314,22 +314,6 @@ def test_with_copies_share_projector():
     assert mb.projector is P and base.additive_term is None
     x = _rand(ig.shape, 14)
     torch.testing.assert_close(mb.forward(x), m * P.forward(x) + b)
-
-
-# ---------------------------------------------------------------------------- PSF
-def test_psf_kernel_width_and_self_adjointness():
-    k = gaussian_kernel_1d(6.0, 1.0, truncate=6.0)
-    off = torch.arange(len(k), dtype=torch.float64) - len(k) // 2
-    var = float((k * off * off).sum())
-    assert float(k.sum()) == pytest.approx(1.0)
-    assert var == pytest.approx(fwhm_to_sigma(6.0) ** 2 + 1 / 12, rel=1e-3)  # voxel integration
-    psf = GaussianPSF(IMG3D, 5.0, 3.0)
-    x, y = _rand(IMG3D.shape, 15), _rand(IMG3D.shape, 16)
-    assert abs(_inner(psf(x), y) - _inner(x, psf.adjoint(y))) < 1e-12 * _inner(x, y)
-    img = torch.zeros(IMG3D.shape, dtype=torch.float64)
-    img[3, 12, 12] = 1.0
-    assert float(psf(img).sum()) == pytest.approx(1.0)   # counts preserved in the interior
-    assert GaussianPSF(IMG3D, 0.0, 0.0).is_identity
 
 
 # ---------------------------------------------------------------------------- attenuation

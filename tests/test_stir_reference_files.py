@@ -6,7 +6,6 @@ real STIR 6.5 / SIRF 3.10 when the files were made; nothing here is a number we 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -29,28 +28,29 @@ SINOGRAMS = [
 ]
 
 
-def _readme_json(folder: Path) -> dict:
-    text = (folder / "README.md").read_text()
-    m = re.search(r"<!-- BEGIN JSON -->\s*```json\s*(.*?)```\s*<!-- END JSON -->", text, re.S)
-    assert m, "README has no machine-readable JSON section"
-    return json.loads(m.group(1))
+IMAGES_2D = [n for n in IMAGES if not n.startswith("brain3d")]
+SINOGRAMS_2D = [n for n in SINOGRAMS if not n.startswith("brain3d")]
 
 
-@pytest.fixture
-def ref(stir_reference: Path) -> dict:
-    return _readme_json(stir_reference)
-
-
-def test_every_reference_file_is_covered(ref, stir_reference):
-    assert sorted(ref["files"]) == sorted(IMAGES + SINOGRAMS)
+def test_every_reference_file_in_the_repository_is_covered(stir_reference, stir_reference_json):
+    """``tests/data/stir-reference`` holds exactly the 2D files, each described in its README."""
+    assert sorted(stir_reference_json("disk_image.hv")["files"]) == sorted(IMAGES_2D + SINOGRAMS_2D)
     on_disk = sorted(p.stem for p in stir_reference.glob("*.h[vs]"))
-    assert on_disk == sorted(IMAGES + SINOGRAMS)
+    assert on_disk == sorted(IMAGES_2D + SINOGRAMS_2D)
+
+
+def test_every_3d_reference_file_is_covered(stir_reference_path, stir_reference_json):
+    folder = stir_reference_path("brain3d.hv").parent
+    names_3d = sorted(set(IMAGES + SINOGRAMS) - set(IMAGES_2D + SINOGRAMS_2D))
+    assert set(names_3d) <= set(stir_reference_json("brain3d.hv")["files"])
+    assert all((folder / f"{n}.{'hv' if n in IMAGES else 'hs'}").is_file() for n in names_3d)
 
 
 @pytest.mark.parametrize("name", IMAGES)
-def test_reference_image(ref, stir_reference, name):
-    info = ref["files"][name]
-    arr, geom = read_image(stir_reference / info["header"])
+def test_reference_image(stir_reference_path, stir_reference_json, name):
+    info = stir_reference_json(f"{name}.hv")["files"][name]
+    folder = stir_reference_path(info["header"]).parent
+    arr, geom = read_image(folder / info["header"])
     assert arr.dtype == np.float32
     assert arr.shape == tuple(info["as_array_shape"]) == geom.shape
     # voxel sizes: STIR stores float32; the header text has 6 significant digits
@@ -69,13 +69,13 @@ def test_reference_image(ref, stir_reference, name):
         assert geom.x_mm()[ix] == pytest.approx(v["x_mm"], abs=1e-3)
         assert geom.y_mm()[iy] == pytest.approx(v["y_mm"], abs=1e-3)
     # first pixel offsets and STIR origin kept in the header info
-    h = read_header(stir_reference / info["header"])
+    h = read_header(folder / info["header"])
     np.testing.assert_allclose(
         h.first_pixel_offset_mm(), info["physical_coord_first_voxel_mm_zyx"], atol=1e-3
     )
     np.testing.assert_allclose(h.origin_mm(), info["verification"]["readback_origin"], atol=2e-5)
     # raw decoding agrees (independent check of layout): float32 LE, [z][y][x]
-    raw = np.fromfile(stir_reference / info["data"], dtype="<f4").reshape(arr.shape)
+    raw = np.fromfile(folder / info["data"], dtype="<f4").reshape(arr.shape)
     np.testing.assert_array_equal(raw, arr)
 
 
@@ -116,9 +116,11 @@ def _check_geometry(geom: SinogramGeometry, g: dict) -> None:
 
 
 @pytest.mark.parametrize("name", SINOGRAMS)
-def test_reference_sinogram(ref, stir_reference, name):
+def test_reference_sinogram(stir_reference_path, stir_reference_json, name):
+    ref = stir_reference_json(f"{name}.hs")
     info = ref["files"][name]
-    arr, geom = read_sinogram(stir_reference / info["header"])
+    folder = stir_reference_path(info["header"]).parent
+    arr, geom = read_sinogram(folder / info["header"])
     assert arr.dtype == np.float32
     assert (1, *arr.shape) == tuple(info["as_array_shape"])
     _check_geometry(geom, ref["geometries"][info["geometry"]])
@@ -143,13 +145,13 @@ def test_reference_sinogram(ref, stir_reference, name):
         assert m[sino] == pytest.approx(b["m_mm"], abs=1e-5)
     if info.get("all_integer"):
         assert np.array_equal(arr, np.round(arr))
-    assert (stir_reference / info["data"]).stat().st_size == info["data_file_bytes"]
+    assert (folder / info["data"]).stat().st_size == info["data_file_bytes"]
 
 
-def test_reference_raw_file_order_is_reordered(stir_reference):
+def test_reference_raw_file_order_is_reordered(stir_reference_path):
     """Independent decode of the span-3 file: [segment -1, 0, 1][view][axial][tangential]."""
-    arr, geom = read_sinogram(stir_reference / "brain3d_fwd_span3_mash2.hs")
-    raw = np.fromfile(stir_reference / "brain3d_fwd_span3_mash2.s", dtype="<f4")
+    arr, geom = read_sinogram(stir_reference_path("brain3d_fwd_span3_mash2.hs"))
+    raw = np.fromfile(stir_reference_path("brain3d_fwd_span3_mash2.s"), dtype="<f4")
     V, T = 126, 344
     pos = 0
     for seg, n in ((-1, 11), (0, 15), (1, 11)):
@@ -165,7 +167,10 @@ def test_reference_geometry_equals_package_construction(stir_reference):
     assert g2d == SinogramGeometry.two_d("mMR", arc_corrected=True)
     _, g2n = read_sinogram(stir_reference / "disk_image_fwd_nonarccorr.hs")
     assert g2n == SinogramGeometry.two_d("mMR", arc_corrected=False)
-    _, g3 = read_sinogram(stir_reference / "brain3d_fwd_span3_mash2.hs")
+
+
+def test_3d_reference_geometry_equals_package_construction(stir_reference_path):
+    _, g3 = read_sinogram(stir_reference_path("brain3d_fwd_span3_mash2.hs"))
     assert g3 == SinogramGeometry(
         get_scanner("mMR").with_rings(8), 126, arc_corrected=True, span=3, max_ring_difference=4
     )
@@ -180,15 +185,16 @@ def _keys(path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("name", ["disk_image", "brain3d"])
-def test_written_image_header_has_stirs_keys(stir_reference, tmp_path, name):
-    arr, geom = read_image(stir_reference / f"{name}.hv")
+def test_written_image_header_has_stirs_keys(stir_reference_path, tmp_path, name):
+    header = stir_reference_path(f"{name}.hv")
+    arr, geom = read_image(header)
     out = write_image(tmp_path / f"{name}.hv", arr, geom)
-    assert _keys(out) == _keys(stir_reference / f"{name}.hv")
+    assert _keys(out) == _keys(header)
     arr2, geom2 = read_image(out)
     np.testing.assert_array_equal(arr2, arr)
     assert geom2 == geom
     # same bytes as STIR's data file
-    assert (tmp_path / f"{name}.v").read_bytes() == (stir_reference / f"{name}.v").read_bytes()
+    assert (tmp_path / f"{name}.v").read_bytes() == header.with_suffix(".v").read_bytes()
 
 
 @pytest.mark.parametrize(
@@ -200,17 +206,18 @@ def test_written_image_header_has_stirs_keys(stir_reference, tmp_path, name):
         "brain3d_fwd_span3_mash2",
     ],
 )
-def test_written_sinogram_header_has_stirs_keys(stir_reference, tmp_path, name):
-    arr, geom = read_sinogram(stir_reference / f"{name}.hs")
+def test_written_sinogram_header_has_stirs_keys(stir_reference_path, tmp_path, name):
+    header = stir_reference_path(f"{name}.hs")
+    arr, geom = read_sinogram(header)
     out = write_sinogram(tmp_path / f"{name}.hs", arr, geom)
-    assert _keys(out) == _keys(stir_reference / f"{name}.hs")
+    assert _keys(out) == _keys(header)
     # every value STIR wrote is reproduced (the numbers here have short decimal forms)
     ours = read_header(out)
-    theirs = read_header(stir_reference / f"{name}.hs")
+    theirs = read_header(header)
     assert [(k, i, v.replace(" ", "")) for k, i, v in ours.entries] == [
         (k, i, v.replace(" ", "")) for k, i, v in theirs.entries
     ]
     arr2, geom2 = read_sinogram(out)
     np.testing.assert_array_equal(arr2, arr)
     assert geom2 == geom
-    assert (tmp_path / f"{name}.s").read_bytes() == (stir_reference / f"{name}.s").read_bytes()
+    assert (tmp_path / f"{name}.s").read_bytes() == header.with_suffix(".s").read_bytes()

@@ -1,13 +1,14 @@
 """The embedded projector against projections written by the real STIR 6.5 / SIRF 3.10.
 
-Reference files: ``../shared/data/stir-reference`` (``stir_reference`` fixture; skipped when
-absent).  Raw ``.v`` / ``.s`` files are decoded here with numpy (README section 1), independently
-of the package's Interfile reader.
+Reference files: the 2D ones in ``tests/data/stir-reference`` (``stir_reference`` fixture), the
+3D ones (``brain3d*``) in ``../shared/data/stir-reference`` or
+``$SIRF_DIFFUSION_STIR_REFERENCE_3D`` (``stir_reference_path``; those tests are skipped when the
+folder is absent).  Raw ``.v`` / ``.s`` files are decoded here with numpy (README section 1),
+independently of the package's Interfile reader.
 """
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -41,13 +42,6 @@ def _projector(geometry: str, num_rays: int = 1) -> RayTracingProjector:
     return RayTracingProjector(GEOMETRIES[geometry], image, num_rays=num_rays)
 
 
-@lru_cache(maxsize=1)
-def _readme_json(folder: str) -> dict:
-    text = (Path(folder) / "README.md").read_text()
-    start = text.index("```json", text.index("<!-- BEGIN JSON -->")) + len("```json")
-    return json.loads(text[start:text.index("```", start)])
-
-
 def _read_image(path: Path, shape: tuple[int, int, int]) -> torch.Tensor:
     raw = np.fromfile(path, dtype="<f4")
     assert raw.size == np.prod(shape), f"{path.name}: {raw.size} floats, expected {shape}"
@@ -79,18 +73,19 @@ def _rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     ("disk_image_fwd_arccorr_nlor5", "2D_arccorr", 5),
     ("disk_image_fwd_nonarccorr", "2D_nonarccorr", 1),
 ])
-def test_2d_forward_projection_matches_stir(stir_reference, name, geometry, num_rays):
+def test_2d_forward_projection_matches_stir(stir_reference, stir_reference_json, name, geometry,
+                                           num_rays):
     image = _read_image(stir_reference / "disk_image.v", IMG2D.shape)
     ref = _read_sinogram(stir_reference / f"{name}.s", GEOMETRIES[geometry])
     y = _projector(geometry, num_rays).forward(image)
     assert _rel_l2(y, ref) < REL_L2
-    for b in _readme_json(str(stir_reference))["files"][name]["special_bins"]:
+    for b in stir_reference_json(f"{name}.hs")["files"][name]["special_bins"]:
         _, sino, view, t = b["as_array_index"]
         assert float(y[sino, view, t]) == pytest.approx(b["value"], rel=1e-4, abs=1e-4)
 
 
-def test_cylindrical_fov_mask(stir_reference):
-    info = _readme_json(str(stir_reference))["checks"]["cylindrical_FOV_mask_2D"]
+def test_cylindrical_fov_mask(stir_reference_json):
+    info = stir_reference_json("disk_image.hv")["checks"]["cylindrical_FOV_mask_2D"]
     P = _projector("2D_arccorr")
     sens = P.adjoint(torch.ones(P.data_shape, dtype=torch.float64))[0]
     assert int((sens > 0).sum()) == info["num_nonzero_voxels"]          # 12745
@@ -102,8 +97,8 @@ def test_cylindrical_fov_mask(stir_reference):
 
 
 @pytest.mark.parametrize("index", range(10))
-def test_2d_point_sources(stir_reference, index):
-    checks = _readme_json(str(stir_reference))["checks"]["point_source_2D"]
+def test_2d_point_sources(stir_reference_json, index):
+    checks = stir_reference_json("disk_image.hv")["checks"]["point_source_2D"]
     if index >= len(checks):
         pytest.skip("fewer point-source checks in the README")
     c = checks[index]
@@ -117,8 +112,8 @@ def test_2d_point_sources(stir_reference, index):
         assert float(row.sum()) == pytest.approx(r["sum_over_tangential"], abs=1e-4)
 
 
-def test_half_thickness_plane_halves_2d_projection(stir_reference):
-    info = _readme_json(str(stir_reference))["checks"]
+def test_half_thickness_plane_halves_2d_projection(stir_reference, stir_reference_json):
+    info = stir_reference_json("disk_image.hv")["checks"]
     image = _read_image(stir_reference / "disk_image.v", IMG2D.shape)
     thin = RayTracingProjector(GEOMETRIES["2D_arccorr"],
                                ImageGeometry((1, 128, 128), (2.03125, VX, VX)))
@@ -159,13 +154,14 @@ def test_first_osem_subiteration_matches_stir(stir_reference):
 # ---------------------------------------------------------------------------- 3D
 @pytest.mark.parametrize("name,geometry", [("brain3d_fwd_span1", "3D_span1"),
                                            ("brain3d_fwd_span3_mash2", "3D_span3_mash2")])
-def test_3d_forward_projection_matches_stir(stir_reference, name, geometry):
+def test_3d_forward_projection_matches_stir(stir_reference_path, stir_reference_json, name,
+                                           geometry):
     geom = GEOMETRIES[geometry]
-    info = _readme_json(str(stir_reference))
+    info = stir_reference_json(f"{name}.hs")
     phi0 = info["geometries"][geometry]["phi_view0_rad"]
     assert float(geom.phi()[0]) == pytest.approx(phi0, abs=1e-7)
-    image = _read_image(stir_reference / "brain3d.v", IMG3D.shape)
-    ref = _read_sinogram(stir_reference / f"{name}.s", geom)
+    image = _read_image(stir_reference_path("brain3d.v"), IMG3D.shape)
+    ref = _read_sinogram(stir_reference_path(f"{name}.s"), geom)
     y = _projector(geometry).forward(image)
     assert _rel_l2(y, ref) < REL_L2
     for number, total in info["files"][name]["sum_per_segment"].items():
@@ -178,8 +174,8 @@ def test_3d_forward_projection_matches_stir(stir_reference, name, geometry):
 
 
 @pytest.mark.parametrize("index", range(4))
-def test_3d_point_source_axial_weights(stir_reference, index):
-    c = _readme_json(str(stir_reference))["checks"]["point_source_3D_axial_weights"][index]
+def test_3d_point_source_axial_weights(stir_reference_json, index):
+    c = stir_reference_json("brain3d.hv")["checks"]["point_source_3D_axial_weights"][index]
     geom = GEOMETRIES[c["geometry"]]
     z, y, x = c["stir_voxel_index_zyx"]
     image = torch.zeros(IMG3D.shape)          # float32 reuses the matrices cached above

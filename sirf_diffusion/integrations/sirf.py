@@ -583,7 +583,10 @@ def sirf_case_likelihood(folder: str | os.PathLike[str], *, psf_fwhm_mm: Any = N
     ``ybar = S (G x + a)`` as PETRIC defines it) are read by SIRF; the image geometry is that of
     ``OSEM_image.hv`` (else ``PETRIC/reference_image.hv``).  ``projector``: ``'ray-tracing'``
     (STIR's ``ProjMatrixByBinUsingRayTracing``) or ``'parallelproj'`` (when SIRF has it).
-    ``psf_fwhm_mm``: optional image-space Gaussian (one FWHM or ``(transaxial, axial)``).
+    ``psf_fwhm_mm``: optional image-space Gaussian (one FWHM or ``(transaxial, axial)``),
+    SIRF's ``SeparableGaussianImageFilter`` with the FWHMs of
+    :func:`~sirf_diffusion.physics.psf.psf_fwhms_zyx` (axial 0 on a single-plane image), so the
+    blur is the embedded physics' one.
     """
     pet = require_sirf()
     folder = Path(folder)
@@ -611,12 +614,13 @@ def sirf_case_likelihood(folder: str | os.PathLike[str], *, psf_fwhm_mm: Any = N
         am = pet.AcquisitionModelUsingRayTracingMatrix()
     else:
         raise ValueError(f"projector must be 'ray-tracing' or 'parallelproj', got {projector!r}")
-    if psf_fwhm_mm:
-        f = psf_fwhm_mm if isinstance(psf_fwhm_mm, (list, tuple)) else (psf_fwhm_mm, psf_fwhm_mm)
-        if len(f) != 2:
-            raise ValueError("psf_fwhm_mm must be one FWHM or (transaxial, axial)")
+    # the embedded PSF's convention (physics.psf): STIR's filter, axial FWHM 0 on one plane
+    from ..physics.psf import psf_fwhms_zyx
+
+    fwhms = psf_fwhms_zyx(psf_fwhm_mm, int(image.dimensions()[0]))
+    if fwhms is not None:
         blur = pet.SeparableGaussianImageFilter()
-        blur.set_fwhms((float(f[1]), float(f[0]), float(f[0])))
+        blur.set_fwhms(fwhms)
         am.set_image_data_processor(blur)
     am.set_acquisition_sensitivity(pet.AcquisitionSensitivityModel(mult))
     am.set_additive_term(additive)

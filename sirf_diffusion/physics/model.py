@@ -57,7 +57,9 @@ class AcquisitionModel(PETPhysics):
     additive
         ``b`` of shape ``sinogram_geometry.shape`` (randoms + scatter), or ``None`` for zero.
     psf_fwhm_mm
-        Gaussian image-space PSF: one FWHM for all axes, ``(transaxial, axial)``, or ``None``.
+        Gaussian image-space PSF (STIR's ``SeparableGaussianImageFilter``): one FWHM for all
+        axes, ``(transaxial, axial)``, or ``None`` / ``0``.  In-plane only on a single-plane
+        image (:mod:`.psf`).
     num_rays, restrict_to_cylindrical_fov
         Projector settings (STIR ``num_tangential_LORs``, ``restrict_to_cylindrical_FOV``).
     num_subsets
@@ -92,15 +94,7 @@ class AcquisitionModel(PETPhysics):
         self.image_shape = image_geometry.shape
         self.voxel_size_mm = image_geometry.voxel_size_mm
         self.data_shape = sinogram_geometry.shape
-        if psf_fwhm_mm is None:
-            self.psf: GaussianPSF | None = None
-        else:
-            fw = psf_fwhm_mm
-            if not isinstance(fw, (list, tuple)):
-                fw = (float(fw), float(fw))
-            if len(fw) != 2:
-                raise ValueError("psf_fwhm_mm must be a number or (transaxial, axial)")
-            self.psf = GaussianPSF(image_geometry, float(fw[0]), float(fw[1]))
+        self.psf: GaussianPSF | None = GaussianPSF.from_fwhm(image_geometry, psf_fwhm_mm)
         self._m = _check_sinogram_term(multiplicative, sinogram_geometry, "multiplicative term")
         self._b = _check_sinogram_term(additive, sinogram_geometry, "additive term")
         super().__init__(num_subsets)
@@ -162,9 +156,9 @@ class AcquisitionModel(PETPhysics):
 
     def __repr__(self) -> str:
         g = self.sinogram_geometry
-        psf = None if self.psf is None else (self.psf.fwhm_transaxial_mm, self.psf.fwhm_axial_mm)
+        psf = None if self.psf is None else self.psf.fwhms_zyx_mm
         return (f"AcquisitionModel(scanner={g.scanner.name!r}, data_shape={self.data_shape}, "
                 f"image_shape={self.image_shape}, num_rays={self.projector.num_rays}, "
-                f"psf={psf}, "
+                f"psf_fwhm_zyx_mm={psf}, "
                 f"multiplicative={self._m is not None}, additive={self._b is not None}, "
                 f"num_subsets={self.num_subsets})")
