@@ -19,7 +19,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 #: The small (2D) reference files written by the real STIR, shipped with the tests.
-STIR_REFERENCE = Path(__file__).resolve().parent / "data" / "stir-reference"
+STIR_REFERENCE = Path(__file__).resolve().parent / "data" / "third_party" / "stir-reference"
 #: Environment variable naming the folder of the large (3D, ``brain3d*``) STIR reference files,
 #: which are not in the repository; by default ``../shared/data/stir-reference`` beside it.
 STIR_REFERENCE_3D_ENV = "SIRF_DIFFUSION_STIR_REFERENCE_3D"
@@ -42,7 +42,7 @@ def _readme_json(folder: Path) -> dict:
 
 @pytest.fixture
 def stir_reference() -> Path:
-    """``tests/data/stir-reference``: the 2D STIR reference files (tracked; never skipped)."""
+    """``tests/data/third_party/stir-reference``: the 2D STIR reference files (tracked; never skipped)."""
     if not (STIR_REFERENCE / "README.md").is_file():
         pytest.fail(f"{STIR_REFERENCE} is missing: it is part of the repository")
     return STIR_REFERENCE
@@ -50,7 +50,7 @@ def stir_reference() -> Path:
 
 @pytest.fixture
 def stir_reference_path() -> Callable[[str], Path]:
-    """``name -> path`` of a STIR reference file: ``tests/data/stir-reference`` first, then the
+    """``name -> path`` of a STIR reference file: ``tests/data/third_party/stir-reference`` first, then the
     3D folder (:func:`stir_reference_3d_folder`); skips the test when neither holds it."""
     def find(name: str) -> Path:
         for folder in (STIR_REFERENCE, stir_reference_3d_folder()):

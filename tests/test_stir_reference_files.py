@@ -33,7 +33,7 @@ SINOGRAMS_2D = [n for n in SINOGRAMS if not n.startswith("brain3d")]
 
 
 def test_every_reference_file_in_the_repository_is_covered(stir_reference, stir_reference_json):
-    """``tests/data/stir-reference`` holds exactly the 2D files, each described in its README."""
+    """``tests/data/third_party/stir-reference`` holds exactly the 2D files, each described in its README."""
     assert sorted(stir_reference_json("disk_image.hv")["files"]) == sorted(IMAGES_2D + SINOGRAMS_2D)
     on_disk = sorted(p.stem for p in stir_reference.glob("*.h[vs]"))
     assert on_disk == sorted(IMAGES_2D + SINOGRAMS_2D)

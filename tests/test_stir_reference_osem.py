@@ -1,7 +1,7 @@
 """The package's OSEM (read with the package's Interfile reader) against STIR's OSMAPOSL.
 
 ``disk_noisy`` reconstructed by STIR with 4 view subsets x 3 iterations from a uniform image
-(``recon_osem``, README section 1.5 of ``tests/data/stir-reference``).
+(``recon_osem``, README section 1.5 of ``tests/data/third_party/stir-reference``).
 """
 
 from __future__ import annotations

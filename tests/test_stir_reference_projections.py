@@ -1,6 +1,6 @@
 """The embedded projector against projections written by the real STIR 6.5 / SIRF 3.10.
 
-Reference files: the 2D ones in ``tests/data/stir-reference`` (``stir_reference`` fixture), the
+Reference files: the 2D ones in ``tests/data/third_party/stir-reference`` (``stir_reference`` fixture), the
 3D ones (``brain3d*``) in ``../shared/data/stir-reference`` or
 ``$SIRF_DIFFUSION_STIR_REFERENCE_3D`` (``stir_reference_path``; those tests are skipped when the
 folder is absent).  Raw ``.v`` / ``.s`` files are decoded here with numpy (README section 1),
