@@ -5,8 +5,9 @@ r"""STIR's projectors (``import stir``) under the package's physics contract.
 ``AcquisitionModelUsingRayTracingMatrix`` uses), or Parallelproj's pair when STIR was built with
 it.  ``P`` (an optional Gaussian PSF), ``m`` (attenuation x normalisation) and ``b`` (randoms +
 scatter) are applied in torch, so STIR does only what it is validated for: the line integrals.
-Subset ``k`` of ``K`` uses STIR's partial projections ``forward_project(data, image, k, K)`` /
-``back_project(image, data, k, K)`` and STIR's view sets (``v % K == k`` plus the views related by
+Subset ``k`` of ``K`` (a :class:`~sirf_diffusion.physics.base.ViewSubset`) uses STIR's partial
+projections ``forward_project(data, image, k, K)`` / ``back_project(image, data, k, K)`` with
+``(k, K)`` taken from the subset, and STIR's view sets (``v % K == k`` plus the views related by
 the projector's symmetries; :mod:`sirf_diffusion.integrations.subsets`).
 
 Conversions: :func:`projdata_to_torch` / :func:`fill_projdata` (``ProjData.as_array()`` is
@@ -17,7 +18,7 @@ normalisation file, or ``BinNormalisationFromAttenuationImage``) into ``m``;
 :func:`scatter_estimate` runs STIR's ``ScatterEstimation`` from its parameter file.
 
 ``stir`` is imported lazily; without it the functions raise an :class:`ImportError` naming the
-install route.
+install route (:func:`sirf_diffusion.toolkits.require_toolkit`).
 """
 
 from __future__ import annotations
@@ -29,38 +30,29 @@ from typing import Any
 import numpy as np
 import torch
 
+from sirf_diffusion.integrations.sirf import acquisition_to_torch
 from sirf_diffusion.integrations.subsets import ToolkitSubsets
 from sirf_diffusion.physics.base import PETPhysics
+from sirf_diffusion.toolkits import INSTALL_HINTS, require_toolkit
 
 __all__ = ["STIR_INSTALL_HINT", "require_stir", "STIRPhysics", "projdata_to_torch",
            "fill_projdata", "image_to_torch", "torch_to_image", "multiplicative_factors",
            "scatter_estimate", "stir_case_physics"]
 
-STIR_INSTALL_HINT = ("STIR's Python bindings are not installed (STIR is not on PyPI): "
-                     "`conda install -c conda-forge stir`, or build STIR with "
-                     "BUILD_SWIG_PYTHON=ON (the SIRF SuperBuild does)")
+STIR_INSTALL_HINT = INSTALL_HINTS["stir"]
 
 
 def require_stir() -> Any:
     """Import and return the ``stir`` module, or raise an ImportError naming the install route."""
-    try:
-        import stir
-    except ImportError as e:
-        raise ImportError(f"{STIR_INSTALL_HINT} ({e})") from e
-    return stir
+    return require_toolkit("stir")
 
 
 # ----------------------------------------------------------------------------- conversions
 def projdata_to_torch(projdata: Any, *, dtype: torch.dtype = torch.float32,
                       device: torch.device | str = "cpu") -> torch.Tensor:
-    """STIR ``ProjData`` as ``[sinogram, view, tangential]`` (non-TOF only)."""
-    arr = np.asarray(projdata.as_array())
-    if arr.ndim == 4:
-        if arr.shape[0] != 1:
-            raise NotImplementedError(f"TOF projection data ({arr.shape[0]} TOF bins) are not "
-                                      "supported")
-        arr = arr[0]
-    return torch.from_numpy(np.array(arr, dtype=np.float32)).to(dtype=dtype, device=device)
+    """STIR ``ProjData`` as ``[sinogram, view, tangential]`` (non-TOF only; the conversion of
+    :func:`sirf_diffusion.integrations.sirf.acquisition_to_torch`, which reads both)."""
+    return acquisition_to_torch(projdata, dtype=dtype, device=device)
 
 
 def fill_projdata(projdata: Any, values: torch.Tensor | np.ndarray) -> Any:
@@ -156,7 +148,8 @@ class STIRPhysics(ToolkitSubsets, PETPhysics):
         torch with the kernel of STIR's ``SeparableGaussianImageFilter``; in-plane only on a
         single-plane image (:mod:`sirf_diffusion.physics.psf`).
     num_subsets
-        Number of view subsets.
+        Number of view subsets of the partition that integer subset indices refer to (any
+        :class:`~sirf_diffusion.physics.base.ViewSubset` works).
     """
 
     def __init__(self, template: Any, image_template: Any, *,
@@ -234,8 +227,8 @@ class STIRPhysics(ToolkitSubsets, PETPhysics):
         self._fwd.forward_project(out, image, k, K)
         return projdata_to_torch(out)
 
-    def _forward_linear(self, x: torch.Tensor, views: torch.Tensor | None) -> torch.Tensor:
-        k, K = self._subset_index(views)
+    def _toolkit_forward(self, x: torch.Tensor, k: int, K: int,
+                         views: torch.Tensor | None) -> torch.Tensor:
         if self.psf is not None:
             x = self.psf.forward(x)
         res = []
@@ -250,8 +243,8 @@ class STIRPhysics(ToolkitSubsets, PETPhysics):
             y = y * (m if views is None else m.index_select(1, views.to(y.device)))
         return y
 
-    def _adjoint(self, y: torch.Tensor, views: torch.Tensor | None) -> torch.Tensor:
-        k, K = self._subset_index(views)
+    def _toolkit_adjoint(self, y: torch.Tensor, k: int, K: int,
+                         views: torch.Tensor | None) -> torch.Tensor:
         if self._m is not None:
             m = self._m.to(y)
             y = y * (m if views is None else m.index_select(1, views.to(y.device)))

@@ -1,11 +1,19 @@
-"""Shared pytest fixtures and availability flags."""
+"""Shared pytest fixtures, availability flags and test helpers.
+
+Helpers (import them with ``from conftest import ...``): :class:`GaussianDenoiser` (the exact
+Tweedie denoiser of a Gaussian prior, an analytic oracle), :func:`prior_layout`,
+:func:`gaussian_denoiser`, :func:`poisson_problem` (a small dense Poisson problem); fixtures:
+``one_thread``, ``fake_cil`` (:mod:`fake_cil` installed as ``cil``), ``stir_reference``.
+"""
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,10 +47,12 @@ def _readme_json(folder: Path) -> dict:
     assert m, f"{folder / 'README.md'} has no machine-readable JSON section"
     return json.loads(m.group(1))
 
+DT = torch.float64
+
 
 @pytest.fixture
 def stir_reference() -> Path:
-    """``tests/data/third_party/stir-reference``: the 2D STIR reference files (tracked; never skipped)."""
+    """``tests/data/third_party/stir-reference``: the 2D STIR reference files (tracked)."""
     if not (STIR_REFERENCE / "README.md").is_file():
         pytest.fail(f"{STIR_REFERENCE} is missing: it is part of the repository")
     return STIR_REFERENCE
@@ -50,8 +60,8 @@ def stir_reference() -> Path:
 
 @pytest.fixture
 def stir_reference_path() -> Callable[[str], Path]:
-    """``name -> path`` of a STIR reference file: ``tests/data/third_party/stir-reference`` first, then the
-    3D folder (:func:`stir_reference_3d_folder`); skips the test when neither holds it."""
+    """``name -> path`` of a STIR reference file: ``tests/data/third_party/stir-reference``
+    first, then the 3D folder (:func:`stir_reference_3d_folder`); skips the test when neither holds it."""
     def find(name: str) -> Path:
         for folder in (STIR_REFERENCE, stir_reference_3d_folder()):
             if (folder / name).is_file():
@@ -65,3 +75,90 @@ def stir_reference_path() -> Callable[[str], Path]:
 def stir_reference_json(stir_reference_path) -> Callable[[str], dict]:
     """``name -> dict``: the machine-readable JSON of the README beside reference file ``name``."""
     return lambda name: _readme_json(stir_reference_path(name).parent)
+
+
+def one_thread():
+    """One torch thread for the test (tiny dense problems: threads only add synchronisation).
+    Not for toolkit tests (see the OMP_NUM_THREADS note above)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def fake_cil():
+    """``tests/fake_cil.py`` installed as the ``cil`` package for the test, with
+    ``sirf_diffusion.integrations.cil`` imported against it; both undone afterwards."""
+    import fake_cil as fc
+
+    import sirf_diffusion.integrations as integrations
+
+    name = "sirf_diffusion.integrations.cil"
+    saved = {m: sys.modules.get(m) for m in (*fc.MODULES, name)}
+    had_attr = "cil" in vars(integrations)
+    old_attr = vars(integrations).get("cil")
+    sys.modules.update(fc.MODULES)
+    sys.modules.pop(name, None)
+    vars(integrations).pop("cil", None)
+    try:
+        import sirf_diffusion.integrations.cil as module
+
+        yield module
+    finally:
+        for m, old in saved.items():
+            if old is None:
+                sys.modules.pop(m, None)
+            else:
+                sys.modules[m] = old
+        vars(integrations).pop("cil", None)
+        if had_attr:
+            vars(integrations)["cil"] = old_attr
+
+
+# ----------------------------------------------------------------------------- helpers
+class GaussianDenoiser:
+    """Exact Tweedie estimate for ``x0 ~ N(mu, var)`` (elementwise):
+    ``mu + var / (var + sigma^2) (x - mu)``; counts its calls."""
+
+    def __init__(self, mu, var):
+        self.mu, self.var = mu, var
+        self.calls = 0
+
+    def __call__(self, x, sigma):
+        self.calls += 1
+        s2 = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1))) ** 2
+        return self.mu + self.var / (self.var + s2) * (x - self.mu)
+
+
+def prior_layout(a: torch.Tensor) -> torch.Tensor:
+    """``(z, y, x)`` -> the normalisation's prior layout for one image."""
+    return a[None] if a.shape[0] == 1 else a[None, None]
+
+
+def gaussian_denoiser(shape=(1, 4, 4), mu=1.0, var=0.3, dtype=torch.float32) -> GaussianDenoiser:
+    """The Gaussian denoiser of a constant prior ``N(mu, var)`` on images of ``shape``."""
+    return GaussianDenoiser(prior_layout(torch.full(shape, mu, dtype=dtype)),
+                            prior_layout(torch.full(shape, var, dtype=dtype)))
+
+
+def poisson_problem(image_shape=(1, 4, 4), num_views=8, num_tangential=6, seed=0, dtype=DT,
+                    density=0.4):
+    """A small dense Poisson problem: ``(PoissonLogLikelihood, truth)``.
+
+    The system matrix (``density`` of its entries non-zero), the truth (in ``[1, 3]``) and the
+    data are drawn in float64 from ``seed``; the physics and data have ``dtype``; the additive
+    term is 0.5 in every bin.
+    """
+    from sirf_diffusion.likelihood import PoissonLogLikelihood
+    from sirf_diffusion.physics.base import DenseMatrixPhysics
+
+    g = torch.Generator().manual_seed(seed)
+    data_shape = (image_shape[0], num_views, num_tangential)
+    A = torch.rand(math.prod(data_shape), math.prod(image_shape), generator=g, dtype=DT)
+    A = A * (torch.rand(A.shape, generator=g, dtype=DT) < density)
+    truth = 1 + 2 * torch.rand(image_shape, generator=g, dtype=DT)
+    phys = DenseMatrixPhysics(A.to(dtype), image_shape, data_shape,
+                              additive=torch.full(data_shape, 0.5, dtype=dtype))
+    y = torch.poisson(phys.forward(truth.to(dtype)), generator=g)
+    return PoissonLogLikelihood(phys, y), truth

@@ -15,25 +15,17 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import GaussianDenoiser, poisson_problem, prior_layout
 
 from sirf_diffusion.diffusion.normalisation import IntensityNormalisation, support_mean
 from sirf_diffusion.diffusion.prior3d import PerpendicularPrior3D
 from sirf_diffusion.integrations import DiffusionPrior, container_kind, like, to_numpy, to_torch
 from sirf_diffusion.integrations.prior import gauss_legendre_01
-from sirf_diffusion.likelihood import PoissonLogLikelihood
-from sirf_diffusion.physics.base import DenseMatrixPhysics
 from sirf_diffusion.recon.em import osem
 from sirf_diffusion.recon.map import bsrem
 
 DT = torch.float64
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- fakes and oracles
@@ -112,24 +104,6 @@ class FakeSTIRImage:
 
 
 FakeSTIRImage.__module__ = "stir"
-
-
-class GaussianDenoiser:
-    """Exact Tweedie estimate for x0 ~ N(mu, v) elementwise: mu + v / (v + s^2) (x - mu)."""
-
-    def __init__(self, mu, var):
-        self.mu, self.var = mu, var
-        self.calls = 0
-
-    def __call__(self, x, sigma):
-        self.calls += 1
-        s2 = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1))) ** 2
-        return self.mu + self.var / (self.var + s2) * (x - self.mu)
-
-
-def prior_layout(a: torch.Tensor) -> torch.Tensor:
-    """``(z, y, x)`` -> the normalisation's prior layout for one image."""
-    return a[None] if a.shape[0] == 1 else a[None, None]
 
 
 def gaussian_case(shape=(1, 4, 5), seed=0, mu_scalar=False):
@@ -491,30 +465,72 @@ def test_slice_score_model_refuses_a_volume():
 
 
 def test_import_does_not_import_toolkits():
-    code = ("import sys, sirf_diffusion.integrations as I, sirf_diffusion.integrations.cil; "
+    code = ("import sys, sirf_diffusion, sirf_diffusion.integrations as I, "
+            "sirf_diffusion.integrations.sirf, sirf_diffusion.samplers.run, stir_wrappers; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('cil', 'sirf', 'stir')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+# ----------------------------------------------------------------------------- Hessian
+class SmoothDenoiser(torch.nn.Module):
+    """A non-linear, non-separable toy denoiser: x - sigma^2 tanh(conv(x)) (float64)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1, bias=True).double()
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.linspace(-0.5, 0.7, 9, dtype=DT).reshape(1, 1, 3, 3))
+            self.conv.bias.fill_(-0.3)
+
+    def forward(self, x, sigma):
+        s2 = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1, 1, 1) ** 2
+        return x - s2 * torch.tanh(self.conv(x))
+
+
+@pytest.mark.parametrize("denoiser", ["gaussian", "smooth"])
+def test_hessian_times_input_is_the_derivative_of_the_gradient(denoiser):
+    """``multiply_with_Hessian(u, v)`` against central finite differences of ``get_gradient``
+    along ``v``; for the Gaussian prior also the closed form ``beta v / (s^2 (var + sigma^2))``."""
+    mu, var, u = gaussian_case((1, 5, 6), seed=4)
+    s, sigma, beta = 1.7, 0.3, 0.9
+    D = GaussianDenoiser(prior_layout(mu), prior_layout(var)) if denoiser == "gaussian" \
+        else SmoothDenoiser()
+    prior = DiffusionPrior(D, sigma, beta, normalisation=s)
+    v = torch.randn(u.shape, generator=torch.Generator().manual_seed(1), dtype=DT)
+    hv = prior.multiply_with_Hessian(u, v)
+    assert hv.shape == u.shape and hv.dtype == DT
+    h = 1e-5
+    fd = (prior.get_gradient(u + h * v) - prior.get_gradient(u - h * v)) / (2 * h)
+    torch.testing.assert_close(hv, fd, rtol=1e-7, atol=1e-9)
+    if denoiser == "gaussian":
+        torch.testing.assert_close(hv, beta * v / (s**2 * (var + sigma**2)), rtol=1e-12,
+                                   atol=1e-12)
+    else:   # non-separable: the product is not elementwise in v (the oracle can fail)
+        e = torch.zeros_like(u)
+        e[0, 2, 3] = 1.0
+        assert int((prior.multiply_with_Hessian(u, e).abs() > 1e-12).sum()) > 1
+    # SIRF's out= convention and the accumulating form
+    out = torch.zeros_like(u)
+    assert prior.multiply_with_Hessian(u, v, out=out) is out and torch.equal(out, hv)
+    acc = torch.ones_like(u)
+    assert prior.accumulate_Hessian_times_input(u, v, out=acc) is acc
+    torch.testing.assert_close(acc, 1 + hv)
+    torch.testing.assert_close(prior.accumulate_Hessian_times_input(u, v), hv)
+    img = FakeSIRFImage(u.numpy())
+    h_img = prior.multiply_with_Hessian(img, FakeSIRFImage(v.numpy()))
+    assert type(h_img) is FakeSIRFImage
+    np.testing.assert_allclose(h_img.as_array(), hv.numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="input has shape"):
+        prior.multiply_with_Hessian(u, v[:, :4])
+    prior.set_penalisation_factor(0.0)
+    assert torch.count_nonzero(prior.multiply_with_Hessian(u, v)) == 0
+
+
 # ----------------------------------------------------------------------------- MAP with bsrem
-def poisson_problem(image_shape=(1, 4, 4), num_views=8, num_tangential=6, seed=0, dtype=DT):
-    """A small dense Poisson problem (float64 by default)."""
-    g = torch.Generator().manual_seed(seed)
-    n_img = math.prod(image_shape)
-    data_shape = (image_shape[0], num_views, num_tangential)
-    A = torch.rand(math.prod(data_shape), n_img, generator=g, dtype=DT)
-    A = A * (torch.rand(A.shape, generator=g, dtype=DT) < 0.5)
-    truth = 1 + 2 * torch.rand(image_shape, generator=g, dtype=DT)
-    phys = DenseMatrixPhysics(A.to(dtype), image_shape, data_shape,
-                              additive=torch.full(data_shape, 0.5, dtype=dtype))
-    y = torch.poisson(phys.forward(truth.to(dtype)), generator=g)
-    return PoissonLogLikelihood(phys, y), truth
-
-
 def test_bsrem_with_diffusion_prior_reaches_the_gaussian_map():
     scipy_opt = pytest.importorskip("scipy.optimize")
-    lik, truth = poisson_problem()
+    lik, truth = poisson_problem(density=0.5)
     shape = lik.physics.image_shape
     mu = torch.full(shape, 1.0, dtype=DT)
     var = torch.full(shape, 0.05, dtype=DT)

@@ -3,13 +3,12 @@
 No trained network: an exact Gaussian denoiser and a small dense Poisson problem.
 """
 
-import math
-
 import pytest
 import torch
+from conftest import GaussianDenoiser, poisson_problem
 
 from sirf_diffusion.diffusion.normalisation import IntensityNormalisation
-from sirf_diffusion.likelihood import PoissonLogLikelihood
+from sirf_diffusion.likelihood import Likelihood, PoissonLogLikelihood, ProjectingLikelihood
 from sirf_diffusion.physics.base import DenseMatrixPhysics
 from sirf_diffusion.recon.em import em_step, mlem
 from sirf_diffusion.samplers import em_steps
@@ -24,40 +23,19 @@ from sirf_diffusion.samplers.loop import StepContext, reverse_diffusion
 from sirf_diffusion.samplers.methods import reconstruct
 
 DT = torch.float64
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny dense problems: intra-op threads only add synchronisation cost on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+class GradientOnly:
+    """A likelihood known only through values and gradients (like a SIRF objective function):
+    the :class:`Likelihood` protocol of a Poisson log-likelihood, without its projections."""
 
-
-class GaussianDenoiser:
-    """Exact Tweedie estimate for x0 ~ N(mu, var) (elementwise): mu + var / (var + s^2) (x - mu)."""
-
-    def __init__(self, mu, var):
-        self.mu, self.var = mu, var
-
-    def __call__(self, x, sigma):
-        s2 = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1))) ** 2
-        return self.mu + self.var / (self.var + s2) * (x - self.mu)
-
-
-def poisson_problem(image_shape=(1, 4, 4), num_views=8, num_tangential=6, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    n_img = math.prod(image_shape)
-    data_shape = (image_shape[0], num_views, num_tangential)
-    n_dat = math.prod(data_shape)
-    A = torch.rand(n_dat, n_img, generator=g, dtype=DT)
-    A = A * (torch.rand(n_dat, n_img, generator=g, dtype=DT) < 0.4)
-    truth = 1 + 2 * torch.rand(image_shape, generator=g, dtype=DT)
-    phys = DenseMatrixPhysics(A, image_shape, data_shape,
-                              additive=torch.full(data_shape, 0.5, dtype=DT))
-    y = torch.poisson(phys.forward(truth), generator=g)
-    return PoissonLogLikelihood(phys, y), truth
+    def __init__(self, lik: PoissonLogLikelihood) -> None:
+        self._lik = lik
+        for name in ("image_shape", "voxel_size_mm", "dtype", "device", "value", "gradient",
+                     "value_and_gradient", "sensitivity", "em_update", "uniform_image",
+                     "subsets", "count_projections"):
+            setattr(self, name, getattr(lik, name))
 
 
 def ctx(step, num_steps, x):
@@ -187,11 +165,12 @@ def test_ascent_pays_the_adjoint_only_for_samples_that_climb():
     assert (res.num_evaluations, res.num_gradients) == (1 + 3 * 0.5, 3 * 0.5)
     assert lik.num_adjoint - a0 == 3
 
-    class GradientOnly(PoissonLogLikelihood):              # like a SIRF objective function
-        has_projections = False
-
-    g = GradientOnly(lik.physics, lik.data)
+    g = GradientOnly(lik)
+    assert isinstance(g, Likelihood) and not isinstance(g, ProjectingLikelihood)
+    f0, a0 = lik.num_forward, lik.num_adjoint
     res_g = ascend_to_target(g, u, target)
+    # without the expected data each gradient pays its own forward projection
+    assert lik.num_forward - f0 == 4 + 3 and lik.num_adjoint - a0 == 3
     assert res_g.num_steps.tolist() == [3]
     assert torch.allclose(res_g.image, ref[3], rtol=1e-12, atol=0)
 

@@ -109,7 +109,7 @@ def test_osem_subsets_follow_stir_views_in_order():
     for k in (0, 1, 2, 3, 0, 1):
         ref = hand_update(ref, k)
     assert torch.allclose(x6, ref, rtol=1e-10)
-    assert phys.num_subsets == 1  # restored
+    assert phys.num_subsets == 1  # nothing was switched on the physics
 
 
 def test_zero_sensitivity_voxels_become_zero():
@@ -216,3 +216,57 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="initial_step_size"):
         bsrem(lik, QuadraticPrior(1.0), num_subsets=2, num_epochs=1, initial_step_size=0,
               progress=False)
+
+
+# ---------------------------------------------------------------------------- immutable subsets
+def test_subsets_are_immutable_objects_not_modes():
+    """A ViewSubset (k, K) is a value: any partition on one physics, caches keyed by (k, K),
+    integers index the partition given at construction, nothing is switched on the physics."""
+    from sirf_diffusion.physics.base import DenseMatrixPhysics, ViewSubset
+
+    lik = _problem(seed=8)
+    phys = DenseMatrixPhysics(lik.physics.matrix, IMAGE, DATA, num_subsets=3)
+    x = torch.rand(IMAGE, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    A = phys.matrix.reshape(*DATA, -1)
+    for K in (2, 4, 3):
+        subs = phys.subsets(K)
+        assert subs == tuple(ViewSubset(k, K) for k in range(K))
+        for sub in subs:
+            assert phys.subset_views(sub).tolist() == list(range(sub.index, DATA[1], K))
+            ref = (A[:, sub.index::K].reshape(-1, A.shape[-1]) @ x.reshape(-1))
+            assert torch.allclose(phys.forward_linear(x, sub).reshape(-1), ref, rtol=1e-12)
+        total = sum(phys.sensitivity(sub, dtype=torch.float64) for sub in subs)
+        assert torch.allclose(total, phys.sensitivity(None, dtype=torch.float64), rtol=1e-12)
+    assert phys.num_subsets == 3
+    assert torch.equal(phys.forward(x, 1), phys.forward(x, ViewSubset(1, 3)))
+    assert phys.resolve_subset(ViewSubset(0, 1)) is None          # one subset = all data
+    keys = {k[0] for k in phys._sens_cache}
+    assert {(0, 2), (1, 2), (3, 4), (2, 3), None} <= keys
+    with pytest.raises(ValueError, match="out of range"):
+        ViewSubset(3, 3)
+    with pytest.raises(TypeError, match="int"):
+        ViewSubset(0.5, 2)                                           # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="between 1 and the number of views"):
+        phys.forward(x, ViewSubset(0, DATA[1] + 1))
+    with pytest.raises(ValueError, match="out of range for 3 subsets"):
+        phys.forward(x, 3)
+    with pytest.warns(DeprecationWarning, match="ViewSubset"):
+        phys.set_num_subsets(2)
+    assert phys.num_subsets == 2 and phys.subset_views(1).tolist() == list(range(1, DATA[1], 2))
+
+
+def test_algorithms_count_their_own_projections():
+    """Costs come from the algorithm's own scope: exact per call, unaffected by other work on
+    the same likelihood, and nested scopes both count."""
+    lik = _problem(seed=9)
+    lik.value(torch.ones(IMAGE, dtype=torch.float64))               # earlier, unrelated work
+    _, h = osem(lik, num_subsets=3, num_epochs=2, progress=False, return_history=True)
+    # 6 subset updates (1/3 each) + the objective at 0 and after each of 2 epochs (the last
+    # epoch's is also the final one): 2 + 3 forward, 2 adjoint
+    assert h.num_forward == pytest.approx(5.0) and h.num_adjoint == pytest.approx(2.0)
+    with lik.count_projections() as outer:
+        with lik.count_projections() as inner:
+            lik.gradient(torch.ones(IMAGE, dtype=torch.float64), lik.subsets(4)[1])
+        lik.value(torch.ones(IMAGE, dtype=torch.float64))
+    assert (inner.forward, inner.adjoint) == (0.25, 0.25)
+    assert (outer.forward, outer.adjoint) == (1.25, 0.25)

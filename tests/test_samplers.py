@@ -6,53 +6,23 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import GaussianDenoiser, gaussian_denoiser, poisson_problem
 
 from sirf_diffusion.diffusion.normalisation import IntensityNormalisation
-from sirf_diffusion.likelihood import PoissonLogLikelihood
+from sirf_diffusion.likelihood import PoissonLogLikelihood, ProjectionCounter
 from sirf_diffusion.physics.base import DenseMatrixPhysics
 from sirf_diffusion.recon.em import mlem, osem
 from sirf_diffusion.recon.priors import RelativeDifferencePrior
 from sirf_diffusion.samplers.dds import AnchoredEMDC
+from sirf_diffusion.samplers.defaults import METHOD_DEFAULTS
 from sirf_diffusion.samplers.dps import PoissonDPSDC
 from sirf_diffusion.samplers.loop import StepContext, ddim_noise_levels, reverse_diffusion
 from sirf_diffusion.samplers.methods import reconstruct
 from sirf_diffusion.samplers.posterior import plot_posterior, save_posterior, summarise
+from sirf_diffusion.samplers.run import COMMON_OPTIONS, METHODS, prepare, resolve_options
 
 DT = torch.float64
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny dense problems: intra-op threads only add synchronisation cost on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-class GaussianDenoiser:
-    """Exact Tweedie estimate for x0 ~ N(mu, var) (elementwise): mu + var / (var + s^2) (x - mu)."""
-
-    def __init__(self, mu, var):
-        self.mu, self.var = mu, var
-
-    def __call__(self, x, sigma):
-        s2 = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1))) ** 2
-        return self.mu + self.var / (self.var + s2) * (x - self.mu)
-
-
-def poisson_problem(image_shape=(1, 4, 4), num_views=8, num_tangential=6, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    n_img = math.prod(image_shape)
-    data_shape = (image_shape[0], num_views, num_tangential)
-    n_dat = math.prod(data_shape)
-    A = torch.rand(n_dat, n_img, generator=g, dtype=DT)
-    A = A * (torch.rand(n_dat, n_img, generator=g, dtype=DT) < 0.4)
-    truth = 1 + 2 * torch.rand(image_shape, generator=g, dtype=DT)
-    phys = DenseMatrixPhysics(A, image_shape, data_shape,
-                              additive=torch.full(data_shape, 0.5, dtype=DT))
-    y = torch.poisson(phys.forward(truth), generator=g)
-    return PoissonLogLikelihood(phys, y), truth
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ctx(step, num_steps, x, sigma=1.0, denoiser=None):
@@ -111,11 +81,17 @@ class GaussianLikelihood:
 
     def __init__(self, physics, data, noise_var, sens):
         self.physics, self.data, self.r, self.sens = physics, data, noise_var, sens
-        self.num_forward = self.num_adjoint = 0.0
+        self.image_shape = physics.image_shape
+        self.projections = ProjectionCounter()
+
+    def subsets(self, num_subsets):
+        return self.physics.subsets(num_subsets)
+
+    def count_projections(self):
+        return self.projections.scope()
 
     def value_and_gradient(self, u, subset=None):
-        self.num_forward += 1
-        self.num_adjoint += 1
+        self.projections.add(1.0, 1.0)
         res = self.data - self.physics.forward(u, subset)
         value = -(res**2).sum((-3, -2, -1)) / (2 * self.r)
         return value, self.physics.adjoint(res, subset) / self.r
@@ -291,7 +267,7 @@ def test_reconstruct_dds_with_axial_penalty_and_callback():
             raise StopIteration
 
     r = reconstruct("dds", lik, D, IntensityNormalisation(float(truth.mean())), num_steps=10,
-                    axial_penalty=0.5, beta=0.2, num_subiterations=2, callback=cb,
+                    num_samples=1, axial_penalty=0.5, beta=0.2, num_subiterations=2, callback=cb,
                     progress=False, dtype=DT, generator=torch.Generator().manual_seed(0))
     assert seen == [(0, 2), (1, 2), (2, 2), (3, 2)] and r.pll.shape == (4, 1)
     assert r.init_image is None and r.num_init_evaluations == 0
@@ -311,14 +287,20 @@ def test_bad_inputs_raise_clear_errors():
         PoissonLogLikelihood(lik.physics, lik.data[..., :-1])
     with pytest.raises(ValueError, match="method must be one of"):
         reconstruct("mlem", lik, D, norm, progress=False)                  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="belong to method 'dds'"):
+    with pytest.raises(ValueError, match="beta do not apply to method 'lisch'"):
         reconstruct("lisch", lik, D, norm, beta=1.0, progress=False)
-    with pytest.raises(ValueError, match="belong to method 'lisch'"):
+    with pytest.raises(ValueError, match="num_mlem_iterations do not apply to method 'dps'"):
         reconstruct("dps", lik, D, norm, step_size=1.0, num_mlem_iterations=3, progress=False)
-    with pytest.raises(ValueError, match="initial OSEM"):
+    with pytest.raises(ValueError, match="init_epochs do not apply to method 'lisch'"):
         reconstruct("lisch", lik, D, norm, init_epochs=3, progress=False)
-    with pytest.raises(ValueError, match="needs step_size"):
-        reconstruct("dps", lik, D, norm, num_steps=2, progress=False)
+    with pytest.raises(TypeError, match="unknown option.*num_step.*did you mean num_steps"):
+        reconstruct("dds", lik, D, norm, num_step=2, progress=False)
+    with pytest.raises(ValueError, match="step_size"):
+        reconstruct("dps", lik, D, norm, num_steps=2, step_size=0.0, progress=False)
+    with pytest.raises(ValueError, match="eta"):
+        reconstruct("dds", lik, D, norm, eta=1.5, progress=False)
+    with pytest.raises(TypeError, match="Likelihood"):
+        reconstruct("dds", object(), D, norm, progress=False)              # type: ignore[arg-type]
     with pytest.raises(ValueError, match="num_samples"):
         reconstruct("dds", lik, D, norm, num_samples=0, progress=False)
     with pytest.raises(ValueError, match="num_steps=3 but sigmas"):
@@ -374,3 +356,93 @@ def test_intensity_scale_ignores_barely_seen_voxels():
                       num_steps=3, progress=False, dtype=DT,
                       generator=torch.Generator().manual_seed(0))
     assert res.normalisation.scale < 10 * float(truth.mean())
+
+
+# ---------------------------------------------------------------- (h) prepare and the run
+def test_one_table_of_options_with_the_defaults_of_method_defaults():
+    assert set(METHODS) == set(METHOD_DEFAULTS)
+    for name, spec in METHODS.items():
+        d = spec.defaults()
+        assert set(d) == set(COMMON_OPTIONS) | set(spec.options)
+        for k, v in METHOD_DEFAULTS[name].items():      # every default is an option, and used
+            assert d[k] == v
+        assert resolve_options(name, {}) == d
+        assert resolve_options(name, {"eta": None})["eta"] == METHOD_DEFAULTS[name]["eta"]
+
+
+def test_defaults_reach_the_run():
+    lik, _ = poisson_problem(dtype=torch.float32)
+    D = gaussian_denoiser()
+    for method in METHODS:
+        run = prepare(method, lik, D)
+        d = METHOD_DEFAULTS[method]
+        assert run.stepper.num_steps == d["num_steps"] == run.config["num_steps"]
+        assert run.config["num_samples"] == d["num_samples"] == run.stepper.x.shape[0]
+    dps = prepare("dps", lik, D)
+    assert dps.rule.step_size == METHOD_DEFAULTS["dps"]["step_size"]
+    lisch = prepare("lisch", lik, D, num_steps=3)
+    assert len(lisch.config["mlem_pll"]) == METHOD_DEFAULTS["lisch"]["num_mlem_iterations"] + 1
+
+
+@pytest.mark.parametrize("method,options", [
+    ("lisch", {"num_mlem_iterations": 4}),
+    ("dds", {"beta": 0.5, "num_subsets": 2, "init_epochs": 3}),
+    ("dps", {"step_size": 0.5, "init_subsets": 2}),
+])
+def test_stepping_a_prepared_run_is_reconstruct(method, options):
+    lik, _ = poisson_problem(dtype=torch.float32)  # float32: the samplers' default dtype
+    D = gaussian_denoiser()
+    ref = reconstruct(method, lik, D, num_steps=5, eta=0.5, num_samples=2,
+                      generator=torch.Generator().manual_seed(3), progress=False, **options)
+    run = prepare(method, lik, D, num_steps=5, eta=0.5, num_samples=2,
+                  generator=torch.Generator().manual_seed(3), **options)
+    assert run.samples() is None and not run.done
+    torch.testing.assert_close(run.estimate(), run.init_image.reshape(lik.image_shape))
+    assert math.isfinite(run.init_pll)
+    infos = []
+    while not run.done:
+        infos.append(run.step())
+    assert torch.equal(run.samples(), ref.sample)
+    assert run.normalisation.to_dict() == ref.normalisation.to_dict()
+    torch.testing.assert_close(run.estimate(), ref.mean)
+    res = run.result()
+    assert torch.equal(res.pll, ref.pll) and torch.equal(res.likelihood_steps, ref.likelihood_steps)
+    assert res.num_network_evaluations == ref.num_network_evaluations
+    assert res.num_likelihood_evaluations == ref.num_likelihood_evaluations
+    assert res.config == ref.config
+    with pytest.raises(StopIteration):
+        run.step()
+
+
+def test_an_early_stop_keeps_the_last_data_consistent_estimate():
+    lik, _ = poisson_problem()
+    D = gaussian_denoiser(dtype=DT)
+    seen = []
+
+    def stop(d):
+        seen.append(d["denoised_dc"])
+        if d["i"] == 1:
+            raise StopIteration
+
+    r = reconstruct("dds", lik, D, num_steps=5, num_samples=1, dtype=DT, progress=False,
+                    sigmas=torch.tensor([3.0, 2.0, 1.0, 0.5, 0.2, 0.1], dtype=DT), callback=stop,
+                    generator=torch.Generator().manual_seed(0))
+    assert len(seen) == 2 and r.pll.shape == (2, 1)
+    torch.testing.assert_close(r.sample, torch.clamp(r.normalisation.from_prior(seen[-1]), min=0))
+
+
+def test_prepare_refuses_wrong_options_before_any_work():
+    lik, _ = poisson_problem()
+    D = gaussian_denoiser(dtype=DT)
+    with pytest.raises(ValueError, match="method must be"):
+        prepare("sde", lik, D, num_steps=2)                                # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="do not apply to method 'lisch'.*num_mlem_iterations"):
+        prepare("lisch", lik, D, num_steps=2, beta=1.0)
+    with pytest.raises(ValueError, match="num_steps=3 but sigmas"):
+        prepare("dds", lik, D, num_steps=3, sigmas=torch.tensor([1.0, 0.0]))
+    with pytest.raises(TypeError, match="PoissonLogLikelihood"):
+        prepare("dds", object(), D, num_steps=2)                           # type: ignore[arg-type]
+    f0 = lik.num_forward
+    with pytest.raises(ValueError, match="give at most one of axial_penalty and penalty"):
+        prepare("dds", lik, D, axial_penalty=1.0, penalty=RelativeDifferencePrior(1.0))
+    assert lik.num_forward == f0                                           # no OSEM was run

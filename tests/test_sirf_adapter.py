@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import sys
 
+import fake_sirf as fs
 import numpy as np
 import pytest
 import torch
 
-import fake_sirf as fs
 from sirf_diffusion import PoissonLogLikelihood
 from sirf_diffusion.integrations.sirf import (
     DiffusionReconstructor,
@@ -24,7 +24,8 @@ from sirf_diffusion.integrations.sirf import (
     require_sirf,
     sirf_likelihood,
 )
-from sirf_diffusion.physics.base import DenseMatrixPhysics, adjointness_test
+from sirf_diffusion.likelihood import Likelihood, ProjectingLikelihood
+from sirf_diffusion.physics.base import DenseMatrixPhysics, ViewSubset, adjointness_test
 from sirf_diffusion.recon import mlem, osem
 
 IMG = (1, 6, 6)
@@ -65,12 +66,17 @@ def problem():
     return dict(am=am, img=img, acq=acq, dense=dense, y=y, x_true=x_true)
 
 
-def _dense_subsets(dense: DenseMatrixPhysics, K: int):
-    """The oracle physics with the stand-in's (STIR-like) subsets."""
-    dense.set_num_subsets(K)
-    sets = [torch.as_tensor(fs.subset_views(DATA[1], k, K)) for k in range(K)]
-    dense.subset_views = lambda k: None if k is None else sets[k]  # type: ignore[method-assign]
-    return dense
+class StirLikeDense(DenseMatrixPhysics):
+    """The oracle physics with the stand-in's (STIR-like) subsets, for every ``(k, K)``."""
+
+    def _views_of(self, subset: ViewSubset) -> torch.Tensor:
+        return torch.as_tensor(fs.subset_views(self.data_shape[1], subset.index,
+                                               subset.num_subsets))
+
+
+def _dense_subsets(dense: DenseMatrixPhysics, K: int) -> StirLikeDense:
+    """The oracle physics with the stand-in's subsets; integer subsets index ``K`` of them."""
+    return StirLikeDense(dense.matrix, IMG, DATA, additive=dense.additive_term, num_subsets=K)
 
 
 def test_require_sirf_names_the_install_route(monkeypatch):
@@ -107,6 +113,17 @@ def test_subsets_are_the_toolkits_own(problem, K):
     # the subsets partition the views
     allv = torch.cat([phys.subset_views(k) for k in range(K)]).sort().values
     assert allv.tolist() == list(range(DATA[1]))
+    # a physics built for one partition projects a ViewSubset of any other: STIR's (k, K) are
+    # taken from the subset, nothing is switched on the physics
+    one = SIRFPhysics(problem["am"])
+    for sub in one.subsets(K):
+        torch.testing.assert_close(one.forward(x, sub), dense.forward(x, sub), rtol=1e-5,
+                                   atol=1e-5)
+        torch.testing.assert_close(one.sensitivity(sub), dense.sensitivity(sub), rtol=1e-5,
+                                   atol=1e-5)
+    assert one.num_subsets == 1
+    with pytest.raises(ValueError, match="whole STIR subsets"):
+        one._forward_linear(x[None].float(), torch.tensor([0, 1]))
 
 
 def test_likelihood_equals_sirf_objective_subsets_included(problem):
@@ -181,14 +198,41 @@ def test_objective_uniform_image_matches_net_counts_without_background(problem):
                                rtol=1e-4, atol=0)
 
 
-def test_objective_route_refuses_dps_and_projections(problem):
-    lik = ObjectiveFunctionLikelihood(_objective(problem), problem["img"])
+def test_objective_route_is_a_likelihood_without_projections(problem):
+    lik = ObjectiveFunctionLikelihood(_objective(problem), problem["img"], num_views=DATA[1])
     from sirf_diffusion.samplers.methods import reconstruct
 
-    with pytest.raises(ValueError, match="no projections"):
+    assert isinstance(lik, Likelihood) and not isinstance(lik, ProjectingLikelihood)
+    assert not hasattr(lik, "physics") and not hasattr(lik, "data")
+    assert lik.image_shape == IMG and lik.voxel_size_mm == (4.0, 2.0, 2.0)
+    with pytest.raises(TypeError, match="no projections"):
         reconstruct("dps", lik, GaussianDenoiser(), num_steps=2, step_size=1.0, progress=False)
-    with pytest.raises(NotImplementedError, match="gradients, not projections"):
-        lik.physics.forward(problem["x_true"].float())
+    with pytest.raises(ValueError, match="num_subsets"):
+        lik.subsets(DATA[1] + 1)
+    with pytest.raises(NotImplementedError, match="all data only"):
+        lik.value(problem["x_true"].float(), ViewSubset(0, 2))
+
+
+def test_objective_subsets_are_immutable_objects(problem):
+    """Subsets of any K on one objective likelihood: SIRF's objective is set up for the K of the
+    subset used, the default partition stays, and the cost is counted per call."""
+    obj = _objective(problem)
+    lik = ObjectiveFunctionLikelihood(obj, problem["img"], num_subsets=2)
+    x = problem["x_true"].float()
+    dense = PoissonLogLikelihood(_dense_subsets(problem["dense"], 2), problem["y"].float())
+    for K in (3, 2):
+        for sub in lik.subsets(K):
+            torch.testing.assert_close(lik.gradient(x, sub), dense.gradient(x, sub),
+                                       rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(lik.sensitivity(sub), dense.sensitivity(sub),
+                                       rtol=1e-5, atol=1e-5)
+    assert obj.num_subsets == 2 and lik.num_subsets == 2
+    torch.testing.assert_close(lik.gradient(x, 1), dense.gradient(x, ViewSubset(1, 2)),
+                               rtol=1e-4, atol=1e-4)
+    with lik.count_projections() as cost:
+        lik.gradient(x, ViewSubset(0, 4))
+        lik.value(x)
+    assert (cost.forward, cost.adjoint) == (1.25, 0.25)
 
 
 @pytest.mark.parametrize("method", ["lisch", "dds"])
@@ -207,20 +251,11 @@ def test_reconstructor_is_the_library_sampler(problem, method):
     recon.process()
     out = recon.get_output()
     assert isinstance(out, fs.ImageData) and out.shape == IMG
-    # oracle: the package's sampler on the dense physics with the same subsets
-    dense_phys = _dense_subsets(problem["dense"], 1)
-    dense = PoissonLogLikelihood(dense_phys, problem["y"])
-    orig_sv = dense_phys.subset_views
-
-    def sv(k):  # the stand-in's subsets for whatever K the sampler sets
-        if k is None:
-            return None
-        return torch.as_tensor(fs.subset_views(DATA[1], k, dense_phys.num_subsets))
-    dense_phys.subset_views = sv  # type: ignore[method-assign]
+    # oracle: the package's sampler on the dense physics with the same (STIR-like) subsets
+    dense = PoissonLogLikelihood(_dense_subsets(problem["dense"], 1), problem["y"])
     kw = {"num_mlem_iterations": 4} if method == "lisch" else {"num_subsets": 2}
     ref = reconstruct(method, dense, GaussianDenoiser(), num_steps=6, progress=False,
                       generator=torch.Generator().manual_seed(3), **kw)
-    del orig_sv
     np.testing.assert_allclose(out.as_array(), ref.mean.reshape(IMG).numpy(), rtol=2e-3,
                                atol=2e-3)
     assert recon.result.num_network_evaluations == 6

@@ -7,7 +7,7 @@
   MAP algorithms of :mod:`sirf_diffusion.recon.map` and by SIRF/CIL scripts;
 * :mod:`.cil`: CIL ``Function``, ``Operator`` and ``Algorithm`` classes
   (``DiffusionPriorFunction``, ``PETPhysicsOperator``, ``LikelihoodScheduledDiffusion``,
-  ``DecomposedDiffusion``), built when first accessed;
+  ``DecomposedDiffusion``, ``DiffusionPosteriorSampling``); importing it imports CIL;
 * :mod:`.sirf`: SIRF physics (``SIRFPhysics``, ``sirf_likelihood``), SIRF objective functions
   (``ObjectiveFunctionLikelihood``) and the drop-in ``DiffusionReconstructor``.
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..toolkits import require_toolkit
 from .containers import container_kind, like, to_numpy, to_torch
 from .prior import DiffusionPrior
 
@@ -27,11 +28,12 @@ from .prior import DiffusionPrior
 __all__ = ["DiffusionPrior", "to_torch", "to_numpy", "like", "container_kind"]
 
 _LAZY_CIL = ("DiffusionPriorFunction", "LikelihoodScheduledDiffusion", "DecomposedDiffusion",
-             "PETPhysicsOperator")
+             "DiffusionPosteriorSampling", "PETPhysicsOperator")
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY_CIL:
+        require_toolkit("cil")  # the ImportError names the install route
         from . import cil
 
         return getattr(cil, name)

@@ -67,6 +67,19 @@ one of three documented surrogates ``E(x)`` (times ``beta``), with ``x = u / s``
 
 Only with ``"path"`` is the value consistent with the gradient (needed by line searches).
 
+Hessian-vector products
+-----------------------
+Preconditioned algorithms call SIRF's ``Prior.multiply_with_Hessian(current, input)`` (and its
+accumulating form).  Differentiating the gradient above along ``v``,
+
+.. math::
+
+    \nabla^2 R(u)\, v = -\frac{\beta}{s\,\sigma^2}\big(J_D(x)\, \tilde v - \tilde v\big),
+    \qquad x = u / s, \quad \tilde v = v / s,
+
+with :math:`J_D(x)\,\tilde v` a Jacobian-vector product through the denoiser (forward-mode
+automatic differentiation, :func:`torch.func.jvp`: one pass, no gradients of the weights).
+
 Proximal map
 ------------
 :meth:`DiffusionPrior.proximal` approximates
@@ -433,6 +446,43 @@ class DiffusionPrior:
         s = self._scale(xb)
         score = self._layout_back(self._score(self._to_prior(xb, s)))
         return self._image_out(-self.penalisation_factor * score / s, restore, info, out)
+
+    def _hessian_times(self, current: Any, input: Any
+                       ) -> tuple[torch.Tensor, Restore, dict[str, Any]]:
+        """``H(u) v`` as ``[B, z, y, x]`` and how to return it (module docstring)."""
+        ub, restore, info = self._batch(current, "current")
+        vb, _, _ = self._batch(input, "input")
+        if tuple(vb.shape) != tuple(ub.shape):
+            raise ValueError(f"input has shape {tuple(vb.shape[1:])} but current has "
+                             f"{tuple(ub.shape[1:])} (z, y, x)")
+        if self.penalisation_factor == 0:
+            return torch.zeros_like(ub), restore, info
+        s = self._scale(ub)
+        x, v = self._to_prior(ub, s), self._to_prior(vb, s)
+        sig = torch.full((x.shape[0],), self.sigma, dtype=x.dtype, device=x.device)
+        _, jv = torch.func.jvp(lambda z: self.denoiser(z, sig), (x,), (v,))
+        hv = -self.penalisation_factor * self._layout_back(jv.to(x.dtype) - v) \
+            / (s * self.sigma ** 2)
+        return hv.detach(), restore, info
+
+    def multiply_with_Hessian(self, current: Any, input: Any, out: Any = None) -> Any:
+        r""":math:`\nabla^2 R(u)\, v` at ``current`` ``u`` for ``input`` ``v`` (SIRF's
+        ``Prior.multiply_with_Hessian``; module docstring).  Same type as ``current``; with
+        ``out`` the product is written into it and ``out`` is returned."""
+        hv, restore, info = self._hessian_times(current, input)
+        return self._image_out(hv, restore, info, out)
+
+    def accumulate_Hessian_times_input(self, current: Any, input: Any, out: Any = None) -> Any:
+        """``out + H(u) v`` written into ``out`` and returned (SIRF's
+        ``Prior.accumulate_Hessian_times_input``); without ``out``, ``H(u) v``."""
+        hv, restore, info = self._hessian_times(current, input)
+        if out is not None:
+            ob, _, _ = self._batch(out, "out")
+            if tuple(ob.shape) != tuple(hv.shape):
+                raise ValueError(f"out has shape {tuple(ob.shape[1:])}, expected "
+                                 f"{tuple(hv.shape[1:])} (z, y, x)")
+            hv = ob + hv
+        return self._image_out(hv, restore, info, out)
 
     # aliases: the protocol of sirf_diffusion.recon.map (value, gradient), CIL (__call__)
     def value(self, image: Any) -> Any:

@@ -1,8 +1,9 @@
 r"""SIRF (``sirf.STIR``) physics under every sampler, and a drop-in SIRF reconstructor.
 
 SIRF is imported lazily: nothing here imports it at module import; the functions that need it
-raise an :class:`ImportError` naming the install route.  The classes only *call* the SIRF objects
-they are given (duck typing), so they also run on any object with SIRF's methods.
+raise an :class:`ImportError` naming the install route (:mod:`sirf_diffusion.toolkits`).  The
+classes only *call* the SIRF objects they are given (duck typing), so they also run on any object
+with SIRF's methods.
 
 Two routes lead from a SIRF script to the package's samplers:
 
@@ -12,7 +13,8 @@ Two routes lead from a SIRF script to the package's samplers:
     the linear part ``S G P`` is SIRF's ``get_linear_acquisition_model()`` (SIRF's ``direct``/
     ``adjoint`` refuse affine models), the additive term ``b' = S a + b`` its
     ``get_constant_term()``.  Subset ``k`` of ``K`` uses SIRF's partial projections
-    ``forward(x, subset_num=k, num_subsets=K)`` / ``backward(...)`` and STIR's own view sets
+    ``forward(x, subset_num=k, num_subsets=K)`` / ``backward(...)`` with ``(k, K)`` taken from
+    the :class:`~sirf_diffusion.physics.base.ViewSubset` given, and STIR's own view sets
     (``v % K == k`` plus the views related by the projector's symmetries, found once per ``K``:
     :mod:`.subsets`), so that subset gradients are those of SIRF's objective functions.
     :func:`sirf_likelihood` pairs it with SIRF ``AcquisitionData`` into the package's
@@ -21,11 +23,13 @@ Two routes lead from a SIRF script to the package's samplers:
 
 :class:`ObjectiveFunctionLikelihood` (gradients only)
     A set-up SIRF ``ObjectiveFunction`` (e.g. ``make_Poisson_loglikelihood``) used through
-    ``value``, ``gradient(x, subset)`` and ``get_subset_sensitivity(subset)``: enough for
-    MLEM/OSEM, PET-LiSch and PET-DDS, since every EM-preconditioned step
-    ``u + u / s_k * grad L_k(u)`` needs only those.  SIRF exposes no acquisition model of an
-    objective, so DPS (which differentiates the Poisson misfit through projections) needs
-    :class:`SIRFPhysics`.  A prior set on the objective is part of its value and gradient.
+    ``value``, ``gradient(x, subset)`` and ``get_subset_sensitivity(subset)``: it implements
+    the :class:`~sirf_diffusion.likelihood.Likelihood` protocol, enough for MLEM/OSEM, MAP-EM,
+    PET-LiSch and PET-DDS, since every EM-preconditioned step ``u + u / s_k * grad L_k(u)``
+    needs only those.  SIRF exposes no acquisition model of an objective, so it is not a
+    :class:`~sirf_diffusion.likelihood.ProjectingLikelihood`: DPS (which differentiates the
+    Poisson misfit through projections) needs :class:`SIRFPhysics`.  A prior set on the
+    objective is part of its value and gradient.
 
 :class:`DiffusionReconstructor`
     SIRF's iterative-reconstructor surface (``set_objective_function``, ``set_num_subsets``,
@@ -49,8 +53,23 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..likelihood import PoissonLogLikelihood, check_prompts
-from ..physics.base import PETPhysics
+from ..likelihood import (
+    CountsProjections,
+    Likelihood,
+    PoissonLogLikelihood,
+    ProjectionCounter,
+    check_prompts,
+)
+from ..physics.base import (
+    PETPhysics,
+    Subset,
+    ViewSubset,
+    as_view_subset,
+    check_num_subsets,
+    partition,
+)
+from ..samplers.defaults import METHOD_DEFAULTS
+from ..toolkits import INSTALL_HINTS, require_toolkit
 from .containers import _read_array, to_torch
 from .subsets import ToolkitSubsets
 
@@ -58,18 +77,12 @@ __all__ = ["SIRF_INSTALL_HINT", "require_sirf", "SIRFPhysics", "sirf_likelihood"
            "ObjectiveFunctionLikelihood", "DiffusionReconstructor", "acquisition_to_torch",
            "fill_acquisition", "sirf_case_likelihood"]
 
-SIRF_INSTALL_HINT = ("SIRF is not installed (it is not on PyPI): `conda install -c conda-forge "
-                     "sirf`, or build it with the SIRF SuperBuild "
-                     "(https://github.com/SyneRBI/SIRF-SuperBuild)")
+SIRF_INSTALL_HINT = INSTALL_HINTS["sirf"]
 
 
 def require_sirf() -> Any:
     """Import and return ``sirf.STIR``, or raise an ImportError naming the install route."""
-    try:
-        import sirf.STIR as pet
-    except ImportError as e:
-        raise ImportError(f"{SIRF_INSTALL_HINT} ({e})") from e
-    return pet
+    return require_toolkit("sirf")
 
 
 # ----------------------------------------------------------------------------- conversions
@@ -139,7 +152,8 @@ class SIRFPhysics(ToolkitSubsets, PETPhysics):
         SIRF ``AcquisitionData`` / ``ImageData`` defining the geometry (default: those the model
         was set up with).
     num_subsets
-        Number of view subsets (STIR's subsets: :mod:`.subsets`).
+        Number of view subsets of the partition that integer subset indices refer to (STIR's
+        subsets: :mod:`.subsets`); any :class:`~sirf_diffusion.physics.base.ViewSubset` works.
 
     Notes
     -----
@@ -190,8 +204,8 @@ class SIRFPhysics(ToolkitSubsets, PETPhysics):
                                                               num_subsets=num_subsets))
 
     # -------------------------------------------------------------- projections
-    def _forward_linear(self, x: torch.Tensor, views: torch.Tensor | None) -> torch.Tensor:
-        k, K = self._subset_index(views)
+    def _toolkit_forward(self, x: torch.Tensor, k: int, K: int,
+                         views: torch.Tensor | None) -> torch.Tensor:
         out = []
         for xb in x:
             ad = self.linear_model.forward(_fill_image(self._img_template, xb),
@@ -200,8 +214,8 @@ class SIRFPhysics(ToolkitSubsets, PETPhysics):
             out.append(y if views is None else y.index_select(1, views.to(x.device)))
         return torch.stack(out)
 
-    def _adjoint(self, y: torch.Tensor, views: torch.Tensor | None) -> torch.Tensor:
-        k, K = self._subset_index(views)
+    def _toolkit_adjoint(self, y: torch.Tensor, k: int, K: int,
+                         views: torch.Tensor | None) -> torch.Tensor:
         out = []
         for yb in y:
             full = torch.zeros(self.data_shape, dtype=torch.float32)
@@ -217,7 +231,8 @@ class SIRFPhysics(ToolkitSubsets, PETPhysics):
     # -------------------------------------------------------------- containers
     def image_to_sirf(self, x: torch.Tensor) -> Any:
         """A SIRF ``ImageData`` of this geometry holding ``x`` (``(z, y, x)``)."""
-        if tuple(x.shape[-3:]) != tuple(self.image_shape) or x.numel() != int(np.prod(self.image_shape)):
+        if tuple(x.shape[-3:]) != tuple(self.image_shape) or \
+                x.numel() != int(np.prod(self.image_shape)):
             raise ValueError(f"image has shape {tuple(x.shape)}, expected {self.image_shape}")
         return _fill_image(self._img_template, x.reshape(self.image_shape))
 
@@ -245,38 +260,8 @@ def sirf_likelihood(acquisition_model: Any, acquisition_data: Any, image_templat
 
 
 # ----------------------------------------------------------------------------- objective route
-class _ObjectiveGeometry(PETPhysics):
-    """Image geometry and subset count of a SIRF objective (no projections: see
-    :class:`ObjectiveFunctionLikelihood`)."""
-
-    def __init__(self, image_shape: tuple[int, int, int], voxel_size_mm: tuple[float, float, float],
-                 num_views: int | None, num_subsets: int) -> None:
-        self.image_shape = image_shape
-        self.voxel_size_mm = voxel_size_mm
-        # the views are unknown to an objective; a generous bound keeps subset checks meaningful
-        self.data_shape = (0, int(num_views) if num_views else 1 << 20, 0)
-        self.on_num_subsets: Callable[[int], None] | None = None
-        super().__init__(num_subsets)
-
-    def set_num_subsets(self, num_subsets: int) -> None:
-        super().set_num_subsets(num_subsets)
-        if getattr(self, "on_num_subsets", None) is not None:
-            self.on_num_subsets(self.num_subsets)
-
-    @property
-    def additive_term(self) -> torch.Tensor | None:
-        return None
-
-    def _forward_linear(self, x, views):
-        raise NotImplementedError(
-            "a SIRF ObjectiveFunction exposes gradients, not projections: for DPS (or anything "
-            "projecting images) build the likelihood with sirf_likelihood(acq_model, acq_data)")
-
-    _adjoint = _forward_linear  # type: ignore[assignment]
-
-
-class ObjectiveFunctionLikelihood(PoissonLogLikelihood):
-    """A set-up SIRF ``ObjectiveFunction`` as the package's likelihood (module docstring).
+class ObjectiveFunctionLikelihood(CountsProjections):
+    """A set-up SIRF ``ObjectiveFunction`` as a :class:`~sirf_diffusion.likelihood.Likelihood`.
 
     Parameters
     ----------
@@ -285,8 +270,7 @@ class ObjectiveFunctionLikelihood(PoissonLogLikelihood):
     image_template
         A SIRF ``ImageData`` of the reconstruction geometry (the objective is set up on it).
     num_subsets
-        Number of subsets for subset gradients (SIRF's ``set_num_subsets``; the objective is set
-        up again when it changes).
+        The partition that integer subset indices refer to (SIRF's ``set_num_subsets``).
     num_views
         The data's number of views, if known (only checks subset counts).
 
@@ -295,98 +279,117 @@ class ObjectiveFunctionLikelihood(PoissonLogLikelihood):
     ``value`` is the objective's value (SIRF maximises it: the Poisson log-likelihood minus any
     prior set on it), ``gradient(x, k)`` its subset gradient, ``sensitivity(k)`` its subset
     sensitivity; ``em_update`` is ``x + x / s_k * grad_k``, which for the Poisson likelihood is
-    the (OS)EM update exactly.  :meth:`uniform_image` starts from the objective's own scale (see
-    there).  ``data`` is an empty tensor: the measured data stay inside SIRF.
+    the (OS)EM update exactly.  A subset is a
+    :class:`~sirf_diffusion.physics.base.ViewSubset` ``(k, K)`` (STIR's subset ``k`` of ``K``);
+    SIRF's objective holds one ``K`` at a time, so it is set up again whenever a subset of
+    another ``K`` is used (subset sensitivities are cached per ``(k, K)``).
+    :meth:`uniform_image` starts from the objective's own scale (see there).  The measured data
+    stay inside SIRF: this likelihood has no projections (no ``data``, ``physics`` or ``ybar``).
     """
-
-    has_projections = False
 
     def __init__(self, objective: Any, image_template: Any, *, num_subsets: int = 1,
                  num_views: int | None = None) -> None:
         shape, vox = _image_shape_and_voxels(image_template)
         self.objective = objective
         self._img_template = image_template.get_uniform_copy(0.0)
-        self.physics = _ObjectiveGeometry(shape, vox, num_views, num_subsets)
-        self.data = torch.zeros(0)
-        self.ybar_floor = 0.0
-        self.num_forward = 0.0
-        self.num_adjoint = 0.0
+        self._image_shape = shape
+        self._voxel_size_mm = vox
+        self.num_views = None if num_views is None else int(num_views)
+        self.num_subsets = check_num_subsets(num_subsets, self.num_views)
+        self.projections = ProjectionCounter()
         self._sens: dict[tuple[int, int], torch.Tensor] = {}
         self._objective_subsets: int | None = None
-        self.physics.on_num_subsets = lambda K: None  # set up lazily, when a subset is used
-        self._ensure_subsets(self.physics.num_subsets)
+        self._ensure_subsets(self.num_subsets)
+
+    # ------------------------------------------------------------------ Likelihood protocol
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self._image_shape
+
+    @property
+    def voxel_size_mm(self) -> tuple[float, float, float]:
+        return self._voxel_size_mm
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32  # SIRF images are float32
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def subsets(self, num_subsets: int) -> tuple[ViewSubset, ...]:
+        """STIR's ``K`` subsets (checked against ``num_views`` when known)."""
+        return partition(num_subsets, self.num_views)
+
+    def _resolve(self, subset: Subset) -> ViewSubset | None:
+        return as_view_subset(subset, self.num_subsets, self.num_views)
 
     def _ensure_subsets(self, K: int) -> None:
+        """Set SIRF's objective up for ``K`` subsets (SIRF's own state, kept consistent here)."""
         if self._objective_subsets != K:
             self.objective.set_num_subsets(int(K))
             self.objective.set_up(self._img_template)
             self._objective_subsets = K
 
-    def _sirf_index(self, subset: int | None) -> int:
-        K = 1 if subset is None else self.physics.num_subsets
-        if subset is None:
+    def _sirf_index(self, sub: ViewSubset | None) -> int:
+        """SIRF's subset number of ``sub`` (``-1``: all data), with the objective set up."""
+        if sub is None:
             return -1
-        self._ensure_subsets(K)
-        if not 0 <= int(subset) < K:
-            raise ValueError(f"subset {subset} out of range for {K} subsets")
-        return int(subset)
+        self._ensure_subsets(sub.num_subsets)
+        return sub.index
 
     def _each(self, x: torch.Tensor, fn: Callable[[Any], Any]) -> list[Any]:
-        if tuple(x.shape[-3:]) != tuple(self.physics.image_shape):
+        if tuple(x.shape[-3:]) != tuple(self.image_shape):
             raise ValueError(f"image has shape {tuple(x.shape)}, expected (..., "
-                             f"{', '.join(map(str, self.physics.image_shape))})")
-        xb = x.reshape(-1, *self.physics.image_shape)
+                             f"{', '.join(map(str, self.image_shape))})")
+        xb = x.reshape(-1, *self.image_shape)
         return [fn(_fill_image(self._img_template, xi)) for xi in xb]
 
-    def value(self, x: torch.Tensor, subset: int | None = None) -> torch.Tensor:
-        if subset is not None:
+    def value(self, x: torch.Tensor, subset: Subset = None) -> torch.Tensor:
+        if self._resolve(subset) is not None:
             raise NotImplementedError("SIRF objectives give the value over all data only")
-        self.num_forward += 1.0
+        self.projections.add(forward=1.0)
         vals = self._each(x, lambda img: float(self.objective.value(img)))
         return torch.tensor(vals, dtype=x.dtype, device=x.device).reshape(x.shape[:-3])
 
-    def gradient(self, x: torch.Tensor, subset: int | None = None) -> torch.Tensor:
-        idx = self._sirf_index(subset)
-        cost = 1.0 if subset is None else 1.0 / self.physics.num_subsets
-        self.num_forward += cost
-        self.num_adjoint += cost
+    def gradient(self, x: torch.Tensor, subset: Subset = None) -> torch.Tensor:
+        sub = self._resolve(subset)
+        idx = self._sirf_index(sub)
+        cost = 1.0 if sub is None else sub.cost
+        self.projections.add(forward=cost, adjoint=cost)
         grads = self._each(x, lambda img: self.objective.gradient(img, idx))
         return torch.stack([_image_to_torch(g, x) for g in grads]).reshape(x.shape)
 
-    def value_and_gradient(self, x: torch.Tensor, subset: int | None = None):
+    def value_and_gradient(self, x: torch.Tensor, subset: Subset = None
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
         g = self.gradient(x, subset)
-        if subset is None:
+        if self._resolve(subset) is None:
             v = self.value(x)  # SIRF evaluates it separately: one more forward projection
         else:
             v = torch.full(x.shape[:-3], float("nan"), dtype=x.dtype, device=x.device)
         return v, g
 
-    def sensitivity(self, subset: int | None = None, like: torch.Tensor | None = None) -> torch.Tensor:
-        K = 1 if subset is None else self.physics.num_subsets
-        k = 0 if subset is None else int(subset)
-        if (K, k) not in self._sens:
-            if subset is None and self.physics.num_subsets != 1:
-                # the full sensitivity is the sum of the subset sensitivities
+    def sensitivity(self, subset: Subset = None, like: torch.Tensor | None = None) -> torch.Tensor:
+        sub = self._resolve(subset)
+        key = (0, 1) if sub is None else (sub.index, sub.num_subsets)
+        if key not in self._sens:
+            if sub is None and self.num_subsets != 1:
+                # the full sensitivity is the sum of those of the objective's current subsets
                 total = None
-                for j in range(self.physics.num_subsets):
-                    s = self.sensitivity(j)
+                for part in self.subsets(self.num_subsets):
+                    s = self.sensitivity(part)
                     total = s.clone() if total is None else total + s
-                self._sens[(K, k)] = total  # type: ignore[assignment]
+                self._sens[key] = total  # type: ignore[assignment]
             else:
-                self._ensure_subsets(K)
-                s = self.objective.get_subset_sensitivity(k)
-                self._sens[(K, k)] = torch.from_numpy(
+                self._ensure_subsets(key[1])
+                s = self.objective.get_subset_sensitivity(key[0])
+                self._sens[key] = torch.from_numpy(
                     np.array(_read_array(s, "container"), dtype=np.float32))
-        s = self._sens[(K, k)]
+        s = self._sens[key]
         return s if like is None else s.to(dtype=like.dtype, device=like.device)
 
-    def ratio(self, x: torch.Tensor, subset: int | None = None) -> torch.Tensor:
-        raise NotImplementedError("a SIRF objective gives no data ratio; use gradient()")
-
-    def ybar(self, x: torch.Tensor, subset: int | None = None) -> torch.Tensor:
-        raise NotImplementedError("a SIRF objective gives no expected data; use SIRFPhysics")
-
-    def em_update(self, x: torch.Tensor, subset: int | None = None) -> torch.Tensor:
+    def em_update(self, x: torch.Tensor, subset: Subset = None) -> torch.Tensor:
         sens = self.sensitivity(subset, like=x)
         g = self.gradient(x, subset)
         pos = sens > 0
@@ -405,11 +408,11 @@ class ObjectiveFunctionLikelihood(PoissonLogLikelihood):
         if not total > 0:
             raise ValueError("the sensitivity image is zero everywhere: the scanner sees no voxel")
         c = 1.0
-        ones = torch.ones(self.physics.image_shape, dtype=torch.float32)
+        ones = torch.ones(self.image_shape, dtype=torch.float32)
         for _ in range(3):
             g = self.gradient(c * ones)
             c = max(c * (1.0 + float(g.sum()) / total), 1e-12)
-        return torch.full(self.physics.image_shape, c, dtype=torch.float32)
+        return torch.full(self.image_shape, c, dtype=torch.float32)
 
 
 # ----------------------------------------------------------------------------- reconstructor
@@ -439,7 +442,9 @@ class DiffusionReconstructor:
         with more than one slice uses :class:`~sirf_diffusion.diffusion.PerpendicularPrior3D`
         of the orientations found).
     num_steps
-        Number of generative steps (default 50; ``set_num_subiterations`` sets it too).
+        Number of generative steps (default: the method's in
+        :data:`~sirf_diffusion.samplers.defaults.METHOD_DEFAULTS`; ``set_num_subiterations``
+        sets it too).
     seed
         Seed of the sampler's random numbers.
     progress
@@ -456,13 +461,15 @@ class DiffusionReconstructor:
     :class:`~sirf_diffusion.samplers.methods.ReconResult` is :attr:`result`.
     """
 
-    def __init__(self, method: str = "lisch", prior: Any = None, *, num_steps: int = 50,
+    def __init__(self, method: str = "lisch", prior: Any = None, *, num_steps: int | None = None,
                  seed: int = 0, progress: bool = True, **options: Any) -> None:
-        if method not in ("lisch", "dds", "dps"):
-            raise ValueError(f"method must be 'lisch', 'dds' or 'dps', got {method!r}")
+        from ..samplers.run import resolve_options
+
+        resolve_options(method, dict(options, num_steps=num_steps))  # method and option names
         self.method = method
         self.prior = prior
-        self.num_steps = int(num_steps)
+        self.num_steps = int(num_steps) if num_steps is not None else \
+            int(METHOD_DEFAULTS[method]["num_steps"])
         self.seed = int(seed)
         self.progress = bool(progress)
         self.options = dict(options)
@@ -472,7 +479,7 @@ class DiffusionReconstructor:
         self._num_subsets = 1
         self._template: Any = None
         self._estimate: Any = None
-        self._likelihood: PoissonLogLikelihood | None = None
+        self._likelihood: Likelihood | None = None
         self.result: Any = None
         self._callback: Callable[[dict[str, Any]], None] | None = None
 
@@ -559,10 +566,10 @@ class DiffusionReconstructor:
         if self.method == "dds":
             opts.setdefault("num_subsets", self._num_subsets)
         g = torch.Generator().manual_seed(self.seed)
-        self.result = reconstruct(self.method, lik, self._denoiser(lik.physics.image_shape[0]),
+        self.result = reconstruct(self.method, lik, self._denoiser(lik.image_shape[0]),
                                   num_steps=self.num_steps, generator=g, progress=self.progress,
                                   callback=self._callback, **opts)
-        mean = self.result.mean.reshape(lik.physics.image_shape)
+        mean = self.result.mean.reshape(lik.image_shape)
         _, restore = to_torch(self._estimate)
         self._estimate = restore(mean)
 

@@ -8,11 +8,17 @@ projections must use STIR's sets instead, so that its subset gradients and sensi
 those of SIRF's/STIR's objective functions.  :class:`ToolkitSubsets` finds them by projecting
 a uniform image onto each subset (one full projection in all, once per ``K``) and checks that
 they partition the views.
+
+The subset to project is an immutable :class:`~sirf_diffusion.physics.base.ViewSubset`
+``(k, K)``: the backend passes STIR's numbering ``subset_num=k, num_subsets=K`` from it, and
+every cache is keyed by ``K``; nothing on the backend changes with the subset used.
 """
 
 from __future__ import annotations
 
 import torch
+
+from ..physics.base import ViewSubset
 
 __all__ = ["ToolkitSubsets"]
 
@@ -22,7 +28,9 @@ class ToolkitSubsets:
 
     The backend implements ``_partial_forward_of_ones(k, K) -> [sinogram, view, tangential]``
     (the toolkit's partial projection of a uniform image onto subset ``k`` of ``K``, zero on the
-    other views).
+    other views) and the projections of one toolkit subset, ``_toolkit_forward(x, k, K, views)``
+    and ``_toolkit_adjoint(y, k, K, views)`` (``views``: the subset's views, ``None`` for all;
+    ``x`` / ``y`` flat batches as for ``_forward_linear`` / ``_adjoint``).
     """
 
     _subset_sets: dict[int, list[torch.Tensor]]
@@ -30,7 +38,16 @@ class ToolkitSubsets:
     def _partial_forward_of_ones(self, subset: int, num_subsets: int) -> torch.Tensor:
         raise NotImplementedError
 
+    def _toolkit_forward(self, x: torch.Tensor, k: int, K: int,
+                         views: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _toolkit_adjoint(self, y: torch.Tensor, k: int, K: int,
+                         views: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
     def _subsets_for(self, K: int) -> list[torch.Tensor]:
+        """STIR's view sets of the ``K`` subsets (found once per ``K``)."""
         if not hasattr(self, "_subset_sets"):
             self._subset_sets = {}
         if K not in self._subset_sets:
@@ -55,21 +72,31 @@ class ToolkitSubsets:
                 self._subset_sets[K] = sets
         return self._subset_sets[K]
 
-    def subset_views(self, subset: int | None) -> torch.Tensor | None:
-        """Views of STIR's subset ``subset`` (``None``: all views)."""
-        if subset is None:
-            return None
-        K = self.num_subsets  # type: ignore[attr-defined]
-        if not 0 <= int(subset) < K:
-            raise ValueError(f"subset {subset} out of range for {K} subsets")
-        return self._subsets_for(K)[int(subset)]
+    # hooks of PETPhysics
+    def _views_of(self, subset: ViewSubset) -> torch.Tensor:
+        """Views of STIR's subset ``(k, K)``."""
+        return self._subsets_for(subset.num_subsets)[subset.index]
 
-    def _subset_index(self, views: torch.Tensor | None) -> tuple[int, int]:
-        """``(k, K)`` of the views given to ``_forward_linear`` / ``_adjoint``."""
-        if views is None:
-            return 0, 1
-        K = self.num_subsets  # type: ignore[attr-defined]
-        for k, v in enumerate(self._subsets_for(K)):
-            if v.numel() == views.numel() and bool((v == views.cpu()).all()):
-                return k, K
-        raise ValueError("only whole STIR subsets can be projected by a toolkit backend")
+    def _forward_subset(self, x: torch.Tensor, subset: ViewSubset | None) -> torch.Tensor:
+        if subset is None:
+            return self._toolkit_forward(x, 0, 1, None)
+        return self._toolkit_forward(x, subset.index, subset.num_subsets, self._views_of(subset))
+
+    def _adjoint_subset(self, y: torch.Tensor, subset: ViewSubset | None) -> torch.Tensor:
+        if subset is None:
+            return self._toolkit_adjoint(y, 0, 1, None)
+        return self._toolkit_adjoint(y, subset.index, subset.num_subsets, self._views_of(subset))
+
+    def _forward_linear(self, x: torch.Tensor, views: torch.Tensor | None) -> torch.Tensor:
+        """All views only: STIR projects whole subsets (:class:`ViewSubset`), not view lists."""
+        if views is not None:
+            raise ValueError("a toolkit backend projects whole STIR subsets (ViewSubset), "
+                             "not arbitrary views")
+        return self._toolkit_forward(x, 0, 1, None)
+
+    def _adjoint(self, y: torch.Tensor, views: torch.Tensor | None) -> torch.Tensor:
+        """All views only (see :meth:`_forward_linear`)."""
+        if views is not None:
+            raise ValueError("a toolkit backend projects whole STIR subsets (ViewSubset), "
+                             "not arbitrary views")
+        return self._toolkit_adjoint(y, 0, 1, None)

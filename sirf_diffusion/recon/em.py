@@ -13,19 +13,24 @@ STIR's ``OSMAPOSL``: the initial image is 1 everywhere, the subsets are visited 
 0, 1, 2, ... without randomisation, subset sensitivities are used, and voxels with zero (subset)
 sensitivity are set to 0.  One MLEM iteration is OSEM with one subset; the two share one code path.
 
+The subsets are immutable :class:`~sirf_diffusion.physics.base.ViewSubset` objects of the
+likelihood's partition (``likelihood.subsets(K)``): nothing is switched on the physics.  Any
+:class:`~sirf_diffusion.likelihood.Likelihood` works (the package's Poisson log-likelihood on any
+physics backend, or a SIRF objective function).
+
 This module also holds the iteration engine (history, callbacks, progress bar) reused by
 :mod:`sirf_diffusion.recon.map`.
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
-from ..likelihood import PoissonLogLikelihood
+from ..likelihood import Likelihood
+from ..physics.base import ViewSubset
 
 __all__ = ["ReconHistory", "mlem", "osem", "initial_image", "em_step"]
 
@@ -50,7 +55,7 @@ class ReconHistory:
         The objective maximised (PLL for MLEM/OSEM, ``PLL - R`` for MAP methods) at those
         iterations; a float, or a list for batched images.
     num_forward, num_adjoint
-        Projections used by the run (full-data passes, from the likelihood's counters), including
+        Projections used by the run (full-data passes, counted in the run's own scope), including
         the extra ones spent on recording the objective.
     """
 
@@ -60,17 +65,16 @@ class ReconHistory:
     num_adjoint: float = 0.0
 
 
-def initial_image(likelihood: PoissonLogLikelihood, x0: torch.Tensor | None) -> torch.Tensor:
+def initial_image(likelihood: Likelihood, x0: torch.Tensor | None) -> torch.Tensor:
     """``x0`` checked and copied, or STIR's default: 1 in every voxel (dtype/device of the data)."""
-    phys = likelihood.physics
+    shape = tuple(likelihood.image_shape)
     if x0 is None:
-        return torch.ones(phys.image_shape, dtype=likelihood.data.dtype,
-                          device=likelihood.data.device)
+        return torch.ones(shape, dtype=likelihood.dtype, device=likelihood.device)
     if not isinstance(x0, torch.Tensor):
         raise TypeError(f"x0 must be a torch.Tensor or None, got {type(x0).__name__}")
-    if x0.ndim < 3 or tuple(x0.shape[-3:]) != tuple(phys.image_shape):
+    if x0.ndim < 3 or tuple(x0.shape[-3:]) != shape:
         raise ValueError(f"x0 has shape {tuple(x0.shape)}, expected (..., "
-                         f"{', '.join(map(str, phys.image_shape))})")
+                         f"{', '.join(map(str, shape))})")
     if not torch.isfinite(x0).all():
         raise ValueError("x0 contains NaN or infinite values")
     if (x0 < 0).any():
@@ -85,19 +89,7 @@ def _check_count(value: int | None, name: str) -> int:
     return int(value)
 
 
-@contextlib.contextmanager
-def using_subsets(likelihood: PoissonLogLikelihood, num_subsets: int) -> Iterator[int]:
-    """Set the physics to ``num_subsets`` view subsets for the duration, then restore it."""
-    phys = likelihood.physics
-    previous = phys.num_subsets
-    phys.set_num_subsets(num_subsets)  # validates 1 <= K <= num_views
-    try:
-        yield phys.num_subsets
-    finally:
-        phys.set_num_subsets(previous)
-
-
-def em_step(likelihood: PoissonLogLikelihood, x: torch.Tensor, subset: int | None
+def em_step(likelihood: Likelihood, x: torch.Tensor, subset: ViewSubset | int | None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One (OS)EM update; also returns ``s^k * x_EM`` and the (subset) PLL of the input image.
 
@@ -126,48 +118,51 @@ def _to_record(value: torch.Tensor) -> Any:
     return value.detach().cpu().tolist()
 
 
-def run_iterations(likelihood: PoissonLogLikelihood, x: torch.Tensor, *,
-                   update: Callable[[torch.Tensor, int | None],
+def run_iterations(likelihood: Likelihood, x: torch.Tensor, *,
+                   update: Callable[[torch.Tensor, ViewSubset | None],
                                     tuple[torch.Tensor, torch.Tensor | None]],
                    objective: Callable[[torch.Tensor], torch.Tensor],
-                   num_updates: int, num_subsets: int, callback: Callback | None,
+                   num_updates: int, subsets: tuple[ViewSubset, ...], callback: Callback | None,
                    progress: bool, record: bool, desc: str) -> tuple[torch.Tensor, ReconHistory]:
     """The loop shared by all algorithms here.
 
-    ``update(x, subset) -> (x_new, objective of x or None)``: the objective of the input image is
-    passed back when it came for free (full-data updates).  With ``record``, the objective is also
-    evaluated (one extra forward projection) at the initial image and after every epoch when it did
-    not come for free, and at the final image.  Subsets are visited in the order 0, 1, ..., K-1.
+    ``update(x, subset) -> (x_new, objective of x or None)`` with ``subset`` the
+    :class:`~sirf_diffusion.physics.base.ViewSubset` to use (``None``: all data, when there is one
+    subset); the objective of the input image is passed back when it came for free (full-data
+    updates).  With ``record``, the objective is also evaluated (one extra forward projection) at
+    the initial image and after every epoch when it did not come for free, and at the final
+    image.  Subsets are visited in the order 0, 1, ..., K-1.  The projections are counted in the
+    run's own scope (:meth:`~sirf_diffusion.likelihood.PoissonLogLikelihood.count_projections`).
     """
     from tqdm.auto import tqdm
 
-    fwd0, adj0 = likelihood.num_forward, likelihood.num_adjoint
+    num_subsets = len(subsets)
     values: dict[int, Any] = {}
-    if record and num_subsets > 1:
-        values[0] = _to_record(objective(x))
-    for n in tqdm(range(1, num_updates + 1), desc=desc, disable=not progress, leave=False):
-        subset = None if num_subsets == 1 else (n - 1) % num_subsets
-        x, previous = update(x, subset)
-        if record and previous is not None:
-            values[n - 1] = _to_record(previous)
-        current = None
-        if record and num_subsets > 1 and n % num_subsets == 0:
-            current = objective(x)
-            values[n] = _to_record(current)
-        if callback is not None:
-            info = {"iteration": n, "epoch": n / num_subsets, "subset": subset, "x": x,
-                    "objective_previous": previous, "objective": current}
-            try:
-                callback(info)
-            except StopIteration:
-                num_updates = n
-                break
-    if record and num_updates not in values:
-        values[num_updates] = _to_record(objective(x))
+    with likelihood.count_projections() as cost:
+        if record and num_subsets > 1:
+            values[0] = _to_record(objective(x))
+        for n in tqdm(range(1, num_updates + 1), desc=desc, disable=not progress, leave=False):
+            k = None if num_subsets == 1 else (n - 1) % num_subsets
+            x, previous = update(x, None if k is None else subsets[k])
+            if record and previous is not None:
+                values[n - 1] = _to_record(previous)
+            current = None
+            if record and num_subsets > 1 and n % num_subsets == 0:
+                current = objective(x)
+                values[n] = _to_record(current)
+            if callback is not None:
+                info = {"iteration": n, "epoch": n / num_subsets, "subset": k, "x": x,
+                        "objective_previous": previous, "objective": current}
+                try:
+                    callback(info)
+                except StopIteration:
+                    num_updates = n
+                    break
+        if record and num_updates not in values:
+            values[num_updates] = _to_record(objective(x))
     its = sorted(values)
     history = ReconHistory(iterations=its, objective=[values[i] for i in its],
-                           num_forward=likelihood.num_forward - fwd0,
-                           num_adjoint=likelihood.num_adjoint - adj0)
+                           num_forward=cost.forward, num_adjoint=cost.adjoint)
     return x, history
 
 
@@ -179,7 +174,7 @@ def _updates_from(num_subsets: int, num_epochs: int | None, num_subiterations: i
     return _check_count(num_subiterations, "num_subiterations")
 
 
-def osem(likelihood: PoissonLogLikelihood, x0: torch.Tensor | None = None, *,
+def osem(likelihood: Likelihood, x0: torch.Tensor | None = None, *,
          num_subsets: int, num_epochs: int | None = None, num_subiterations: int | None = None,
          callback: Callback | None = None, progress: bool = True, return_history: bool = False,
          ) -> torch.Tensor | tuple[torch.Tensor, ReconHistory]:
@@ -193,12 +188,13 @@ def osem(likelihood: PoissonLogLikelihood, x0: torch.Tensor | None = None, *,
     Parameters
     ----------
     likelihood
-        Poisson log-likelihood over any physics backend.
+        Any :class:`~sirf_diffusion.likelihood.Likelihood` (Poisson log-likelihood over any
+        physics backend, SIRF objective function).
     x0
         Initial image (``None``: 1 in every voxel, as STIR); leading batch dimensions allowed.
     num_subsets
-        ``K``; subset ``k`` holds the views ``v % K == k`` (set on the physics for the duration of
-        the call, then restored).
+        ``K``; subset ``k`` holds the views ``v % K == k`` (``likelihood.subsets(K)``; the
+        likelihood and its physics are not modified).
     num_epochs, num_subiterations
         Length of the run: exactly one of them (an epoch is ``K`` sub-iterations).
     callback
@@ -215,21 +211,22 @@ def osem(likelihood: PoissonLogLikelihood, x0: torch.Tensor | None = None, *,
     torch.Tensor or (torch.Tensor, ReconHistory)
     """
     x = initial_image(likelihood, x0)
-    with using_subsets(likelihood, num_subsets) as k:
-        num_updates = _updates_from(k, num_epochs, num_subiterations)
+    subsets = likelihood.subsets(num_subsets)  # validates 1 <= K <= num_views
+    k = len(subsets)
+    num_updates = _updates_from(k, num_epochs, num_subiterations)
 
-        def update(z, subset):
-            z_new, _, value = em_step(likelihood, z, subset)
-            return z_new, (value if subset is None else None)
+    def update(z, subset):
+        z_new, _, value = em_step(likelihood, z, subset)
+        return z_new, (value if subset is None else None)
 
-        x, hist = run_iterations(likelihood, x, update=update, objective=likelihood.value,
-                                 num_updates=num_updates, num_subsets=k, callback=callback,
-                                 progress=progress, record=return_history,
-                                 desc="MLEM" if k == 1 else f"OSEM ({k} subsets)")
+    x, hist = run_iterations(likelihood, x, update=update, objective=likelihood.value,
+                             num_updates=num_updates, subsets=subsets, callback=callback,
+                             progress=progress, record=return_history,
+                             desc="MLEM" if k == 1 else f"OSEM ({k} subsets)")
     return (x, hist) if return_history else x
 
 
-def mlem(likelihood: PoissonLogLikelihood, x0: torch.Tensor | None = None, *,
+def mlem(likelihood: Likelihood, x0: torch.Tensor | None = None, *,
          num_iterations: int, callback: Callback | None = None, progress: bool = True,
          return_history: bool = False) -> torch.Tensor | tuple[torch.Tensor, ReconHistory]:
     """Maximum-likelihood EM (Shepp & Vardi 1982): :func:`osem` with one subset.

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from ..likelihood import PoissonLogLikelihood
+from ..likelihood import Likelihood
 from .em import (
     Callback,
     ReconHistory,
@@ -26,14 +26,13 @@ from .em import (
     em_step,
     initial_image,
     run_iterations,
-    using_subsets,
 )
 from .priors import NeighbourhoodPrior
 
 __all__ = ["map_objective", "map_em", "bsrem"]
 
 
-def map_objective(likelihood: PoissonLogLikelihood, prior: NeighbourhoodPrior,
+def map_objective(likelihood: Likelihood, prior: NeighbourhoodPrior,
                   x: torch.Tensor) -> torch.Tensor:
     """:math:`\\Phi(x) = L(x) - R(x)` (one value per leading batch element)."""
     return likelihood.value(x) - prior.value(x)
@@ -56,7 +55,7 @@ def _surrogate_maximiser(sens: torch.Tensor, sens_x_em: torch.Tensor, grad_r: to
     return torch.where(pos_b, small, large)
 
 
-def map_em(likelihood: PoissonLogLikelihood, prior: NeighbourhoodPrior,
+def map_em(likelihood: Likelihood, prior: NeighbourhoodPrior,
            x0: torch.Tensor | None = None, *, num_iterations: int, num_subsets: int = 1,
            lower_ratio: float | None = None, callback: Callback | None = None,
            progress: bool = True, return_history: bool = False,
@@ -122,27 +121,28 @@ def map_em(likelihood: PoissonLogLikelihood, prior: NeighbourhoodPrior,
                              f"{type(prior).__name__}, got {lower_ratio}")
     num_iterations = _check_count(num_iterations, "num_iterations")
     x = initial_image(likelihood, x0)
-    with using_subsets(likelihood, num_subsets) as k:
+    subsets = likelihood.subsets(num_subsets)
+    k = len(subsets)
 
-        def update(z, subset):
-            _, sens_x_em, value = em_step(likelihood, z, subset)
-            sens = likelihood.sensitivity(subset, like=z)
-            grad_r = prior.gradient(z) / k
-            curv = prior.separable_curvature(z, rho) / k
-            z_new = torch.maximum(_surrogate_maximiser(sens, sens_x_em, grad_r, curv, z), rho * z)
-            z_new = torch.where(sens > 0, z_new, torch.zeros_like(z_new))
-            previous = value - prior.value(z) if subset is None else None
-            return z_new, previous
+    def update(z, subset):
+        _, sens_x_em, value = em_step(likelihood, z, subset)
+        sens = likelihood.sensitivity(subset, like=z)
+        grad_r = prior.gradient(z) / k
+        curv = prior.separable_curvature(z, rho) / k
+        z_new = torch.maximum(_surrogate_maximiser(sens, sens_x_em, grad_r, curv, z), rho * z)
+        z_new = torch.where(sens > 0, z_new, torch.zeros_like(z_new))
+        previous = value - prior.value(z) if subset is None else None
+        return z_new, previous
 
-        x, hist = run_iterations(likelihood, x, update=update,
-                                 objective=lambda z: map_objective(likelihood, prior, z),
-                                 num_updates=num_iterations * k, num_subsets=k,
-                                 callback=callback, progress=progress, record=return_history,
-                                 desc="MAP-EM" if k == 1 else f"OS-MAP-EM ({k} subsets)")
+    x, hist = run_iterations(likelihood, x, update=update,
+                             objective=lambda z: map_objective(likelihood, prior, z),
+                             num_updates=num_iterations * k, subsets=subsets,
+                             callback=callback, progress=progress, record=return_history,
+                             desc="MAP-EM" if k == 1 else f"OS-MAP-EM ({k} subsets)")
     return (x, hist) if return_history else x
 
 
-def bsrem(likelihood: PoissonLogLikelihood, prior: NeighbourhoodPrior,
+def bsrem(likelihood: Likelihood, prior: NeighbourhoodPrior,
           x0: torch.Tensor | None = None, *, num_subsets: int, num_epochs: int | None = None,
           num_subiterations: int | None = None, initial_step_size: float = 1.0,
           relaxation_eta: float = 0.1, eps: float | None = None, upper_bound: float | None = None,
@@ -196,27 +196,28 @@ def bsrem(likelihood: PoissonLogLikelihood, prior: NeighbourhoodPrior,
         eps = float(x.max()) / 1e3
     if not (math.isfinite(eps) and eps >= 0):
         raise ValueError(f"eps must be finite and >= 0, got {eps}")
-    with using_subsets(likelihood, num_subsets) as k:
-        num_updates = _updates_from(k, num_epochs, num_subiterations)
-        sens = likelihood.sensitivity(None, like=x)
-        pos = sens > 0
-        precond_den = torch.where(pos, sens / k, torch.ones_like(sens))
-        counter = {"n": 0}
+    subsets = likelihood.subsets(num_subsets)
+    k = len(subsets)
+    num_updates = _updates_from(k, num_epochs, num_subiterations)
+    sens = likelihood.sensitivity(None, like=x)
+    pos = sens > 0
+    precond_den = torch.where(pos, sens / k, torch.ones_like(sens))
+    counter = {"n": 0}
 
-        def update(z, subset):
-            alpha = alpha0 / (1 + eta * (counter["n"] // k))
-            counter["n"] += 1
-            value, grad = likelihood.value_and_gradient(z, subset)
-            grad = grad - prior.gradient(z) / k
-            z_new = torch.clamp(z + alpha * (z + eps) * grad / precond_den, min=0,
-                                max=None if upper_bound is None else float(upper_bound))
-            z_new = torch.where(pos, z_new, torch.zeros_like(z_new))
-            previous = value - prior.value(z) if subset is None else None
-            return z_new, previous
+    def update(z, subset):
+        alpha = alpha0 / (1 + eta * (counter["n"] // k))
+        counter["n"] += 1
+        value, grad = likelihood.value_and_gradient(z, subset)
+        grad = grad - prior.gradient(z) / k
+        z_new = torch.clamp(z + alpha * (z + eps) * grad / precond_den, min=0,
+                            max=None if upper_bound is None else float(upper_bound))
+        z_new = torch.where(pos, z_new, torch.zeros_like(z_new))
+        previous = value - prior.value(z) if subset is None else None
+        return z_new, previous
 
-        x, hist = run_iterations(likelihood, x, update=update,
-                                 objective=lambda z: map_objective(likelihood, prior, z),
-                                 num_updates=num_updates, num_subsets=k, callback=callback,
-                                 progress=progress, record=return_history,
-                                 desc=f"BSREM ({k} subsets)")
+    x, hist = run_iterations(likelihood, x, update=update,
+                             objective=lambda z: map_objective(likelihood, prior, z),
+                             num_updates=num_updates, subsets=subsets, callback=callback,
+                             progress=progress, record=return_history,
+                             desc=f"BSREM ({k} subsets)")
     return (x, hist) if return_history else x

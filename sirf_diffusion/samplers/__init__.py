@@ -1,5 +1,27 @@
-"""Samplers over the denoiser contract: the reverse-diffusion loop and PET reconstruction rules."""
+"""Samplers over the denoiser contract: the generative step, the PET reconstruction methods.
 
-from .loop import DataConsistency, StepContext, ddim_noise_levels, reverse_diffusion
+* :mod:`.loop`: :class:`DiffusionStepper` (the one generative step; the denoiser contract and
+  its conditional / adapting extensions) and :func:`reverse_diffusion`;
+* :mod:`.lisch`, :mod:`.dds`, :mod:`.dps`: the data-consistency rules (:mod:`.em_steps` their
+  shared EM steps);
+* :mod:`.run`: :func:`prepare` (one table of methods, one factory each) and
+  :class:`DiffusionRun`; :mod:`.methods`: :func:`reconstruct`; :mod:`.defaults`: the defaults.
+"""
 
-__all__ = ["DataConsistency", "StepContext", "ddim_noise_levels", "reverse_diffusion"]
+from .loop import (
+    ConditionalDenoiser,
+    DataConsistency,
+    DenoiserAdaptation,
+    DenoiserContext,
+    DiffusionStepper,
+    StepContext,
+    ddim_noise_levels,
+    reverse_diffusion,
+)
+from .methods import reconstruct
+from .result import ReconResult
+from .run import METHODS, DiffusionRun, prepare
+
+__all__ = ["DataConsistency", "StepContext", "DenoiserContext", "ConditionalDenoiser",
+           "DenoiserAdaptation", "DiffusionStepper", "ddim_noise_levels", "reverse_diffusion",
+           "prepare", "DiffusionRun", "METHODS", "reconstruct", "ReconResult"]

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..diffusion.normalisation import IntensityNormalisation
-from ..likelihood import PoissonLogLikelihood
+from ..likelihood import Likelihood
+from ..physics.base import ViewSubset
 from ..recon.priors import NeighbourhoodPrior
 from .em_steps import (
     check_positive_float,
@@ -56,14 +57,15 @@ class AnchoredEMDC:
     Parameters
     ----------
     likelihood
-        Poisson log-likelihood of the measured data (any physics backend).
+        Log-likelihood of the measured data (any :class:`~sirf_diffusion.likelihood.Likelihood`).
     normalisation
         Maps the prior's estimate to physical units and back.
     beta
         Anchor weight ``beta >= 0`` (physical units): a float, or a tensor with one value per
         generative step.
     num_subsets
-        ``K`` view subsets (views ``v % K == k``); set on the physics for the duration of each call.
+        ``K`` view subsets (views ``v % K == k``): the immutable subsets
+        ``likelihood.subsets(K)``, with their sensitivities computed once.
     num_epochs, num_subiterations
         Length of the ascent per generative step: ``num_epochs * K`` subset steps, or
         ``num_subiterations`` subset steps; give at most one (default: one epoch).
@@ -85,7 +87,7 @@ class AnchoredEMDC:
     ``pll`` (list, one per sample).
     """
 
-    likelihood: PoissonLogLikelihood
+    likelihood: Likelihood
     normalisation: IntensityNormalisation
     beta: float | torch.Tensor = 0.0
     num_subsets: int = 1
@@ -96,13 +98,15 @@ class AnchoredEMDC:
     fov_fraction: float = 0.01
     record_pll: bool = True
     _next_subset: int = field(default=0, init=False, repr=False)
-    _sens: list[torch.Tensor] = field(default_factory=list, init=False, repr=False)
+    _subsets: tuple[ViewSubset | None, ...] = field(default=(), init=False, repr=False)
+    _sens: dict[tuple[torch.dtype, str], list[torch.Tensor]] = field(
+        default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.num_subsets = check_positive_int(self.num_subsets, "num_subsets")
-        nv = self.likelihood.physics.data_shape[1]
-        if self.num_subsets > nv:
-            raise ValueError(f"num_subsets={self.num_subsets} exceeds the number of views ({nv})")
+        subsets = self.likelihood.subsets(self.num_subsets)  # validates K against the views
+        # one subset is all data: the full-data path (None), as MLEM
+        self._subsets = (None,) if self.num_subsets == 1 else tuple(subsets)
         if self.num_epochs is not None and self.num_subiterations is not None:
             raise ValueError("give at most one of num_epochs and num_subiterations")
         if self.num_subiterations is not None:
@@ -133,9 +137,15 @@ class AnchoredEMDC:
             return float(self.beta[context.step])
         return float(self.beta)
 
+    def _sensitivities(self, like: torch.Tensor) -> list[torch.Tensor]:
+        """Subset sensitivities ``s^k``, computed once per dtype and device."""
+        key = (like.dtype, str(like.device))
+        if key not in self._sens:
+            self._sens[key] = [self.likelihood.sensitivity(k, like=like) for k in self._subsets]
+        return self._sens[key]
+
     def __call__(self, x0: torch.Tensor, context: StepContext) -> torch.Tensor:
         lik, K = self.likelihood, self.num_subsets
-        phys = lik.physics
         if context.step == 0:
             self._next_subset = 0
         beta = self._beta_at(context)
@@ -146,28 +156,21 @@ class AnchoredEMDC:
             #    restricted to the field of view (em_steps.field_of_view)
             a = a * fov
         u = a
-        fwd0 = lik.num_forward
-        previous = phys.num_subsets
-        phys.set_num_subsets(K)
-        try:
-            # subset sensitivities s^k, computed once (set_num_subsets may clear the physics cache)
-            if len(self._sens) != K or self._sens[0].dtype != u.dtype:
-                self._sens = [lik.sensitivity(None if K == 1 else k, like=u) for k in range(K)]
+        sens = self._sensitivities(u)
+        with lik.count_projections() as cost:
             for _ in range(self._num_updates):
                 k = self._next_subset
                 # 2. penalty gradient (axial RDP) at the current iterate
                 pg = None if self.penalty is None else self.penalty.gradient(u)
                 # 3. anchored EM-preconditioned step on subset k
-                u, _ = em_ascent_step(lik, u, subset=None if K == 1 else k,
-                                      sensitivity=self._sens[k], anchor=a, beta=beta,
-                                      penalty_gradient=pg, precond_floor=self.precond_floor)
+                u, _ = em_ascent_step(lik, u, subset=self._subsets[k], sensitivity=sens[k],
+                                      anchor=a, beta=beta, penalty_gradient=pg,
+                                      precond_floor=self.precond_floor)
                 self._next_subset = (k + 1) % K
-        finally:
-            phys.set_num_subsets(previous)
         if fov is not None:
             u = u * fov
         context.info.update(n_likelihood_steps=self._num_updates,
-                            n_likelihood_evaluations=lik.num_forward - fwd0, beta=beta)
+                            n_likelihood_evaluations=cost.forward, beta=beta)
         if self.record_pll:
             context.info["pll"] = lik.value(u).detach().cpu().tolist()
         # 4. back to the prior's normalised space

@@ -24,9 +24,9 @@ not of order 1: on the package's simulated 2D brain at 2.5 counts/mm^3 the brain
 (``docs/evaluation/dps_zeta_sweep``): too small leaves the sample unguided, too large diverges.
 
 :class:`PoissonDPSDC` returns ``x0' = x0 - (zeta / KL) grad_{x_t} KL``.  Since the
-reverse-diffusion loop re-noises with the *unconditioned* noise estimate, ``x_{t-1} = x0' + c_1 eps + c_2 z`` is linear in ``x0'`` with
-coefficient 1, so this equals the DPS update of ``x_{t-1}`` exactly (DDIM / ancestral
-re-noise in the VE parametrisation).
+reverse-diffusion loop re-noises with the *unconditioned* noise estimate,
+``x_{t-1} = x0' + c_1 eps + c_2 z`` is linear in ``x0'`` with coefficient 1, so this equals
+the DPS update of ``x_{t-1}`` exactly (DDIM / ancestral re-noise in the VE parametrisation).
 
 The gradient is the vector-Jacobian product of ``u(x_t) = s max(D(x_t, sigma), 0)`` with
 ``grad_u KL = -grad L(u) = A^T 1 - A^T (y / ybar)``, so any physics backend works (its projector
@@ -42,13 +42,23 @@ from typing import Literal
 import torch
 
 from ..diffusion.normalisation import IntensityNormalisation
-from ..likelihood import PoissonLogLikelihood
+from ..likelihood import ProjectingLikelihood
 from .em_steps import check_positive_float
 from .loop import StepContext
 
-__all__ = ["PoissonDPSDC", "StepNormalisation"]
+__all__ = ["PoissonDPSDC", "StepNormalisation", "require_projections"]
 
 StepNormalisation = Literal["misfit", "none"]
+
+
+def require_projections(likelihood: object, method: str) -> None:
+    """``TypeError`` unless ``likelihood`` is a
+    :class:`~sirf_diffusion.likelihood.ProjectingLikelihood` (data, physics, expected data)."""
+    if not isinstance(likelihood, ProjectingLikelihood):
+        raise TypeError(f"method {method!r} differentiates the Poisson misfit through the "
+                        f"projector; this likelihood ({type(likelihood).__name__}) has no "
+                        "projections (build it from an acquisition model, e.g. "
+                        "integrations.sirf.sirf_likelihood)")
 
 
 @dataclass
@@ -58,7 +68,8 @@ class PoissonDPSDC:
     Parameters
     ----------
     likelihood
-        Poisson log-likelihood of the measured data.
+        Poisson log-likelihood of the measured data with its projections (a
+        :class:`~sirf_diffusion.likelihood.ProjectingLikelihood`: DPS needs the data).
     normalisation
         Maps the prior's estimate to physical units.
     step_size
@@ -74,12 +85,13 @@ class PoissonDPSDC:
     ``n_extra_network_evaluations`` (1).
     """
 
-    likelihood: PoissonLogLikelihood
+    likelihood: ProjectingLikelihood
     normalisation: IntensityNormalisation
     step_size: float
     step_normalisation: StepNormalisation = "misfit"
 
     def __post_init__(self) -> None:
+        require_projections(self.likelihood, "dps")
         self.step_size = check_positive_float(self.step_size, "step_size (zeta)")
         if self.step_normalisation not in ("misfit", "none"):
             raise ValueError("step_normalisation must be 'misfit' or 'none', got "
@@ -91,7 +103,7 @@ class PoissonDPSDC:
                                                 torch.zeros_like(y)).sum())
 
     def __call__(self, x0: torch.Tensor, context: StepContext) -> torch.Tensor:
-        expected = tuple(self.likelihood.physics.image_shape)
+        expected = tuple(self.likelihood.image_shape)
         with torch.enable_grad():
             # 1. x_t with gradient, and the Tweedie estimate through the denoiser
             x = context.x.detach().requires_grad_(True)
@@ -100,7 +112,7 @@ class PoissonDPSDC:
             u = self.normalisation.from_prior(torch.clamp(x0_g, min=0))
             if tuple(u.shape[1:]) != expected:
                 raise ValueError(f"the denoiser's estimate {tuple(x0_g.shape)} maps to images of "
-                                 f"shape {tuple(u.shape[1:])}, but the physics has image_shape "
+                                 f"shape {tuple(u.shape[1:])}, but the likelihood has image_shape "
                                  f"{expected}")
             # 3. grad_u KL = -grad L(u), with L(u) for the misfit value
             pll, grad_l = self.likelihood.value_and_gradient(u.detach())

@@ -43,7 +43,8 @@ from dataclasses import dataclass
 import torch
 
 from ..diffusion.normalisation import IntensityNormalisation
-from ..likelihood import PoissonLogLikelihood
+from ..likelihood import Likelihood, ProjectingLikelihood
+from ..physics.base import ViewSubset
 
 __all__ = ["to_physical", "to_prior", "em_ascent_step", "em_ascent_update", "ascend_to_target",
            "AscentResult", "uniform_image", "field_of_view", "check_positive_int",
@@ -71,16 +72,16 @@ def check_positive_float(value: object, name: str, *, allow_zero: bool = False) 
 
 
 def to_physical(x0: torch.Tensor, normalisation: IntensityNormalisation,
-                likelihood: PoissonLogLikelihood) -> torch.Tensor:
+                likelihood: Likelihood) -> torch.Tensor:
     """``u = scale * max(x0, 0)`` as an image batch ``[B, z, y, x]`` in physical units.
 
-    Raises ``ValueError`` when the prior tensor does not map onto the physics' image grid.
+    Raises ``ValueError`` when the prior tensor does not map onto the likelihood's image grid.
     """
     u = normalisation.from_prior(torch.clamp(x0.detach(), min=0))
-    expected = tuple(likelihood.physics.image_shape)
+    expected = tuple(likelihood.image_shape)
     if tuple(u.shape[1:]) != expected:
         raise ValueError(f"the denoiser's estimate {tuple(x0.shape)} maps to images of shape "
-                         f"{tuple(u.shape[1:])}, but the physics has image_shape {expected}")
+                         f"{tuple(u.shape[1:])}, but the likelihood has image_shape {expected}")
     return u
 
 
@@ -89,30 +90,14 @@ def to_prior(u: torch.Tensor, normalisation: IntensityNormalisation) -> torch.Te
     return normalisation.to_prior(u)
 
 
-def uniform_image(likelihood: PoissonLogLikelihood) -> torch.Tensor:
-    """Uniform image ``c`` with the measured net counts: ``c = (sum y - sum b) / sum_j s_j``.
-
-    (``sum_i [A c 1]_i = c sum_j s_j``), the usual uniform start of MLEM with the right global
-    scale; shape ``physics.image_shape``.  A likelihood without the measured data (e.g.
-    :class:`~sirf_diffusion.integrations.sirf.ObjectiveFunctionLikelihood`) supplies its own
-    ``uniform_image()``.
-    """
-    own = getattr(likelihood, "uniform_image", None)
-    if callable(own):
-        return own()
-    data = likelihood.data
-    sens = likelihood.sensitivity(None, like=data.new_zeros(()))
-    b = likelihood.physics.additive_term
-    net = data.sum() - (b.to(data).sum() if b is not None else 0.0)
-    total = sens.sum()
-    if not total > 0:
-        raise ValueError("the sensitivity image is zero everywhere: the scanner sees no voxel")
-    c = torch.clamp(net, min=torch.finfo(data.dtype).tiny) / total
-    return torch.full(likelihood.physics.image_shape, float(c), dtype=data.dtype,
-                      device=data.device)
+def uniform_image(likelihood: Likelihood) -> torch.Tensor:
+    """The likelihood's uniform start of MLEM with the data's global scale
+    (:meth:`~sirf_diffusion.likelihood.PoissonLogLikelihood.uniform_image`: the measured net
+    counts over the total sensitivity; a SIRF objective finds it from gradients)."""
+    return likelihood.uniform_image()
 
 
-def field_of_view(likelihood: PoissonLogLikelihood, like: torch.Tensor,
+def field_of_view(likelihood: Likelihood, like: torch.Tensor,
                   fraction: float) -> torch.Tensor | None:
     """Voxels the data determine: full-data sensitivity above ``fraction`` of its maximum.
 
@@ -132,8 +117,8 @@ def field_of_view(likelihood: PoissonLogLikelihood, like: torch.Tensor,
     return sens > fraction * sens.amax()
 
 
-def em_ascent_step(likelihood: PoissonLogLikelihood, u: torch.Tensor, *,
-                   subset: int | None = None, sensitivity: torch.Tensor | None = None,
+def em_ascent_step(likelihood: Likelihood, u: torch.Tensor, *,
+                   subset: ViewSubset | None = None, sensitivity: torch.Tensor | None = None,
                    alpha: float = 1.0, anchor: torch.Tensor | None = None, beta: float = 0.0,
                    penalty_gradient: torch.Tensor | None = None, precond_floor: float = 0.0,
                    ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,7 +131,8 @@ def em_ascent_step(likelihood: PoissonLogLikelihood, u: torch.Tensor, *,
     u
         Current image(s) ``[..., z, y, x]`` in physical units, ``>= 0``.
     subset
-        Subset index ``k`` of ``likelihood.physics.num_subsets`` (``None``: all data, ``K = 1``).
+        The :class:`~sirf_diffusion.physics.base.ViewSubset` ``(k, K)`` to use (from
+        ``likelihood.subsets(K)``; ``None``: all data, ``K = 1``).
     sensitivity
         ``s^k`` (default: ``likelihood.sensitivity(subset)``); pass it to avoid the cache lookup.
     alpha
@@ -165,7 +151,10 @@ def em_ascent_step(likelihood: PoissonLogLikelihood, u: torch.Tensor, *,
         The updated image(s) and ``L_k(u)``, the PLL of the *input* on the subset (one per batch
         element; free with the gradient).
     """
-    K = 1 if subset is None else likelihood.physics.num_subsets
+    if subset is not None and not isinstance(subset, ViewSubset):
+        raise TypeError(f"subset must be a ViewSubset (likelihood.subsets(K)) or None, got "
+                        f"{subset!r}")
+    K = 1 if subset is None else subset.num_subsets
     value, grad = likelihood.value_and_gradient(u, subset)
     sens = likelihood.sensitivity(subset, like=u) if sensitivity is None else sensitivity
     u_new = em_ascent_update(u, grad, sens, num_subsets=K, alpha=alpha, anchor=anchor, beta=beta,
@@ -228,22 +217,26 @@ class AscentResult:
     num_gradients: float = 0.0
 
 
-def _value_and_state(likelihood: PoissonLogLikelihood, u: torch.Tensor
+def _value_and_state(likelihood: Likelihood, u: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``L(u)`` and what :func:`_gradient` needs to finish ``grad L(u)`` without a new forward
-    projection (``ybar``; ``None`` for likelihoods without projections, e.g. a SIRF objective)."""
-    if getattr(likelihood, "has_projections", False) and hasattr(likelihood, "value_at"):
+    projection (``ybar`` of a :class:`~sirf_diffusion.likelihood.ProjectingLikelihood`;
+    ``None`` for likelihoods known through gradients only, e.g. a SIRF objective)."""
+    if isinstance(likelihood, ProjectingLikelihood):
         ybar = likelihood.ybar(u)
         return likelihood.value_at(ybar), ybar
     return likelihood.value(u), None
 
 
-def _gradient(likelihood: PoissonLogLikelihood, u: torch.Tensor,
+def _gradient(likelihood: Likelihood, u: torch.Tensor,
               ybar: torch.Tensor | None) -> torch.Tensor:
-    return likelihood.gradient(u) if ybar is None else likelihood.gradient_at(ybar)
+    if ybar is None:
+        return likelihood.gradient(u)
+    assert isinstance(likelihood, ProjectingLikelihood)
+    return likelihood.gradient_at(ybar)
 
 
-def ascend_to_target(likelihood: PoissonLogLikelihood, u: torch.Tensor, target: float, *,
+def ascend_to_target(likelihood: Likelihood, u: torch.Tensor, target: float, *,
                      alpha: float = 1.0, max_steps: int = 20, precond_floor: float = 0.0
                      ) -> AscentResult:
     """Full-data EM-preconditioned ascent from ``u`` until ``L(u) >= target`` (PET-LiSch step).

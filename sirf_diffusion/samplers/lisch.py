@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..diffusion.normalisation import IntensityNormalisation
-from ..likelihood import PoissonLogLikelihood
+from ..likelihood import Likelihood
 from .em_steps import (
     ascend_to_target,
     check_positive_float,
@@ -99,7 +99,7 @@ class MLEMSchedule:
     targets
         The ``N`` per-step PLL targets (:func:`likelihood_schedule`).
     image
-        MLEM iterate ``K`` (physical units, ``physics.image_shape``).
+        MLEM iterate ``K`` (physical units, ``likelihood.image_shape``).
     pll
         ``[PLL_0, ..., PLL_K]``.
     num_forward, num_adjoint
@@ -113,7 +113,7 @@ class MLEMSchedule:
     num_adjoint: float = 0.0
 
 
-def mlem_likelihood_schedule(likelihood: PoissonLogLikelihood, num_iterations: int,
+def mlem_likelihood_schedule(likelihood: Likelihood, num_iterations: int,
                              num_steps: int, *, x_init: torch.Tensor | None = None,
                              progress: bool = False) -> MLEMSchedule:
     """Run ``K = num_iterations`` MLEM iterations and build the ``N = num_steps`` targets.
@@ -142,7 +142,8 @@ class LikelihoodScheduleDC:
     Parameters
     ----------
     likelihood
-        Poisson log-likelihood of the measured data (any physics backend; full-data steps).
+        Log-likelihood of the measured data (any :class:`~sirf_diffusion.likelihood.Likelihood`;
+        full-data steps).
     normalisation
         Maps the prior's estimate to physical units and back.
     targets
@@ -165,7 +166,7 @@ class LikelihoodScheduleDC:
     than the forward projections for every sample that ascends).
     """
 
-    likelihood: PoissonLogLikelihood
+    likelihood: Likelihood
     normalisation: IntensityNormalisation
     targets: torch.Tensor
     alpha: float = 1.0

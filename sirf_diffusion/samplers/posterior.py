@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..io.atomic import atomic_write_bytes, make_dir
+
 __all__ = ["PosteriorSummary", "summarise", "save_posterior", "plot_posterior"]
 
 
@@ -96,14 +98,15 @@ def save_posterior(summary: PosteriorSummary, path: str | os.PathLike[str],
                    samples: torch.Tensor | None = None) -> Path:
     """Write ``mean``, ``std``, ``cov``, ``support``, ``num_samples`` (and ``samples``) to npz."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    make_dir(path.parent)
     arrays = {k: getattr(summary, k).detach().cpu().numpy()
               for k in ("mean", "std", "cov", "support")}
     arrays["num_samples"] = np.asarray(summary.num_samples)
     if samples is not None:
         arrays["samples"] = samples.detach().cpu().numpy()
-    np.savez_compressed(path, **arrays)
-    return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+    return atomic_write_bytes(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def plot_posterior(summary: PosteriorSummary, path: str | os.PathLike[str], *,
@@ -129,6 +132,6 @@ def plot_posterior(summary: PosteriorSummary, path: str | os.PathLike[str], *,
     if title:
         fig.suptitle(title)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    return path
+    make_dir(path.parent)
+    return atomic_write_bytes(path, lambda f: fig.savefig(
+        f, format=path.suffix.lstrip(".") or "png", dpi=120, bbox_inches="tight"))

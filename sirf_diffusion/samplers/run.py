@@ -1,0 +1,422 @@
+"""Prepare a diffusion reconstruction: one table of methods, one small factory each, one run.
+
+:func:`prepare` turns ``(method, likelihood, denoiser, options)`` into a :class:`DiffusionRun`
+(rule, stepper, initial image, normalisation, noise levels, resolved configuration), which any
+front end steps to its end: :func:`~.methods.reconstruct` (``prepare`` + :meth:`DiffusionRun.run`
++ :meth:`DiffusionRun.result`), the CIL ``Algorithm`` classes (one :meth:`DiffusionRun.step` per
+``update()``) and the SIRF reconstructor.
+
+=========  ==========================================  =========================================
+method     data-consistency rule                        paper
+=========  ==========================================  =========================================
+``lisch``  :class:`~.lisch.LikelihoodScheduleDC`        Webber et al., IEEE TMI 2025 (PET-LiSch)
+``dds``    :class:`~.dds.AnchoredEMDC`                  Singh et al., MELBA 2024 (PET-DDS)
+``dps``    :class:`~.dps.PoissonDPSDC`                  Singh et al. 2024 / Chung et al. 2023 (DPS)
+=========  ==========================================  =========================================
+
+Steps of :func:`prepare`:
+
+1. an initial reconstruction fits the intensity scale ``s`` of the
+   :class:`~sirf_diffusion.diffusion.normalisation.IntensityNormalisation` (mean activity over
+   the well-sampled support), unless a normalisation is given: for ``lisch`` the ``K``-iteration
+   MLEM run that also gives the likelihood schedule, otherwise OSEM (``init_subsets``,
+   ``init_epochs``);
+2. the method's factory builds its data-consistency rule;
+3. the noise levels come from the denoiser's own VP schedule when it has one (``ScoreModel``, or
+   the models of a ``PerpendicularPrior3D``), else the default VP-SDE, uniform in ``t``
+   (:func:`~sirf_diffusion.diffusion.sampling.sampling_sigmas`), or are given as ``sigmas``;
+4. a :class:`~.loop.DiffusionStepper` starts ``num_samples`` chains at once (batch dimension)
+   from ``sigma_0 z``.
+
+Options (:data:`METHODS`): every method takes the common options ``num_steps``, ``sigmas``,
+``eta``, ``num_samples``, ``generator``, ``support_mask``, ``dtype``, ``progress``; each method
+its own.  ``None`` means "the default", and every default comes from
+:data:`~sirf_diffusion.samplers.defaults.METHOD_DEFAULTS`.  An option of another method, or an
+unknown (misspelt) one, is an error naming the method and its options.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+import torch
+
+from ..diffusion.denoiser import Denoiser
+from ..diffusion.normalisation import IntensityNormalisation, support_mean, well_sampled
+from ..likelihood import Likelihood
+from .dds import AnchoredEMDC
+from .defaults import METHOD_DEFAULTS
+from .dps import PoissonDPSDC, require_projections
+from .em_steps import check_positive_float, check_positive_int
+from .lisch import LikelihoodScheduleDC, mlem_likelihood_schedule
+from .loop import DataConsistency, DiffusionStepper, step_to_end
+from .posterior import summarise
+from .result import ReconResult
+
+__all__ = ["Method", "MethodSpec", "METHODS", "COMMON_OPTIONS", "DiffusionRun", "prepare",
+           "resolve_options", "default_sigmas"]
+
+Method = Literal["lisch", "dds", "dps"]
+
+#: Options every method takes, with their defaults where ``METHOD_DEFAULTS`` has none.
+COMMON_OPTIONS: Mapping[str, Any] = MappingProxyType({
+    "num_steps": None, "sigmas": None, "eta": 0.0, "num_samples": 1, "generator": None,
+    "support_mask": None, "dtype": torch.float32, "progress": False})
+
+
+# ----------------------------------------------------------------------------- noise levels
+def _schedule_of(denoiser: Denoiser) -> Any:
+    """The VP schedule of a ``ScoreModel`` (or of the models of a ``PerpendicularPrior3D``)."""
+    sched = getattr(denoiser, "schedule", None)
+    if sched is not None:
+        return sched
+    for m in getattr(denoiser, "models", {}).values():
+        if getattr(m, "schedule", None) is not None:
+            return m.schedule
+    return None
+
+
+def default_sigmas(denoiser: Denoiser, num_steps: int) -> torch.Tensor:
+    """``num_steps`` VP noise levels (plus 0) from the denoiser's own schedule if it has one."""
+    from ..diffusion.sampling import sampling_sigmas
+
+    return sampling_sigmas(check_positive_int(num_steps, "num_steps"), "vp", _schedule_of(denoiser))
+
+
+def _noise_levels(denoiser: Denoiser, num_steps: int | None, sigmas: Any,
+                  default_num_steps: int) -> torch.Tensor:
+    if sigmas is None:
+        return default_sigmas(denoiser, default_num_steps if num_steps is None else num_steps)
+    sigmas = torch.as_tensor(sigmas)
+    if sigmas.ndim != 1 or sigmas.numel() < 2:
+        raise ValueError("sigmas must be a 1D tensor of at least 2 noise levels")
+    if num_steps is not None and num_steps != sigmas.numel() - 1:
+        raise ValueError(f"num_steps={num_steps} but sigmas gives {sigmas.numel() - 1} steps")
+    return sigmas
+
+
+# ----------------------------------------------------------------------------- method factories
+@dataclass
+class _Parts:
+    """What a method's factory builds: the rule and the initial reconstruction behind it."""
+
+    rule: DataConsistency
+    normalisation: IntensityNormalisation
+    init_image: torch.Tensor | None
+    init_cost: float
+    init_pll: float | None
+    config: dict[str, Any]
+    pll_targets: torch.Tensor | None = None
+
+
+def _fit_normalisation(likelihood: Likelihood, image: torch.Tensor,
+                       support_mask: torch.Tensor | None) -> IntensityNormalisation:
+    """Mean activity of ``image`` over its well-sampled support (module docstring, step 1)."""
+    eligible = well_sampled(likelihood.sensitivity(None, like=image))
+    mask = None if support_mask is None else support_mask[None]
+    return IntensityNormalisation(float(support_mean(image[None], mask,
+                                                     eligible=eligible[None])[0]))
+
+
+def _initial_osem(likelihood: Likelihood, opt: dict[str, Any],
+                  normalisation: IntensityNormalisation | None, progress: bool
+                  ) -> tuple[torch.Tensor | None, float, dict[str, Any]]:
+    """OSEM image, its cost and config of the normalisation fit (nothing when one is given)."""
+    from ..recon.em import osem
+
+    if normalisation is not None:
+        return None, 0.0, {}
+    ns = check_positive_int(opt["init_subsets"], "init_subsets")
+    ne = check_positive_int(opt["init_epochs"], "init_epochs")
+    with likelihood.count_projections() as cost:
+        image = osem(likelihood, None, num_subsets=ns, num_epochs=ne, progress=progress)
+    return image, cost.forward, {"init_subsets": ns, "init_epochs": ne}
+
+
+def _prepare_lisch(likelihood: Likelihood, opt: dict[str, Any], num_steps: int,
+                   normalisation: IntensityNormalisation | None, progress: bool) -> _Parts:
+    """PET-LiSch: MLEM schedule (also the normalisation image) and the scheduled ascent."""
+    K = opt["num_mlem_iterations"]
+    sched = mlem_likelihood_schedule(likelihood, K, num_steps, progress=progress)
+    norm = (normalisation if normalisation is not None
+            else _fit_normalisation(likelihood, sched.image, opt["support_mask"]))
+    rule = LikelihoodScheduleDC(likelihood, norm, sched.targets, alpha=opt["alpha"],
+                                max_likelihood_steps=opt["max_likelihood_steps"])
+    config = {"num_mlem_iterations": K, "mlem_pll": sched.pll, "alpha": rule.alpha,
+              "max_likelihood_steps": rule.max_likelihood_steps}
+    return _Parts(rule, norm, sched.image, sched.num_forward, sched.pll[-1], config,
+                  sched.targets)
+
+
+def _prepare_dds(likelihood: Likelihood, opt: dict[str, Any], num_steps: int,
+                 normalisation: IntensityNormalisation | None, progress: bool) -> _Parts:
+    """PET-DDS: OSEM normalisation and the anchored EM ascent (optional axial RDP)."""
+    from ..recon.priors import RelativeDifferencePrior
+
+    penalty, axial = opt["penalty"], opt["axial_penalty"]
+    if axial is not None and penalty is not None:
+        raise ValueError("give at most one of axial_penalty and penalty")
+    image, cost, config = _initial_osem(likelihood, opt, normalisation, progress)
+    norm = (normalisation if normalisation is not None
+            else _fit_normalisation(likelihood, image, opt["support_mask"]))  # type: ignore[arg-type]
+    if axial is not None:
+        penalty = RelativeDifferencePrior(float(axial), gamma=2.0, neighbourhood="axial",
+                                          voxel_size_mm=likelihood.voxel_size_mm)
+    rule = AnchoredEMDC(likelihood, norm, opt["beta"], num_subsets=opt["num_subsets"],
+                        num_epochs=opt["num_epochs"], num_subiterations=opt["num_subiterations"],
+                        penalty=penalty)
+    config.update(beta=rule.beta.tolist() if isinstance(rule.beta, torch.Tensor) else rule.beta,
+                  num_subsets=rule.num_subsets, num_subiterations_per_step=rule._num_updates,
+                  axial_penalty=axial, penalty=None if penalty is None else type(penalty).__name__)
+    return _Parts(rule, norm, image, cost, None, config)
+
+
+def _prepare_dps(likelihood: Likelihood, opt: dict[str, Any], num_steps: int,
+                 normalisation: IntensityNormalisation | None, progress: bool) -> _Parts:
+    """DPS: OSEM normalisation and the misfit gradient through the denoiser."""
+    require_projections(likelihood, "dps")
+    image, cost, config = _initial_osem(likelihood, opt, normalisation, progress)
+    norm = (normalisation if normalisation is not None
+            else _fit_normalisation(likelihood, image, opt["support_mask"]))  # type: ignore[arg-type]
+    rule = PoissonDPSDC(likelihood, norm, opt["step_size"],  # type: ignore[arg-type]
+                        opt["step_normalisation"])
+    config.update(step_size=rule.step_size, step_normalisation=rule.step_normalisation)
+    return _Parts(rule, norm, image, cost, None, config)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A diffusion reconstruction method: its own options and its factory."""
+
+    name: str
+    paper: str
+    options: tuple[str, ...]
+    factory: Callable[[Likelihood, dict[str, Any], int, IntensityNormalisation | None, bool],
+                      _Parts]
+
+    def defaults(self) -> dict[str, Any]:
+        """Every option of the method with its default (``METHOD_DEFAULTS``, else built in)."""
+        d: dict[str, Any] = dict(COMMON_OPTIONS)
+        d.update((k, None) for k in self.options)
+        d.update(METHOD_DEFAULTS[self.name])
+        return d
+
+
+#: The one table of diffusion reconstruction methods.
+METHODS: Mapping[str, MethodSpec] = MappingProxyType({
+    "lisch": MethodSpec("lisch", "Webber et al., IEEE TMI 2025 (arXiv 2412.04339)",
+                        ("num_mlem_iterations", "alpha", "max_likelihood_steps"),
+                        _prepare_lisch),
+    "dds": MethodSpec("dds", "Singh et al., MELBA 2024 (arXiv 2308.14190)",
+                      ("beta", "num_subsets", "num_epochs", "num_subiterations", "axial_penalty",
+                       "penalty", "init_subsets", "init_epochs"), _prepare_dds),
+    "dps": MethodSpec("dps", "Chung et al., ICLR 2023; Singh et al., MELBA 2024",
+                      ("step_size", "step_normalisation", "init_subsets", "init_epochs"),
+                      _prepare_dps),
+})
+
+
+def resolve_options(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Every option of ``method`` with ``options`` (``None`` = default) over the defaults.
+
+    Raises
+    ------
+    ValueError
+        Unknown method, or an option that belongs to another method.
+    TypeError
+        An option no method knows (misspelt), with the closest names.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
+    spec = METHODS[method]
+    own = (*COMMON_OPTIONS, *spec.options)
+    known = set(COMMON_OPTIONS).union(*(m.options for m in METHODS.values()))
+    unknown = sorted(k for k in options if k not in known)
+    if unknown:
+        close = list(dict.fromkeys(c for k in unknown
+                                   for c in difflib.get_close_matches(k, own, n=2)))
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise TypeError(f"unknown option(s) {', '.join(unknown)} for method {method!r}{hint}; "
+                        f"it takes {', '.join(spec.options)} and {', '.join(COMMON_OPTIONS)}")
+    wrong = [k for k, v in options.items() if v is not None and k not in own]
+    if wrong:
+        raise ValueError(f"option(s) {', '.join(wrong)} do not apply to method {method!r} "
+                         f"(it takes {', '.join(spec.options)} and {', '.join(COMMON_OPTIONS)})")
+    resolved = spec.defaults()
+    resolved.update((k, v) for k, v in options.items() if v is not None)
+    return resolved
+
+
+# ----------------------------------------------------------------------------- the run
+@dataclass
+class DiffusionRun:
+    """A prepared reconstruction (module docstring), to be stepped to its end.
+
+    Attributes
+    ----------
+    method, likelihood, rule, stepper, normalisation, sigmas
+        The pieces :func:`prepare` assembled.
+    init_image
+        The MLEM/OSEM image that fitted the normalisation (``None`` when one was given).
+    num_init_evaluations
+        Forward projections spent on it (full-data passes).
+    config
+        The resolved configuration.
+    pll_targets
+        PET-LiSch's per-step targets (``None`` for the other methods).
+    stopped
+        Whether a callback ended :meth:`run` early.
+    """
+
+    method: str
+    likelihood: Likelihood
+    rule: DataConsistency
+    stepper: DiffusionStepper
+    normalisation: IntensityNormalisation
+    sigmas: torch.Tensor
+    init_image: torch.Tensor | None
+    num_init_evaluations: float
+    config: dict[str, Any] = field(default_factory=dict)
+    pll_targets: torch.Tensor | None = None
+    stopped: bool = False
+    _init_pll: float | None = field(default=None, repr=False)
+    _pll: list[list[float]] = field(default_factory=list, init=False, repr=False)
+    _steps: list[list[float]] = field(default_factory=list, init=False, repr=False)
+    _targets: list[float] = field(default_factory=list, init=False, repr=False)
+    _evaluations: float = field(default=0.0, init=False, repr=False)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.config["num_samples"])
+
+    @property
+    def done(self) -> bool:
+        return self.stepper.done
+
+    @property
+    def init_pll(self) -> float:
+        """PLL of the initial image (computed once, on demand; ``nan`` without one)."""
+        if self._init_pll is None:
+            self._init_pll = math.nan if self.init_image is None else \
+                float(self.likelihood.value(self.init_image).reshape(-1)[0])
+        return self._init_pll
+
+    def _record(self, info: dict[str, Any]) -> None:
+        n = self.num_samples
+        p = info.get("pll")
+        self._pll.append([float("nan")] * n if p is None else [float(v) for v in p])
+        ls = info.get("n_likelihood_steps", 0)
+        self._steps.append([float(v) for v in ls] if isinstance(ls, list) else [float(ls)] * n)
+        if "pll_target" in info:
+            self._targets.append(float(info["pll_target"]))
+        self._evaluations += float(info.get("n_likelihood_evaluations", 0.0))
+
+    def step(self) -> dict[str, Any]:
+        """One generative step (records its PLL and costs); the stepper's dict.
+
+        Raises ``StopIteration`` once every step has been taken.
+        """
+        info = self.stepper.step()
+        self._record(info)
+        return info
+
+    def run(self, callback: Callable[[dict[str, Any]], None] | None = None, *,
+            progress: bool = False) -> "DiffusionRun":
+        """Step to the end; ``callback(info)`` after every step may raise ``StopIteration``."""
+        remaining = self.stepper.num_steps - self.stepper.step_index
+        self.stopped = step_to_end(self.step, remaining, callback, progress)
+        return self
+
+    def samples(self) -> torch.Tensor | None:
+        """Current samples ``[n, z, y, x]`` in physical units, clipped at 0 (``None`` before the
+        first step): after an early stop the last data-consistent estimate."""
+        if self.stepper.denoised_dc is None:
+            return None
+        out = self.stepper.denoised_dc if self.stopped else self.stepper.result()
+        return torch.clamp(self.normalisation.from_prior(out.detach()), min=0)
+
+    def estimate(self) -> torch.Tensor:
+        """Mean of :meth:`samples` ``[z, y, x]``; before the first step the initial image (zeros
+        when there is none)."""
+        s = self.samples()
+        if s is not None:
+            return s.mean(0)
+        shape = tuple(self.likelihood.image_shape)
+        if self.init_image is not None:
+            return self.init_image.reshape(shape)
+        return torch.zeros(shape, dtype=self.likelihood.dtype)
+
+    def result(self, wall_time_s: float = math.nan) -> ReconResult:
+        """The samples, their summary, the trajectory and the costs so far."""
+        sample = self.samples()
+        if sample is None:
+            raise RuntimeError("no generative step has been taken yet")
+        summ = summarise(sample)
+        n = self.num_samples
+        return ReconResult(
+            method=self.method, sample=sample, mean=summ.mean, std=summ.std,
+            pll=torch.tensor(self._pll, dtype=torch.float64).reshape(-1, n),
+            pll_target=(None if self.pll_targets is None
+                        else torch.tensor(self._targets, dtype=torch.float64)),
+            likelihood_steps=torch.tensor(self._steps).reshape(-1, n),
+            num_network_evaluations=self.stepper.num_network_evaluations,
+            num_likelihood_evaluations=self._evaluations,
+            num_init_evaluations=float(self.num_init_evaluations), wall_time_s=wall_time_s,
+            normalisation=self.normalisation, init_image=self.init_image, sigmas=self.sigmas,
+            config=self.config)
+
+
+def prepare(method: Method, likelihood: Likelihood, denoiser: Denoiser,
+            normalisation: IntensityNormalisation | None = None, **options: Any) -> DiffusionRun:
+    """Assemble a diffusion reconstruction (module docstring), ready to be stepped.
+
+    Parameters
+    ----------
+    method
+        ``'lisch'``, ``'dds'`` or ``'dps'`` (:data:`METHODS`).
+    likelihood
+        A :class:`~sirf_diffusion.likelihood.Likelihood` of the measured data (DPS needs a
+        :class:`~sirf_diffusion.likelihood.ProjectingLikelihood`).
+    denoiser
+        ``D(x, sigma) -> x0_hat`` on ``[n, 1, y, x]`` (images with one slice) or
+        ``[n, 1, z, y, x]`` (volumes: a 3D prior such as ``PerpendicularPrior3D``).
+    normalisation
+        Intensity normalisation; ``None``: fitted on the initial reconstruction.
+    **options
+        See :func:`~.methods.reconstruct` and :data:`METHODS`; ``None`` means the default of
+        :data:`~sirf_diffusion.samplers.defaults.METHOD_DEFAULTS`.
+    """
+    given_steps = options.get("num_steps")
+    opt = resolve_options(method, options)
+    if not isinstance(likelihood, Likelihood):
+        raise TypeError("likelihood must implement sirf_diffusion.likelihood.Likelihood (e.g. a "
+                        f"PoissonLogLikelihood), got {type(likelihood).__name__}")
+    if not callable(denoiser):
+        raise TypeError("denoiser must be callable as D(x, sigma)")
+    num_samples = check_positive_int(opt["num_samples"], "num_samples")
+    eta = check_positive_float(opt["eta"], "eta", allow_zero=True)
+    if eta > 1:
+        raise ValueError(f"eta must be in [0, 1], got {eta}")
+    sigmas = _noise_levels(denoiser, given_steps, opt["sigmas"], opt["num_steps"])
+    n_steps = sigmas.numel() - 1
+    spec = METHODS[method]
+    parts = spec.factory(likelihood, opt, n_steps, normalisation, bool(opt["progress"]))
+    norm = parts.normalisation
+    config: dict[str, Any] = {"method": method, "num_steps": n_steps, "eta": eta,
+                              "num_samples": num_samples, "sigma_max": float(sigmas[0]),
+                              "sigma_min": float(sigmas[-2]), **parts.config,
+                              "normalisation": norm.to_dict()}
+    dtype = opt["dtype"]
+    shape = tuple(norm.to_prior(torch.zeros(num_samples, *likelihood.image_shape,
+                                            dtype=dtype)).shape)
+    stepper = DiffusionStepper(denoiser, sigmas, shape=shape, eta=eta, data_consistency=parts.rule,
+                               generator=opt["generator"], dtype=dtype, device=likelihood.device,
+                               likelihood=likelihood, normalisation=norm)
+    return DiffusionRun(method, likelihood, parts.rule, stepper, norm, sigmas, parts.init_image,
+                        float(parts.init_cost), config, parts.pll_targets,
+                        _init_pll=parts.init_pll)
