@@ -77,6 +77,7 @@ def stir_reference_json(stir_reference_path) -> Callable[[str], dict]:
     return lambda name: _readme_json(stir_reference_path(name).parent)
 
 
+@pytest.fixture
 def one_thread():
     """One torch thread for the test (tiny dense problems: threads only add synchronisation).
     Not for toolkit tests (see the OMP_NUM_THREADS note above)."""
