@@ -130,8 +130,8 @@ def test_lisch_reaches_the_mlem_target_with_adaptive_cost():
     # (DDS with num_subiterations = that maximum) on the same case
     p = int(steps.max())
     assert int((steps == 0).sum()) > 0 and p > 1
-    dds = reconstruct("dds", lik, D, norm, num_steps=N, num_samples=4, num_subiterations=p,
-                      generator=torch.Generator().manual_seed(1), progress=False, dtype=DT)
+    dds = reconstruct("dds", lik, D, norm, num_steps=N, num_samples=4, num_subsets=1,
+                      num_subiterations=p, generator=torch.Generator().manual_seed(1), progress=False, dtype=DT)
     assert dds.num_likelihood_evaluations == N * p
     assert r.num_likelihood_evaluations < dds.num_likelihood_evaluations
     # forward projections in full-data passes of the batch: one test per step, one more per
