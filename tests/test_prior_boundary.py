@@ -7,7 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sirf_diffusion.diffusion import PerpendicularPrior3D, ScoreModel, ScoreModelConfig
+from sirf_diffusion.diffusion import (
+    PerpendicularPrior3D,
+    ResampledDenoiser,
+    ScoreModel,
+    ScoreModelConfig,
+)
 from sirf_diffusion.diffusion.adapters import EpsDenoiser
 from sirf_diffusion.diffusion.padding import centred_padding, pad_iterate, padding_noise
 from sirf_diffusion.diffusion.unet import UNetConfig
@@ -170,3 +175,228 @@ def test_shipped_prior_on_a_127_volume(shipped):
     with torch.no_grad():
         out = PerpendicularPrior3D({"xy": shipped}, chunk_size=2)(x, torch.tensor([1.0]))
     assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+# ------------------------------------------------------------------ voxel size: resampling
+class Recording:
+    """Identity denoiser that records the grids and noise levels it is called with."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple[int, ...], torch.Tensor]] = []
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        self.calls.append((tuple(x.shape), sigma))
+        return x
+
+
+def test_overlap_matrix_is_value_preserving_and_exact_for_whole_voxels():
+    from sirf_diffusion.diffusion.resampling import overlap_matrix, resampled_size
+
+    assert resampled_size(181, 1.0, 2.0) == 90 and resampled_size(127, 4.0, 2.0) == 254
+    down = overlap_matrix(8, 1.0, 4, 2.0)
+    torch.testing.assert_close(down, torch.kron(torch.eye(4), torch.full((1, 2), 0.5)).double())
+    up = overlap_matrix(4, 2.0, 8, 1.0)
+    torch.testing.assert_close(up, torch.kron(torch.eye(4), torch.ones(2, 1)).double())
+    odd = overlap_matrix(181, 2.08626, 189, 2.0)  # rows inside the image sum to 1
+    torch.testing.assert_close(odd.sum(1)[2:-2], torch.ones(185, dtype=torch.float64))
+    with pytest.raises(ValueError, match="positive"):
+        overlap_matrix(0, 1.0, 4, 2.0)
+
+
+def test_resampled_denoiser_sees_the_prior_grid_and_maps_back():
+    rec = Recording()
+    D = ResampledDenoiser(rec, (2.0, 1.0, 1.0), (2.0, 2.0, 2.0))  # in-plane 2:1
+    x = torch.arange(2 * 4 * 3, dtype=torch.float64).reshape(2, 1, 4, 3)
+    x = x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)  # constant on 2 x 2 blocks
+    sigma = torch.tensor([1.0, 4.0], dtype=torch.float64)
+    out = D(x, sigma)
+    (shape, s), = rec.calls
+    assert shape == (2, 1, 4, 3)  # the prior's grid
+    torch.testing.assert_close(s, sigma / 2)  # averaging 4 voxels halves white noise
+    torch.testing.assert_close(out, x)  # block-constant images survive the round trip
+    # the same voxel size: nothing changes
+    same = ResampledDenoiser(Recording(), (2.0, 2.0, 2.0), (2.0, 2.0, 2.0))
+    assert torch.equal(same(x, sigma), x)
+    # a volume with all three axes resampled (a perpendicular prior with yz/xz models)
+    rec3 = Recording()
+    D3 = ResampledDenoiser(rec3, (1.0, 1.0, 4.0), (2.0, 2.0, 2.0), axes=(0, 1, 2))
+    v = torch.ones(1, 1, 6, 8, 5, dtype=torch.float64)
+    out3 = D3(v, 1.0)
+    assert rec3.calls[0][0] == (1, 1, 3, 4, 10)
+    torch.testing.assert_close(out3, v)
+    with pytest.raises(ValueError, match="image_voxel_size_mm"):
+        ResampledDenoiser(rec, (2.0, 0.0, 1.0), (2.0, 2.0, 2.0))
+
+
+def test_noise_gain_matches_the_measured_noise():
+    """g sigma is the standard deviation of resampled white noise, also for non-integer ratios."""
+    rec = Recording()
+    D = ResampledDenoiser(rec, (2.0, 2.0, 2.0), (2.0, 2.7, 3.1))
+    noise = torch.randn(1, 1, 400, 400, generator=torch.Generator().manual_seed(9),
+                        dtype=torch.float64)
+    D(noise, 1.0)
+    fwd_y, _, _ = D._matrices(1, 400, noise)
+    fwd_x, _, _ = D._matrices(2, 400, noise)
+    resampled = fwd_y @ noise[0, 0] @ fwd_x.T
+    inner = resampled[5:-5, 5:-5]
+    assert float(rec.calls[0][1]) == pytest.approx(float(inner.std()), rel=0.03)
+
+
+# ----------------------------------------------------------------- voxel size: the check
+MMR = (2.03125, 2.08626, 2.08626)
+
+
+def test_check_accepts_the_training_voxel_size_and_any_grid_size(shipped):
+    from sirf_diffusion.diffusion import check_prior_grid
+
+    for shape in [(1, 127, 127), (1, 112, 96), (1, 120, 135), (1, 9, 9)]:
+        assert check_prior_grid(shipped, shape, MMR) == []
+    assert check_prior_grid(shipped, (1, 127, 127), (1.0, 2.2, 1.95)) == []  # z unseen; < 10 %
+    prior3d = PerpendicularPrior3D({"xy": shipped})
+    assert check_prior_grid(prior3d, (127, 127, 127), (2.03125, 2.08626, 2.08626)) == []
+
+
+def test_check_warns_for_another_voxel_size_naming_both(shipped):
+    from sirf_diffusion.diffusion import check_prior_grid
+
+    msgs = check_prior_grid(shipped, (1, 61, 61), (2.03125, 4.0, 4.0))
+    assert len(msgs) == 1
+    assert "(2.03125, 4, 4) mm" in msgs[0] and "(2.03125, 2.08626, 2.08626) mm" in msgs[0]
+    assert "resample=True" in msgs[0] and "92%" in msgs[0]
+    # a 3D prior with a yz model sees z as well
+    models = {"xy": tiny_model("xy"), "yz": tiny_model("yz", 1)}
+    msgs = check_prior_grid(PerpendicularPrior3D(models), (15, 9, 7), (3.0, 2.0, 2.0))
+    assert len(msgs) == 1 and "yz prior" in msgs[0] and "along z" in msgs[0]
+    unknown = tiny_model(voxel_size_mm=None)
+    assert "records no training voxel size" in check_prior_grid(unknown, (1, 9, 9), MMR)[0]
+
+
+def test_check_refuses_what_cannot_run(shipped):
+    from sirf_diffusion.diffusion import check_prior_grid
+
+    with pytest.raises(ValueError, match="slice .2D. prior cannot denoise a volume of 127"):
+        check_prior_grid(shipped, (127, 181, 181), MMR)
+    with pytest.raises(ValueError, match="single slice"):
+        check_prior_grid(PerpendicularPrior3D({"xy": shipped}), (1, 181, 181), MMR)
+    with pytest.raises(ValueError, match="voxel_size_mm"):
+        check_prior_grid(shipped, (1, 181, 181), (2.0, -1.0, 2.0))
+    with pytest.raises(ValueError, match="voxel_size_mm"):
+        check_prior_grid(shipped, (1, 181, 181), (2.0, 2.0))
+    with pytest.raises(ValueError, match="image_shape"):
+        check_prior_grid(shipped, (181, 181), MMR)
+
+
+def test_fit_warns_or_resamples(shipped):
+    from sirf_diffusion.diffusion import fit_prior_to_grid
+
+    with pytest.warns(UserWarning, match=r"\(2.03125, 1, 1\) mm differs"):
+        same = fit_prior_to_grid(shipped, (1, 181, 181), (2.03125, 1.0, 1.0))
+    assert same is shipped
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        D = fit_prior_to_grid(shipped, (1, 181, 181), (2.03125, 1.0, 1.0), resample=True)
+        assert fit_prior_to_grid(shipped, (1, 127, 127), MMR) is shipped
+    assert isinstance(D, ResampledDenoiser) and D.axes == (1, 2)
+    assert D.prior_voxel_size_mm == MMR
+    x = torch.randn(1, 1, 181, 181, generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        out = D(x, torch.tensor([2.0]))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="records no training voxel size"):
+        fit_prior_to_grid(tiny_model(voxel_size_mm=None), (1, 9, 9), MMR, resample=True)
+
+
+def test_shipped_prior_records_its_training_voxel_size(shipped):
+    from sirf_diffusion.diffusion.grid import prior_voxel_size, training_voxel_size
+
+    assert training_voxel_size(shipped) == MMR
+    assert prior_voxel_size(PerpendicularPrior3D({"xy": shipped})) == MMR
+    with pytest.raises(ValueError, match="different voxel sizes"):
+        prior_voxel_size(PerpendicularPrior3D({"xy": tiny_model("xy"),
+                                               "yz": tiny_model("yz", voxel_size_mm=MMR)}))
+
+
+# ------------------------------------------------------------- field of view: the window
+def test_object_window_holds_the_object_and_the_training_field_of_view():
+    from sirf_diffusion.diffusion import object_window
+
+    support = torch.zeros(3, 181, 181, dtype=torch.bool)
+    support[1, 40:150, 60:120] = True  # an object off centre
+    top, left, h, w = object_window(support, (112, 112))
+    assert (h, w) == (120, 112)  # 110 + 2 * 4 rounded up to 8; at least 112
+    assert top <= 40 - 4 and top + h >= 150 + 4 and left <= 60 and left + w >= 120
+    assert object_window(support, (112, 112), multiple=1)[2:] == (118, 112)
+    at_edge = torch.zeros(181, 181, dtype=torch.bool)
+    at_edge[170:, :20] = True
+    top, left, h, w = object_window(at_edge, (112, 112))
+    assert (top + h, left) == (181, 0)  # shifted into the grid
+    assert object_window(torch.ones(100, 100, dtype=torch.bool), (112, 112)) is None
+    with pytest.raises(ValueError, match="empty"):
+        object_window(torch.zeros(9, 9, dtype=torch.bool), (4, 4))
+    with pytest.raises(ValueError, match="boolean"):
+        object_window(torch.ones(9, 9), (4, 4))
+
+
+def test_windowed_denoiser_is_zero_activity_outside_the_window():
+    from sirf_diffusion.diffusion import WindowedDenoiser
+
+    m = tiny_model()
+    D = WindowedDenoiser(m, (3, 5, 8, 12))
+    assert D.models == {"xy": m}
+    x = torch.randn(2, 1, 17, 19, generator=torch.Generator().manual_seed(11))
+    s = torch.tensor([0.5, 2.0])
+    with torch.no_grad():
+        out = D(x, s)
+        inside = m(x[..., 3:11, 5:17], s)
+    assert torch.equal(out[..., 3:11, 5:17], inside)
+    out[..., 3:11, 5:17] = 0
+    assert not out.any()
+    v = torch.randn(1, 1, 4, 17, 19, generator=torch.Generator().manual_seed(12))
+    D3 = WindowedDenoiser(PerpendicularPrior3D({"xy": m}), (3, 5, 8, 12))
+    with torch.no_grad():
+        assert D3(v, 1.0).shape == v.shape
+    with pytest.raises(ValueError, match="does not fit"):
+        D(torch.zeros(1, 1, 10, 10), 1.0)
+
+
+def test_a_large_field_of_view_warns_and_a_support_windows_it(shipped):
+    import warnings
+
+    from sirf_diffusion.diffusion import WindowedDenoiser, check_prior_grid, fit_prior_to_grid
+
+    for n in (181, 285):
+        msgs = check_prior_grid(shipped, (1, n, n), MMR)
+        assert len(msgs) == 1 and "field of view" in msgs[0] and "support=" in msgs[0]
+    assert "378 x 378 mm is 1.6 times the 234 x 234 mm" in check_prior_grid(
+        shipped, (1, 181, 181), MMR)[0]
+    _, head = head_image(181)
+    support = torch.zeros(1, 181, 181, dtype=torch.bool)
+    support[0, 20:120, 30:100] = head[40:140, 55:125]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        D = fit_prior_to_grid(shipped, (1, 181, 181), MMR, support=support)
+        small = fit_prior_to_grid(shipped, (1, 127, 127), MMR, support=support[..., :127, :127])
+        assert fit_prior_to_grid(shipped, (1, 112, 112), MMR,
+                                 support=support[..., :112, :112]) is shipped  # whole grid
+    assert small.window[2:] == (112, 112)  # a support always windows to the prior's view
+    assert isinstance(D, WindowedDenoiser) and D.window[2:] == (112, 112)
+    assert check_prior_grid(D, (1, 181, 181), MMR) == []
+    # resampling and windowing together: the window (image voxels) spans the prior's 234 mm
+    big = torch.zeros(1, 285, 285, dtype=torch.bool)
+    big[0, 100:200, 90:180] = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        D2 = fit_prior_to_grid(shipped, (1, 285, 285), (2.0, 1.5, 1.5), resample=True,
+                               support=big)
+    assert isinstance(D2, WindowedDenoiser) and isinstance(D2.denoiser, ResampledDenoiser)
+    assert D2.window[2:] == (160, 160)  # ceil(112 * 2.08626 / 1.5) = 156, rounded up to 8
+    with torch.no_grad():
+        v = torch.randn(1, 1, 285, 285, generator=torch.Generator().manual_seed(14))
+        assert D2(v, torch.tensor([1.0])).shape == v.shape
+    x = torch.randn(1, 1, 181, 181, generator=torch.Generator().manual_seed(13))
+    with torch.no_grad():
+        assert D(x, torch.tensor([1.0])).shape == x.shape
+    with pytest.raises(ValueError, match="does not match the image"):
+        fit_prior_to_grid(shipped, (1, 181, 181), MMR, support=support[..., :100, :])
