@@ -131,8 +131,10 @@ def check_prior_grid(denoiser: Denoiser, image_shape: Sequence[int],
     list[str]
         Warnings, one sentence each (empty when the grid is fine): the image voxel size differs
         from a slice model's training voxel size by more than ``tolerance`` along an axis its
-        slices span (none when ``denoiser`` already resamples to that voxel size), a model that
-        records no training voxel size, an axial image denoised by a non-axial slice model.
+        slices span (none when ``denoiser`` already resamples to that voxel size), an in-plane
+        field of view more than :data:`FIELD_OF_VIEW_RATIO` times the xy model's training field
+        of view (none when ``denoiser`` is windowed), a model that records no training voxel
+        size, an axial image denoised by a non-axial slice model.
 
     Raises
     ------
