@@ -427,3 +427,176 @@ def test_cosine_learning_rate_schedule_and_old_checkpoints_resume():
     _check_resumable(saved, const.to_dict())
     with pytest.raises(ValueError, match="lr_decay"):
         _check_resumable(saved, c.to_dict())
+
+
+# --------------------------------------------------- outputs: umask, housekeeping, ownership
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def _save_raw_checkpoint(path: Path, payload: dict) -> None:
+    """Write a checkpoint file and its sidecar the way the trainer does (for doctored copies)."""
+    import hashlib
+    import io
+
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    path.write_bytes(buf.getvalue())
+    path.with_suffix(".sha256").write_text(
+        f"{hashlib.sha256(buf.getvalue()).hexdigest()}  {path.name}\n")
+
+
+@pytest.mark.parametrize("umask", [0o027, 0o002])
+def test_run_files_and_exported_model_follow_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        run(tiny_config(steps=2, checkpoint_every=2), tmp_path / "run",
+            export_dir=tmp_path / "prior" / "xy")
+    finally:
+        os.umask(old)
+    files = [tmp_path / "run" / n for n in ("train_config.json", "loss.csv", "loss.png")]
+    files += list((tmp_path / "run" / "checkpoints").iterdir())
+    files += list((tmp_path / "prior" / "xy").iterdir())
+    assert len(files) == 7
+    for p in files:
+        assert _mode(p) == 0o666 & ~umask, p
+    for d in (tmp_path / "run", tmp_path / "run" / "checkpoints", tmp_path / "prior" / "xy"):
+        assert _mode(d) == 0o777 & ~umask, d  # the export folder is not mkdtemp's 0700
+
+
+def test_stale_temporaries_of_a_killed_write_are_removed_at_the_next_start(tmp_path):
+    out = tmp_path / "run"
+    run(tiny_config(steps=5), out)
+    ck = out / "checkpoints"
+    stale = [ck / ".step_00000010.pt.x81kq.tmp", ck / ".step_00000010.sha256.aa.tmp",
+             ck / "step_00000010.pt.q7z2.tmp",  # name used by earlier versions
+             out / ".train_config.json.b2.tmp", out / "data" / ".volumes_train.npz.c3.tmp"]
+    for p in stale:
+        p.write_bytes(b"half a write")
+    half_export = out / ".model.d4e5.tmp"
+    half_export.mkdir()
+    (half_export / "model.safetensors").write_bytes(b"partial")
+    notes = ck / "notes.txt"
+    notes.write_text("not ours to delete")
+    run(tiny_config(steps=10), out, resume=True)
+    assert not any(p.exists() for p in [*stale, half_export])
+    assert notes.read_text() == "not ours to delete"
+    assert [p.name for p in list_checkpoints(out)] == ["step_00000005.pt", "step_00000010.pt"]
+
+
+def test_a_kill_while_swapping_the_export_is_recovered(tmp_path):
+    out = tmp_path / "run"
+    run(tiny_config(steps=5), out)
+    os.replace(out / "model", out / "model.old")  # killed between the two renames
+    run(tiny_config(steps=10), out, resume=True)
+    assert (out / "model" / "model.safetensors").is_file() and not (out / "model.old").exists()
+
+
+def test_retention_counts_only_readable_checkpoints_of_this_run(continuous, tmp_path):
+    out = tmp_path / "run"
+    run(tiny_config(steps=5), out)
+    ck = out / "checkpoints"
+    # newer-looking but unreadable files: retention by name alone would keep only these
+    (ck / "step_00000098.pt").write_bytes(b"truncated by a full disk")
+    (ck / "step_00000099.pt").write_bytes((continuous / "checkpoints" /
+                                           "step_00000010.pt").read_bytes()[:5000])
+    # a complete checkpoint of another run (same config), copied in
+    foreign = ck / "step_00000001.pt"
+    foreign.write_bytes((continuous / "checkpoints" / "step_00000005.pt").read_bytes())
+    with pytest.warns(UserWarning, match="corrupt or truncated"):
+        run(tiny_config(steps=10, checkpoint_every=2), out, resume=True)
+    names = [p.name for p in list_checkpoints(out)]
+    # this run's newest two are kept; the unreadable and foreign files are untouched
+    assert names == ["step_00000001.pt", "step_00000008.pt", "step_00000010.pt",
+                     "step_00000098.pt", "step_00000099.pt"]
+    assert foreign.read_bytes() == (continuous / "checkpoints" / "step_00000005.pt").read_bytes()
+    ids = {load_checkpoint(ck / n)["run_id"] for n in ("step_00000008.pt", "step_00000010.pt")}
+    assert len(ids) == 1 and load_checkpoint(foreign)["run_id"] not in ids
+    assert_states_equal(final_state_of(out, "step_00000010.pt"), final_state(continuous))
+
+
+def final_state_of(out: Path, name: str) -> dict:
+    return load_checkpoint(out / "checkpoints" / name)
+
+
+def test_existing_run_without_resume_is_refused_in_one_line(continuous, tmp_path):
+    from sirf_diffusion.io.atomic import OutputExistsError
+
+    out = tmp_path / "run"
+    run(tiny_config(steps=5), out)
+    before = {p.name: p.read_bytes() for p in (out / "checkpoints").iterdir()}
+    with pytest.raises(OutputExistsError) as err:
+        run(tiny_config(), out)
+    msg = str(err.value)
+    assert "\n" not in msg and str(out) in msg and "--resume" in msg and "--overwrite" in msg
+    assert {p.name: p.read_bytes() for p in (out / "checkpoints").iterdir()} == before
+    # overwrite: a new run from step 0 (the old checkpoints go), identical to a fresh one
+    run(tiny_config(), out, overwrite=True)
+    assert [p.name for p in list_checkpoints(out)] == ["step_00000005.pt", "step_00000010.pt"]
+    assert_states_equal(final_state(out), final_state(continuous))
+
+
+def test_no_usable_checkpoint_is_one_clear_line(tmp_path):
+    out = tmp_path / "run"
+    run(tiny_config(steps=5), out)
+    list_checkpoints(out)[0].write_bytes(b"garbage")
+    with pytest.raises(CheckpointError) as err, pytest.warns(UserWarning):
+        run(tiny_config(), out, resume=True)
+    msg = str(err.value)
+    assert "\n" not in msg and "no usable checkpoint" in msg and "step_00000005.pt" in msg
+
+
+def test_train_never_replaces_an_export_it_did_not_produce(tmp_path):
+    from sirf_diffusion.io.atomic import OutputExistsError
+
+    prior = tmp_path / "prior" / "xy"
+    run(tiny_config(steps=5), tmp_path / "a", export_dir=prior)
+    weights_a = (prior / "model.safetensors").read_bytes()
+    # another run (even with the same config) must not replace it, and finds out before working
+    with pytest.raises(OutputExistsError) as err:
+        run(tiny_config(steps=5), tmp_path / "b", export_dir=prior,
+            callback=lambda info: pytest.fail("trained before refusing"))
+    msg = str(err.value)
+    assert "\n" not in msg and str(prior) in msg and "--overwrite" in msg and "--resume" in msg
+    assert (prior / "model.safetensors").read_bytes() == weights_a
+    assert not (tmp_path / "b" / "checkpoints").exists()
+    # resumed with --resume, run a replaces its own export
+    run(tiny_config(steps=10), tmp_path / "a", export_dir=prior, resume=True)
+    weights_a10 = (prior / "model.safetensors").read_bytes()
+    assert weights_a10 != weights_a
+    # run b with overwrite replaces it; then run a's resumption must not take it back
+    run(tiny_config(steps=5), tmp_path / "b", export_dir=prior, overwrite=True)
+    assert json.loads((prior / "extra.json").read_text())["run_id"] == \
+        final_state(tmp_path / "b")["run_id"]
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        run(tiny_config(steps=12), tmp_path / "a", export_dir=prior, resume=True)
+    # a folder of someone's files, and a file, are not model folders to replace
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("x")
+    with pytest.raises(OutputExistsError, match="holds files"):
+        run(tiny_config(steps=2), tmp_path / "c", export_dir=mine)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputExistsError, match="is a file"):
+        run(tiny_config(steps=2), tmp_path / "d", export_dir=tmp_path / "file")
+    # an empty folder is fine
+    (tmp_path / "empty").mkdir()
+    run(tiny_config(steps=2, checkpoint_every=2), tmp_path / "e", export_dir=tmp_path / "empty")
+    assert (tmp_path / "empty" / "model.safetensors").is_file()
+
+
+def test_runs_from_before_run_ids_resume_into_their_own_export(tmp_path):
+    """Checkpoints and exports without a run id are recognised by their training config."""
+    out = tmp_path / "run"
+    run(tiny_config(steps=5, checkpoint_every=5), out)
+    path = list_checkpoints(out)[0]
+    legacy = load_checkpoint(path)
+    del legacy["run_id"]
+    _save_raw_checkpoint(path, legacy)
+    extra = json.loads((out / "model" / "extra.json").read_text())
+    del extra["run_id"]
+    (out / "model" / "extra.json").write_text(json.dumps(extra))
+    run(tiny_config(steps=15, checkpoint_every=5), out, resume=True)
+    names = [p.name for p in list_checkpoints(out)]
+    assert names == ["step_00000010.pt", "step_00000015.pt"]  # the legacy one counted as ours
+    assert final_state(out)["run_id"].startswith("config-")

@@ -4,17 +4,23 @@
 maps VP times to VE noise levels, :mod:`.adapters` turns eps/v/score networks into denoisers,
 :class:`ScoreModel` (:mod:`.model`) is the trainable slice prior, :mod:`.modelio` saves and
 loads it without executing code, :class:`PerpendicularPrior3D` combines slice models into a 3D
-denoiser and :mod:`.sampling` draws unconditional samples.
+denoiser and :mod:`.sampling` draws unconditional samples.  At the prior boundary the models
+take any in-plane size (:mod:`.padding`), :func:`check_prior_grid` / :func:`fit_prior_to_grid`
+(:mod:`.grid`) check an image grid against the prior's training voxel size before any work, and
+:class:`ResampledDenoiser` (:mod:`.resampling`) denoises on the prior's voxel size and
+:class:`WindowedDenoiser` (:mod:`.window`) on a window around the object.
 """
 
 from __future__ import annotations
 
 from .adapters import EpsDenoiser, ScoreDenoiser, VDenoiser
 from .denoiser import Denoiser, score_from_denoiser
+from .grid import FIELD_OF_VIEW_RATIO, VOXEL_SIZE_TOLERANCE, check_prior_grid, fit_prior_to_grid
 from .model import ORIENTATIONS, ScoreModel, ScoreModelConfig
 from .modelio import load_model, load_prior, save_model, save_prior
 from .normalisation import IntensityNormalisation
 from .prior3d import PerpendicularPrior3D, from_slices, to_slices
+from .resampling import ResampledDenoiser
 from .sampling import sample, sample_grid_png, sampling_sigmas
 from .schedules import (
                         ContinuousVP,
@@ -25,6 +31,7 @@ from .schedules import (
                         vp_sigmas,
 )
 from .unet import UNet, UNetConfig
+from .window import WindowedDenoiser, object_window
 
 __all__ = [
     "Denoiser", "score_from_denoiser", "IntensityNormalisation",
@@ -34,5 +41,7 @@ __all__ = [
     "UNet", "UNetConfig", "ScoreModel", "ScoreModelConfig", "ORIENTATIONS",
     "save_model", "load_model", "save_prior", "load_prior",
     "PerpendicularPrior3D", "to_slices", "from_slices",
+    "check_prior_grid", "fit_prior_to_grid", "ResampledDenoiser", "WindowedDenoiser",
+    "object_window", "VOXEL_SIZE_TOLERANCE", "FIELD_OF_VIEW_RATIO",
     "sample", "sample_grid_png", "sampling_sigmas",
 ]

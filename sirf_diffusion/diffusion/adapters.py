@@ -32,6 +32,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .padding import denoise_padded
 from .schedules import ContinuousVP, DiscreteVP
 
 __all__ = ["Parametrisation", "vp_inputs", "batch_sigma", "EpsDenoiser", "VDenoiser",
@@ -60,12 +61,23 @@ def vp_inputs(x: torch.Tensor, sigma: torch.Tensor | float, schedule: Continuous
 
 
 class _VPAdapter(nn.Module):
-    """Common part: ``D(x, sigma) = to_x0(x, sigma, net(c_in x, t(sigma)))``."""
+    """Common part: ``D(x, sigma) = to_x0(x, sigma, net(c_in x, t(sigma)))``.
 
-    def __init__(self, net: Network, schedule: ContinuousVP | DiscreteVP | None = None) -> None:
+    ``size_multiple``: the in-plane size multiple the network needs (default: the
+    ``config.size_multiple`` of a :class:`~.unet.UNet`, else 1); slices of any other size are
+    padded and cropped back as :mod:`.padding` describes.
+    """
+
+    def __init__(self, net: Network, schedule: ContinuousVP | DiscreteVP | None = None,
+                 size_multiple: int | None = None) -> None:
         super().__init__()
         self.net = net
         self.schedule = schedule or ContinuousVP()
+        if size_multiple is None:
+            size_multiple = int(getattr(getattr(net, "config", None), "size_multiple", 1))
+        if size_multiple < 1:
+            raise ValueError(f"size_multiple must be >= 1, got {size_multiple}")
+        self.size_multiple = size_multiple
 
     @staticmethod
     def to_x0(x: torch.Tensor, sigma: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -76,6 +88,11 @@ class _VPAdapter(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        if self.size_multiple > 1 and x.ndim == 4:
+            return denoise_padded(self._denoise, x, batch_sigma(x, sigma), self.size_multiple)
+        return self._denoise(x, sigma)
+
+    def _denoise(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         s, x_vp, t = vp_inputs(x, sigma, self.schedule)
         return self.to_x0(x, s, self.net(x_vp, t))
 

@@ -1,11 +1,18 @@
-"""Checkpoints and logs of :func:`~.training.train`: atomic writes, checkpoint files with SHA-256
-sidecars, the loss CSV files and the loss plot.
+"""Checkpoints and logs of :func:`~.training.train`: checkpoint files with SHA-256 sidecars and
+their housekeeping, the loss CSV files and the loss plot.
 
 * ``checkpoints/step_XXXXXXXX.pt``: a ``torch.save`` payload (format
-  ``sirf_diffusion.train_checkpoint/1``: model, EMA, optimiser, step, config), loadable with
-  ``torch.load(..., weights_only=True)``, with a ``step_XXXXXXXX.sha256`` sidecar
-  (``<hex digest>  <file name>``); both written atomically (temporary file, ``fsync``,
-  :func:`os.replace`), the newest ``keep`` kept;
+  ``sirf_diffusion.train_checkpoint/1``: model, EMA, optimiser, step, config, run id), loadable
+  with ``torch.load(..., weights_only=True)``, with a ``step_XXXXXXXX.sha256`` sidecar
+  (``<hex digest>  <file name>``); both written atomically with the user's umask
+  (:mod:`sirf_diffusion.io.atomic`);
+* retention keeps the newest ``keep`` checkpoints *of this run*: only files that load
+  (:func:`load_checkpoint`: right format tag, checksum, weights-only unpickling) and carry this
+  run's id (:func:`checkpoint_run_id`) are counted or deleted.  A truncated, corrupt or
+  foreign file is left alone and never counted, so the last good checkpoint is never deleted
+  because of it;
+* :func:`remove_stale_checkpoint_temporaries` removes the temporary files of a write that a
+  kill interrupted (called when a run starts);
 * ``loss.csv`` / ``val_loss.csv``: one row per step / validation, truncated to the resumed step
   on resume; ``loss.png``: :func:`plot_loss`.
 
@@ -17,8 +24,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,55 +34,98 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["CheckpointError", "load_checkpoint", "list_checkpoints", "plot_loss"]
+from ..io.atomic import atomic_write_bytes, atomic_write_text, make_dir, remove_stale_temporaries
+
+__all__ = ["CheckpointError", "load_checkpoint", "list_checkpoints", "checkpoint_run_id",
+           "remove_stale_checkpoint_temporaries", "plot_loss"]
 
 _CKPT_FORMAT = "sirf_diffusion.train_checkpoint/1"
+#: Fields of a training config that may differ between an interrupted run and its resumption.
+_RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "keep_checkpoints", "device",
+                                "val_every"})
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated, corrupt or not a training checkpoint."""
 
 
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, text.encode("utf-8"))
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 # ------------------------------------------------------------------------------ checkpoints
 def list_checkpoints(out_dir: str | os.PathLike) -> list[Path]:
-    """Checkpoint files of a run, oldest first."""
+    """Checkpoint files of a run folder (``step_*.pt``, readable or not), oldest first."""
     d = Path(out_dir) / "checkpoints"
     return sorted(d.glob("step_*.pt")) if d.is_dir() else []
 
 
+def legacy_run_id(config: dict[str, Any]) -> str:
+    """Run id of a checkpoint or exported model written before run ids were recorded: a hash of
+    its training config without the fields a resumed run may change."""
+    fixed = {k: v for k, v in config.items() if k not in _RESUMABLE_CHANGES}
+    digest = hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()
+    return f"config-{digest[:16]}"
+
+
+def checkpoint_run_id(ckpt: dict[str, Any]) -> str:
+    """The id of the training run that wrote ``ckpt`` (a loaded checkpoint).
+
+    A new run draws a random id that its resumptions keep; checkpoints from before run ids
+    were recorded get :func:`legacy_run_id` of their config.
+    """
+    rid = ckpt.get("run_id")
+    if isinstance(rid, str) and rid:
+        return rid
+    return legacy_run_id(json.loads(ckpt["config"]))
+
+
+def remove_stale_checkpoint_temporaries(out_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a kill during a checkpoint write left in ``out_dir/checkpoints``
+    (``.step_*.tmp``, and ``step_*.tmp`` of older versions); returns them."""
+    d = Path(out_dir) / "checkpoints"
+    removed = remove_stale_temporaries(d)
+    if d.is_dir():
+        for p in sorted(d.glob("step_*.tmp")):
+            if p.is_file():
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
+def _delete_checkpoint(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    path.with_suffix(".sha256").unlink(missing_ok=True)
+
+
+def _checkpoints_of_run(out_dir: Path, run_id: str) -> list[Path]:
+    """The readable checkpoints in ``out_dir`` written by run ``run_id``, oldest first."""
+    good = []
+    for path in list_checkpoints(out_dir):
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError:
+            continue  # unreadable: left alone, not counted
+        if checkpoint_run_id(ckpt) == run_id:
+            good.append(path)
+    return good
+
+
 def _save_checkpoint(out_dir: Path, payload: dict[str, Any], keep: int) -> Path:
-    d = out_dir / "checkpoints"
-    d.mkdir(parents=True, exist_ok=True)
+    """Write ``payload`` (with its ``run_id``) and keep the newest ``keep`` of that run's
+    readable checkpoints (module docstring)."""
+    d = make_dir(out_dir / "checkpoints")
     buf = io.BytesIO()
     torch.save(payload, buf)
     data = buf.getvalue()
     path = d / f"step_{payload['step']:08d}.pt"
     path.with_suffix(".sha256").unlink(missing_ok=True)  # never pair new data with an old hash
-    _atomic_write_bytes(path, data)
-    _atomic_write_text(path.with_suffix(".sha256"),
-                       f"{hashlib.sha256(data).hexdigest()}  {path.name}\n")
-    for old in list_checkpoints(out_dir)[:-keep]:
-        old.unlink(missing_ok=True)
-        old.with_suffix(".sha256").unlink(missing_ok=True)
+    atomic_write_bytes(path, data)
+    atomic_write_text(path.with_suffix(".sha256"),
+                      f"{hashlib.sha256(data).hexdigest()}  {path.name}\n")
+    for old in _checkpoints_of_run(out_dir, payload["run_id"])[:-keep]:
+        _delete_checkpoint(old)
     return path
 
 
@@ -86,16 +136,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     ------
     CheckpointError
         When the file is missing, fails its SHA-256 sidecar, cannot be unpickled (truncated or
-        corrupt) or lacks the expected entries.
+        corrupt) or lacks the expected entries; the message is one line naming the file.
     """
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(exc)}") from exc
     sidecar = path.with_suffix(".sha256")
     if sidecar.is_file():
-        fields = sidecar.read_text().split()
+        fields = sidecar.read_text(errors="replace").split()
         expected = fields[0] if fields else ""
         if hashlib.sha256(data).hexdigest() != expected:
             raise CheckpointError(f"checkpoint {path} is corrupt or truncated: its SHA-256 "
@@ -108,16 +158,27 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                                   "torch.load(weights_only=True) refuses; it was not written by "
                                   "this trainer") from exc
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated and cannot be loaded "
-                              f"({type(exc).__name__}: {exc})") from exc
+                              f"({_first_line(exc)})") from exc
     required = {"format", "step", "model", "ema", "optimizer", "config"}
     if not isinstance(ckpt, dict) or ckpt.get("format") != _CKPT_FORMAT or required - set(ckpt):
         raise CheckpointError(f"{path} is not a sirf_diffusion training checkpoint "
                               f"(expected format {_CKPT_FORMAT!r} with {sorted(required)})")
+    try:
+        json.loads(ckpt["config"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} has an unreadable config "
+                              f"({_first_line(exc)})") from exc
     return ckpt
 
 
 def _load_latest(out_dir: Path, verbose: bool) -> tuple[dict[str, Any], Path] | None:
-    """Newest readable checkpoint, falling back to older ones (with a warning) if corrupt."""
+    """Newest readable checkpoint, falling back to older ones (with a warning) if corrupt.
+
+    Raises
+    ------
+    CheckpointError
+        There are checkpoint files but none is usable (one line naming the folder and why).
+    """
     files = list_checkpoints(out_dir)
     errors = []
     for path in reversed(files):
@@ -132,8 +193,8 @@ def _load_latest(out_dir: Path, verbose: bool) -> tuple[dict[str, Any], Path] | 
             tqdm.write(f"resuming from the previous good checkpoint {path.name}")
         return ckpt, path
     if files:
-        raise CheckpointError("no usable checkpoint in " f"{out_dir / 'checkpoints'}:\n  "
-                              + "\n  ".join(errors))
+        raise CheckpointError(f"no usable checkpoint in {out_dir / 'checkpoints'} to resume "
+                              f"from ({len(files)} unreadable: " + "; ".join(errors) + ")")
     return None
 
 
@@ -152,7 +213,7 @@ def _truncate_csv(path: Path, last_step: int) -> None:
     kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= last_step]
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(kept)
-    _atomic_write_text(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
 
 
 def _open_csv(path: Path, fields: list[str]):
@@ -202,5 +263,7 @@ def plot_loss(out_dir: str | os.PathLike, path: str | os.PathLike | None = None)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    atomic_write_bytes(path, png.getvalue())
     return path

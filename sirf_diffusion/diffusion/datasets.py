@@ -43,7 +43,6 @@ import functools
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,6 +53,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..io.atomic import atomic_write_bytes, make_dir
 from .normalisation import IntensityNormalisation, support_mean
 
 __all__ = [
@@ -161,18 +161,8 @@ class VolumePool:
 
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    make_dir(path.parent)
+    atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
 
 
 def _load_cache(path: Path, seeds: list[int], meta: dict[str, Any]) -> VolumePool | None:

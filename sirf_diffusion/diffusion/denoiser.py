@@ -14,11 +14,11 @@ the difference.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["Denoiser", "score_from_denoiser"]
+__all__ = ["Denoiser", "DenoiserWrapper", "score_from_denoiser"]
 
 
 @runtime_checkable
@@ -33,3 +33,25 @@ def score_from_denoiser(denoiser: Denoiser, x: torch.Tensor, sigma: torch.Tensor
     sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
     s = sigma.reshape(-1, *([1] * (x.ndim - 1))) if sigma.ndim else sigma
     return (denoiser(x, sigma) - x) / s**2
+
+
+class DenoiserWrapper:
+    """Base of the prior-boundary wrappers (resampling, windowing) around a denoiser.
+
+    ``models`` lists the slice models behind the wrapped denoiser the way
+    :class:`~sirf_diffusion.diffusion.prior3d.PerpendicularPrior3D` does, so that code reading a
+    prior's schedule or parameters (samplers, integrations) sees through the wrapper.
+    """
+
+    def __init__(self, denoiser: Denoiser) -> None:
+        if not callable(denoiser):
+            raise TypeError(f"the denoiser must be callable, got {type(denoiser).__name__}")
+        self.denoiser = denoiser
+
+    @property
+    def models(self) -> dict[str, Any]:
+        inner = getattr(self.denoiser, "models", None)
+        if isinstance(inner, dict):
+            return inner
+        config = getattr(self.denoiser, "config", None)
+        return {str(getattr(config, "orientation", "xy")): self.denoiser}

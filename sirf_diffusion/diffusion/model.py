@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from .._version import __version__
-from .adapters import ADAPTERS, Parametrisation, vp_inputs
+from .adapters import ADAPTERS, Parametrisation, batch_sigma, vp_inputs
+from .padding import denoise_padded
 from .schedules import ContinuousVP, DiscreteVP, schedule_from_dict
 from .unet import UNet, UNetConfig
 
@@ -144,8 +145,15 @@ class ScoreModel(nn.Module):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         """Tweedie estimate ``x0_hat = D(x, sigma)`` for VE iterates ``x = x0 + sigma * eps``.
 
-        ``x``: ``[B, 1, H, W]`` in the normalised space; ``sigma``: scalar or ``[B]``.
+        ``x``: ``[B, 1, H, W]`` in the normalised space, any ``H, W``: a grid that is not a
+        multiple of the UNet's :attr:`~.unet.UNetConfig.size_multiple` is padded with zero
+        activity (at the iterate's noise level) outside the field of view and the result
+        cropped back (:mod:`.padding`); ``sigma``: scalar or ``[B]``.
         """
+        return denoise_padded(self._denoise, x, batch_sigma(x, sigma),
+                              self.config.unet.size_multiple)
+
+    def _denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         s, x_vp, t = vp_inputs(x, sigma, self.schedule)
         return self._adapter.to_x0(x, s, self._net(x_vp, t))
 

@@ -12,11 +12,12 @@ directories named after their orientation::
 
     prior_dir/{xy,yz,xz}/model.safetensors + config.json
 
-Both files are written atomically (temporary file in the same directory, ``fsync``,
-``os.replace``), weights first, so an interrupted save never leaves a config that validates
-against the wrong weights.  :func:`load_model` verifies the sha256 and that every tensor name
-and shape matches the model the config builds; any problem raises ``FileNotFoundError`` or
-``ValueError`` naming the file.
+Both files are written atomically with the user's umask
+(:func:`sirf_diffusion.io.atomic.atomic_write_bytes`: temporary file in the same directory,
+``fsync``, ``os.replace``), weights first, so an interrupted save never leaves a config that
+validates against the wrong weights.  :func:`load_model` verifies the sha256 and that every
+tensor name and shape matches the model the config builds; any problem raises
+``FileNotFoundError`` or ``ValueError`` naming the file.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .._version import __version__
+from ..io.atomic import atomic_write_bytes, atomic_write_text
 from .model import ORIENTATIONS, ScoreModel, ScoreModelConfig
 
 __all__ = ["WEIGHTS_FILE", "CONFIG_FILE", "FORMAT", "save_model", "load_model", "save_prior",
@@ -41,20 +42,6 @@ CONFIG_FILE = "config.json"
 #: Format tag written into ``config.json``.
 FORMAT = "sirf-diffusion-score-model/1"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_model(directory: str | os.PathLike[str], model: ScoreModel,
@@ -101,8 +88,8 @@ def save_model(directory: str | os.PathLike[str], model: ScoreModel,
         text = json.dumps(meta, indent=2, sort_keys=False, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise ValueError(f"model config or 'extra' metadata is not JSON-serialisable: {e}") from e
-    _atomic_write(directory / WEIGHTS_FILE, blob)
-    _atomic_write(directory / CONFIG_FILE, (text + "\n").encode())
+    atomic_write_bytes(directory / WEIGHTS_FILE, blob)
+    atomic_write_text(directory / CONFIG_FILE, text + "\n")
     return directory
 
 

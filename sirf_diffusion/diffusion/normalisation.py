@@ -21,7 +21,21 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["IntensityNormalisation", "support_mean", "well_sampled"]
+__all__ = ["IntensityNormalisation", "support_mask", "support_mean", "well_sampled"]
+
+
+def support_mask(image: torch.Tensor, threshold: float = 0.05, *,
+                 eligible: torch.Tensor | None = None) -> torch.Tensor:
+    """The support of ``image`` ``[..., z, y, x]``: the voxels above ``threshold * max`` of each
+    image, the maximum and the support taken over the ``eligible`` voxels only (default: all;
+    reconstructions pass :func:`well_sampled` voxels: those at the rim of the field of view
+    with a tiny sensitivity take arbitrary EM values, and one of them would otherwise set the
+    maximum).  Returns a boolean tensor of ``image``'s shape."""
+    flat = image.reshape(*image.shape[:-3], -1)
+    ok = torch.ones_like(flat, dtype=torch.bool) if eligible is None else \
+        eligible.reshape(*eligible.shape[:-3], -1).to(torch.bool).expand_as(flat)
+    top = torch.where(ok, flat, torch.zeros_like(flat)).amax(dim=-1, keepdim=True)
+    return (ok & (flat > threshold * top.clamp(min=0))).reshape(image.shape)
 
 
 def support_mean(image: torch.Tensor, mask: torch.Tensor | None = None,
@@ -29,18 +43,12 @@ def support_mean(image: torch.Tensor, mask: torch.Tensor | None = None,
                  ) -> torch.Tensor:
     """Mean of ``image`` over its support, per leading batch element.
 
-    The support is ``mask`` when given, else the voxels above ``threshold * max`` of each
-    image, the maximum and the support being taken over the ``eligible`` voxels only (default:
-    all).  Reconstructions pass the voxels the scanner sees well as ``eligible``: voxels at the
-    edge of the field of view with a tiny sensitivity take arbitrary EM values, and one of them
-    would otherwise set the maximum.  Returns a tensor of shape ``image.shape[:-3]``.
+    The support is ``mask`` when given, else :func:`support_mask` (``threshold``,
+    ``eligible``).  Returns a tensor of shape ``image.shape[:-3]``.
     """
     flat = image.reshape(*image.shape[:-3], -1)
     if mask is None:
-        ok = torch.ones_like(flat, dtype=torch.bool) if eligible is None else \
-            eligible.reshape(*eligible.shape[:-3], -1).to(torch.bool).expand_as(flat)
-        top = torch.where(ok, flat, torch.zeros_like(flat)).amax(dim=-1, keepdim=True)
-        m = ok & (flat > threshold * top.clamp(min=0))
+        m = support_mask(image, threshold, eligible=eligible).reshape(flat.shape)
     else:
         m = mask.reshape(*mask.shape[:-3], -1).to(torch.bool).expand_as(flat)
     count = m.sum(dim=-1)

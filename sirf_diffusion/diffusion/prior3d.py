@@ -28,6 +28,11 @@ score of the normalised geometric mean :math:`\\prod_o p_{o,\\sigma}^{1/|\\mathc
 product of experts).  A method that prefers alternation can build one single-orientation prior
 per orientation and switch between them.  Slices are denoised in chunks of ``chunk_size`` to
 bound memory; chunking does not change the result.
+
+Any volume size works: slices whose sides are not a multiple of a
+:class:`~.model.ScoreModel`'s UNet (e.g. the 127 planes of a ``yz`` or ``xz`` slice of a
+181 x 181 x 127 PETRIC image) are padded with zero activity outside the field of view and
+cropped back by the model itself (:mod:`.padding`), with the same padding for every slice.
 """
 
 from __future__ import annotations

@@ -8,12 +8,14 @@ check that a trained prior has learnt plausible slices (:func:`sample_grid_png`)
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Literal
 
 import torch
 
+from ..io.atomic import atomic_write_bytes, make_dir
 from .denoiser import Denoiser
 from .model import ScoreModel
 from .schedules import ContinuousVP, DiscreteVP, ddpm_sigmas, karras_sigmas, vp_sigmas
@@ -110,6 +112,7 @@ def sample_grid_png(model_or_dir: ScoreModel | str | os.PathLike[str],
     fig.suptitle(f"{n} samples, {model.config.orientation}, {num_steps} steps, eta={eta}",
                  fontsize=8)
     out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    return out
+    make_dir(out.parent)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=100, format=out.suffix.lstrip(".").lower() or "png")
+    return atomic_write_bytes(out, buf.getvalue())

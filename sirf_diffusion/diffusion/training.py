@@ -21,13 +21,22 @@ denoising score-matching loss of :meth:`ScoreModel.training_loss`:
   ``train_config.json``             the resolved :class:`TrainConfig` (+ world size, versions)
   ``loss.csv`` / ``val_loss.csv``   per-step training loss; EMA-model validation loss
   ``loss.png``                      loss curves
-  ``checkpoints/step_XXXXXXXX.pt``  model, EMA, optimiser, step (``torch.load(...,
+  ``checkpoints/step_XXXXXXXX.pt``  model, EMA, optimiser, step, run id (``torch.load(...,
                                     weights_only=True)``), with a ``.sha256`` sidecar; written
-                                    atomically, the previous one kept
+                                    atomically, the previous one of this run kept
   ``model/``                        the EMA model (:func:`~.modelio.save_model`), refreshed at
                                     every checkpoint
   ``data/volumes_*.npz``            cached training/validation volumes
   ================================  ==========================================================
+
+  Every file and folder is created with the user's umask (:mod:`sirf_diffusion.io.atomic`).
+
+* **nothing is lost**: a run folder that holds checkpoints is continued only with ``resume``
+  (else :class:`~sirf_diffusion.io.atomic.OutputExistsError` naming ``--resume``); the export
+  folder is replaced only when it is empty or holds a model exported by this run (the run id
+  drawn when the run started, kept by its resumptions and recorded in the checkpoints and the
+  exported model's ``extra``), unless ``overwrite``; temporary files of a write interrupted by
+  a kill are removed when the next run starts.
 
 The checkpoint and log helpers live in :mod:`sirf_diffusion.diffusion.checkpointing` and are
 re-exported here.
@@ -46,8 +55,8 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -59,20 +68,31 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._version import __version__
+from ..io.atomic import (
+    OutputExistsError,
+    atomic_write_bytes,
+    make_dir,
+    remove_stale_temporaries,
+    temporary_dir,
+    write_json,
+)
 from .checkpointing import (  # noqa: F401  (re-exported: these helpers lived here)
     _CKPT_FORMAT,
     _LOSS_FIELDS,
+    _RESUMABLE_CHANGES,
     CheckpointError,
-    _atomic_write_bytes,
-    _atomic_write_text,
+    _delete_checkpoint,
     _load_latest,
     _open_csv,
     _read_csv,
     _save_checkpoint,
     _truncate_csv,
+    checkpoint_run_id,
+    legacy_run_id,
     list_checkpoints,
     load_checkpoint,
     plot_loss,
+    remove_stale_checkpoint_temporaries,
 )
 from .datasets import (
     Orientation,
@@ -85,15 +105,12 @@ from .datasets import (
 )
 from .ema import EMA
 
-__all__ = ["TrainConfig", "CheckpointError", "train", "load_checkpoint", "list_checkpoints",
-           "plot_loss"]
+__all__ = ["TrainConfig", "CheckpointError", "OutputExistsError", "train", "load_checkpoint",
+           "list_checkpoints", "plot_loss"]
 
 # Tags of the counter-based random streams (see datasets.derive_seed).
 _TAG_INIT, _TAG_NOISE, _TAG_DROPOUT, _TAG_VAL = 11, 12, 13, 14
 _VAL_SEED_OFFSET = 1_000_003
-#: Fields that may differ between an interrupted run and its resumption.
-_RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "keep_checkpoints", "device",
-                                "val_every"})
 
 
 @dataclass
@@ -380,23 +397,22 @@ def _build_model(cfg: TrainConfig, dataset: SliceDataset, seeds: list[int],
 
 def _export_ema(model: nn.Module, ema: EMA, target: Path, extra: dict[str, Any]) -> Path:
     """Write the EMA weights to ``target`` (swapped in whole, never half-written)."""
-    out_dir = target.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_dir(target.parent)
     ema_model = copy.deepcopy(model).to("cpu")
     ema.copy_to(ema_model)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", suffix=".tmp", dir=out_dir))
+    tmp = temporary_dir(out_dir, target.name)
     try:
         if hasattr(ema_model, "config") and hasattr(ema_model, "training_loss"):
             from .modelio import save_model
 
             save_model(tmp, ema_model, extra)
         else:  # a test/custom network without ScoreModelConfig: weights + extra only
-            from safetensors.torch import save_file
+            from safetensors.torch import save
 
-            save_file({k: v.contiguous() for k, v in ema_model.state_dict().items()},
-                      str(tmp / "model.safetensors"))
-            (tmp / "extra.json").write_text(json.dumps(extra, indent=2))
-        old = out_dir / (target.name + ".old")
+            blob = save({k: v.contiguous() for k, v in ema_model.state_dict().items()})
+            atomic_write_bytes(tmp / "model.safetensors", blob)  # save_file would give 0600
+            write_json(tmp / "extra.json", extra)
+        old = _previous_export(target)
         if old.exists():
             shutil.rmtree(old)
         if target.exists():
@@ -406,6 +422,71 @@ def _export_ema(model: nn.Module, ema: EMA, target: Path, extra: dict[str, Any])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _previous_export(target: Path) -> Path:
+    """Where :func:`_export_ema` parks the previous export while swapping in the new one."""
+    return target.parent / (target.name + ".old")
+
+
+def _recover_export(target: Path) -> None:
+    """Undo what a kill during :func:`_export_ema`'s swap left: stale temporary folders, and a
+    previous export parked beside a missing ``target`` (moved back)."""
+    remove_stale_temporaries(target.parent, target.name)
+    old = _previous_export(target)
+    if old.is_dir():
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, target)
+
+
+def _export_owner(export_dir: Path) -> str | None:
+    """Run id of the model in ``export_dir``: ``None`` when the folder is absent or empty, ``''``
+    when what it holds was not exported by :func:`train` (models exported before run ids were
+    recorded: :func:`~.checkpointing.legacy_run_id` of their training config)."""
+    if not export_dir.exists() or (export_dir.is_dir() and not any(export_dir.iterdir())):
+        return None
+    for name, section in (("config.json", "extra"), ("extra.json", None)):
+        try:
+            meta = json.loads((export_dir / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        extra = meta.get(section) if section and isinstance(meta, dict) else meta
+        if not isinstance(extra, dict):
+            continue
+        if isinstance(extra.get("run_id"), str) and extra["run_id"]:
+            return extra["run_id"]
+        if isinstance(extra.get("train_config"), dict):
+            return legacy_run_id(extra["train_config"])
+    return ""
+
+
+def _check_export_dir(export_dir: Path, out: Path, run_id: str | None, resume: bool,
+                      overwrite: bool) -> None:
+    """Refuse to replace a model in ``export_dir`` that the run ``run_id`` did not export."""
+    if export_dir.exists() and not export_dir.is_dir():
+        raise OutputExistsError(f"the model folder {export_dir} is a file; choose another "
+                                "output folder")
+    owner = _export_owner(export_dir)
+    if owner is None or overwrite or (run_id is not None and owner == run_id):
+        return
+    what = "a model" if owner else "files"
+    hint = ("pass --overwrite (overwrite=True) to replace it, or choose another output folder"
+            if resume else "continue the run that wrote it with --resume (resume=True), or "
+            "pass --overwrite (overwrite=True) to replace it")
+    raise OutputExistsError(f"{export_dir} holds {what} that this training run ({out}) did not "
+                            f"write; not replacing it: {hint}")
+
+
+def _remove_stale_files(out: Path, export_dir: Path, cache_in_run: bool) -> None:
+    """Temporary files and folders of writes a kill interrupted (the run's own folders only:
+    a shared ``cache_dir`` may be written by another run at this moment)."""
+    remove_stale_temporaries(out)
+    remove_stale_checkpoint_temporaries(out)
+    if cache_in_run:
+        remove_stale_temporaries(out / "data")
+    _recover_export(export_dir)
 
 
 # ------------------------------------------------------------------------------------- data
@@ -507,7 +588,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = Fal
           progress: bool = True, volume_source: VolumeSource | None = None,
           model_factory: Callable[[], nn.Module] | None = None,
           callback: Callable[[dict[str, Any]], None] | None = None,
-          export_dir: str | os.PathLike | None = None) -> Path:
+          export_dir: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
     """Train one orientation of the slice score prior (see module docstring).
 
     Parameters
@@ -515,7 +596,8 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = Fal
     config
         The run's :class:`TrainConfig`.
     out_dir
-        Run folder (created).  Without ``resume`` it must not hold checkpoints yet.
+        Run folder (created).  Without ``resume`` it must not hold checkpoints yet (unless
+        ``overwrite``).
     resume
         Continue from the newest readable checkpoint in ``out_dir`` (falling back to the
         previous one, with a warning, if the newest is corrupt); starts afresh if there is none.
@@ -534,12 +616,29 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = Fal
         ``torchrun`` it must behave the same on every rank.
     export_dir
         Where the EMA model is exported (default ``out_dir/model``), e.g. ``prior/xy`` of a
-        prior folder read by :func:`~.modelio.load_prior`.
+        prior folder read by :func:`~.modelio.load_prior`.  It must be absent, empty or hold
+        an earlier export of this run (a resumed run replaces its own export).
+    overwrite
+        Start a new run even though ``out_dir`` holds checkpoints (they are deleted), and
+        replace whatever model ``export_dir`` holds (at the first export, so a run that fails
+        before it leaves that model in place).
 
     Returns
     -------
     Path
         The folder of the exported EMA model.
+
+    Raises
+    ------
+    OutputExistsError
+        ``out_dir`` holds checkpoints but neither ``resume`` nor ``overwrite`` is given, or
+        ``export_dir`` holds a model (or other files) this run did not export and
+        ``overwrite`` is not given; raised before any work.
+    CheckpointError
+        ``resume`` and ``out_dir`` holds checkpoint files none of which can be loaded.
+    ValueError
+        ``resume`` with a configuration that differs from the checkpoint's in a field that
+        must not change.
     """
     cfg = dataclasses.replace(config)  # validated copy
     out = Path(out_dir)
@@ -547,7 +646,8 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = Fal
         cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
     try:
         return _train(cfg, out, dist_ctx, resume, progress, volume_source, model_factory,
-                      callback, Path(export_dir) if export_dir is not None else out / "model")
+                      callback, Path(export_dir) if export_dir is not None else out / "model",
+                      overwrite)
     finally:
         if dist_ctx.owns_group:
             torch.distributed.destroy_process_group()
@@ -555,15 +655,24 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = Fal
 
 def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress: bool,
            volume_source: VolumeSource | None, model_factory: Callable[[], nn.Module] | None,
-           callback: Callable[[dict[str, Any]], None] | None, export_dir: Path) -> Path:
+           callback: Callable[[dict[str, Any]], None] | None, export_dir: Path,
+           overwrite: bool) -> Path:
     main = dist_ctx.is_main
     device = _resolve_device(cfg.device, dist_ctx)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"the training run folder {out} is a file")
+    existing = list_checkpoints(out)  # before any rank deletes anything
+    if existing and not (resume or overwrite):
+        raise OutputExistsError(f"{out} already holds the checkpoints of a training run: "
+                                "continue it with --resume (resume=True), or pass --overwrite "
+                                "(overwrite=True) to start again")
     if main:
-        out.mkdir(parents=True, exist_ok=True)
+        make_dir(out)
+        _remove_stale_files(out, export_dir, cache_in_run=cfg.cache_dir is None)
+        if existing and not resume:  # overwrite: a new run, the old checkpoints go
+            for path in existing:
+                _delete_checkpoint(path)
     dist_ctx.barrier()
-    if not resume and list_checkpoints(out):
-        raise FileExistsError(f"{out} already holds checkpoints; pass resume=True to continue "
-                              "that run or choose another out_dir")
 
     ckpt = None
     if resume:
@@ -576,6 +685,9 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
             saved = json.loads(ckpt["config"])
             if cfg.micro_batches is None:
                 cfg.micro_batches = saved.get("micro_batches")
+    # the run's identity: drawn by a new run, kept by its resumptions
+    run_id = checkpoint_run_id(ckpt) if ckpt is not None else uuid.uuid4().hex
+    _check_export_dir(export_dir, out, run_id if ckpt is not None else None, resume, overwrite)
     if cfg.micro_batches is None:
         cfg.micro_batches = dist_ctx.world_size
     if cfg.micro_batches % dist_ctx.world_size or cfg.batch_size % cfg.micro_batches:
@@ -620,8 +732,8 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
         resolved = {**cfg_dict, "_world_size": dist_ctx.world_size,
                     "_torch": str(torch.__version__),
                     "_sirf_diffusion": __version__, "_dataset": train_ds.describe(),
-                    "_train_seeds": seeds}
-        _atomic_write_text(out / "train_config.json", json.dumps(resolved, indent=2) + "\n")
+                    "_train_seeds": seeds, "_run_id": run_id}
+        write_json(out / "train_config.json", resolved)
         for name in ("loss.csv", "val_loss.csv"):
             if start == 0:
                 (out / name).unlink(missing_ok=True)
@@ -634,7 +746,7 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
 
         loss_module = DistributedDataParallel(
             loss_module, device_ids=[device.index] if device.type == "cuda" else None)
-    extra = {"train_config": cfg_dict, "dataset": train_ds.describe()}
+    extra = {"train_config": cfg_dict, "dataset": train_ds.describe(), "run_id": run_id}
 
     def export(step: int) -> None:
         if main:
@@ -644,7 +756,7 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
     def checkpoint(step: int) -> Path | None:
         path = None
         if main:
-            payload = {"format": _CKPT_FORMAT, "step": step,
+            payload = {"format": _CKPT_FORMAT, "step": step, "run_id": run_id,
                        "model": model.state_dict(), "ema": ema.state_dict(),
                        "optimizer": opt.state_dict(), "config": json.dumps(cfg_dict),
                        "rng": {"scheme": "counter-based: every draw of step k is seeded by "

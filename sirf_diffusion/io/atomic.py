@@ -7,7 +7,9 @@ umask; :func:`tempfile.mkstemp` would leave ``0o600``), then moved into place wi
 a partial write, and a failure (including ``KeyboardInterrupt``) removes the temporary file.
 
 Temporary names are ``.<name>.<random>.tmp``; :func:`remove_stale_temporaries` deletes those
-left behind by a process that was killed mid-write.
+left behind by a process that was killed mid-write.  A result that is a folder is built in
+:func:`temporary_dir` (same naming, the umask's folder permissions; :func:`tempfile.mkdtemp`
+would leave ``0o700``) and moved into place with :func:`os.replace`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,13 +25,21 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = ["current_umask", "file_mode", "dir_mode", "atomic_write", "atomic_write_bytes",
-           "atomic_write_text", "write_json", "json_safe", "make_dir",
-           "remove_stale_temporaries", "TMP_SUFFIX"]
+           "atomic_write_text", "write_json", "json_safe", "make_dir", "temporary_dir",
+           "remove_stale_temporaries", "OutputExistsError", "TMP_SUFFIX"]
 
 PathLike = str | os.PathLike[str]
 
 #: Suffix of the temporary files written by :func:`atomic_write`.
 TMP_SUFFIX = ".tmp"
+
+
+class OutputExistsError(FileExistsError):
+    """An output location holds results this call did not produce and must not replace.
+
+    The message names the location and what to do (e.g. the ``--overwrite`` / ``--resume``
+    flags); the command line reports it as one line with exit code 2.
+    """
 
 
 def current_umask() -> int:
@@ -53,6 +64,17 @@ def make_dir(path: PathLike) -> Path:
     p = Path(path)
     p.mkdir(parents=True, exist_ok=True)
     return p
+
+
+def temporary_dir(folder: PathLike, name: str) -> Path:
+    """A new empty folder ``folder/.<name>.<random>.tmp`` with the umask's permissions.
+
+    Build a result folder in it, then move it onto ``folder/name`` with :func:`os.replace`;
+    :func:`remove_stale_temporaries` (``name``) removes one left by a killed process.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=TMP_SUFFIX, dir=folder))
+    os.chmod(tmp, dir_mode())
+    return tmp
 
 
 @contextmanager
@@ -125,18 +147,22 @@ def write_json(path: PathLike, obj: Any, *, indent: int = 2) -> Path:
 
 
 def remove_stale_temporaries(folder: PathLike, name: str | None = None) -> list[Path]:
-    """Delete the temporary files :func:`atomic_write` leaves when a process is killed mid-write.
+    """Delete the temporaries :func:`atomic_write` / :func:`temporary_dir` leave when a process
+    is killed mid-write.
 
-    Only files named ``.<name>.*.tmp`` (any name when ``name`` is ``None``) directly in
-    ``folder`` are removed; returns them.
+    Only files and folders named ``.<name>.*.tmp`` (any name when ``name`` is ``None``) directly
+    in ``folder`` are removed; returns them.  Call it when a run starts, for a folder that no
+    other process writes at the same time (another writer's temporary would be removed).
     """
     folder = Path(folder)
     if not folder.is_dir():
         return []
     pattern = f".{name}.*{TMP_SUFFIX}" if name else f".*{TMP_SUFFIX}"
     removed = []
-    for p in folder.glob(pattern):
-        if p.is_file():
+    for p in sorted(folder.glob(pattern)):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
             p.unlink(missing_ok=True)
-            removed.append(p)
+        removed.append(p)
     return removed

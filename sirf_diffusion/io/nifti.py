@@ -34,12 +34,14 @@ oblique affines are refused.
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 
 import numpy as np
 
 from ..physics.geometry import ImageGeometry
+from .atomic import atomic_write_bytes
 
 __all__ = ["nifti_affine", "write_nifti", "read_nifti"]
 
@@ -85,14 +87,10 @@ def write_nifti(path: PathLike, array, geometry: ImageGeometry) -> Path:
     img.header.set_xyzt_units("mm")
     img.set_sform(affine, code=1)
     img.set_qform(affine, code=1)
-    ext = ".nii.gz" if p.name.endswith(".gz") else ".nii"
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}{ext}")
-    try:
-        nib.save(img, str(tmp))
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    data = img.to_bytes()
+    if p.name.endswith(".gz"):
+        data = gzip.compress(data, mtime=0)
+    atomic_write_bytes(p, data)
     return p
 
 
