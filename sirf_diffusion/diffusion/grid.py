@@ -39,7 +39,7 @@ from .resampling import ResampledDenoiser, as_voxel_size
 from .window import WindowedDenoiser, object_window
 
 __all__ = ["VOXEL_SIZE_TOLERANCE", "FIELD_OF_VIEW_RATIO", "slice_models", "training_voxel_size",
-           "prior_voxel_size", "check_prior_grid", "fit_prior_to_grid"]
+           "prior_voxel_size", "field_of_view_ratio", "check_prior_grid", "fit_prior_to_grid"]
 
 #: Largest relative difference between image and training voxel sizes used without a warning.
 VOXEL_SIZE_TOLERANCE = 0.10
@@ -195,6 +195,23 @@ def check_prior_grid(denoiser: Denoiser, image_shape: Sequence[int],
                     "estimate inside the object; pass support= (a mask of the object) to "
                     "denoise on a window around it")
     return messages
+
+
+def field_of_view_ratio(denoiser: Denoiser, image_shape: Sequence[int],
+                        voxel_size_mm: Sequence[float]) -> float | None:
+    """In-plane field of view of the image over that of the xy model's training slices (the
+    larger of the two axes); ``None`` when the denoiser has no xy model recording its training
+    voxel size, or is already windowed."""
+    if any(isinstance(w, WindowedDenoiser) for w in _chain(denoiser)):
+        return None
+    model = slice_models(denoiser).get("xy")
+    trained = None if model is None else training_voxel_size(model)
+    if trained is None:
+        return None
+    shape = _shape(image_shape)
+    voxel = as_voxel_size(voxel_size_mm, "voxel_size_mm")
+    prior_fov = _training_fov(model, trained)
+    return max(shape[1] * voxel[1] / prior_fov[0], shape[2] * voxel[2] / prior_fov[1])
 
 
 def _training_fov(model: Any, trained: tuple[float, float, float]) -> tuple[float, float]:

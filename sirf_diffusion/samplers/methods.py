@@ -62,7 +62,12 @@ def reconstruct(method: Method, likelihood: Likelihood, denoiser: Denoiser,
             Source of all randomness (initial noise and stochastic re-noising).
         ``support_mask``
             Support over which the scale is the mean activity (default: above 5 % of the
-            maximum of the well-sampled voxels).
+            maximum of the well-sampled voxels); also the object around which a windowed
+            prior denoises.
+        ``prior_window``
+            Denoise on a window around the object, zero activity outside: ``None`` (default)
+            when the in-plane field of view is more than 1.25 times the prior's (real scanner
+            grids), ``True`` always, ``False`` never (:mod:`.run`, step 4).
         ``dtype``
             Dtype of the diffusion iterates (the denoiser's; default float32).
 

@@ -25,11 +25,20 @@ Steps of :func:`prepare`:
 3. the noise levels come from the denoiser's own VP schedule when it has one (``ScoreModel``, or
    the models of a ``PerpendicularPrior3D``), else the default VP-SDE, uniform in ``t``
    (:func:`~sirf_diffusion.diffusion.sampling.sampling_sigmas`), or are given as ``sigmas``;
-4. a :class:`~.loop.DiffusionStepper` starts ``num_samples`` chains at once (batch dimension)
+4. when the image's in-plane field of view is more than
+   :data:`~sirf_diffusion.diffusion.grid.FIELD_OF_VIEW_RATIO` times that of the prior's training
+   slices (real scanner grids such as 181 x 181 or 285 x 285 voxels of about 2 mm), the prior
+   denoises a window around the object (the support of the initial image) and returns zero
+   activity outside it (:class:`~sirf_diffusion.diffusion.window.WindowedDenoiser`): on the
+   whole of such a grid the shipped prior is no better than OSEM (``docs/prior_boundary``).
+   ``prior_window=True`` forces the window, ``False`` turns it off, ``None`` (default) decides
+   by the field of view;
+5. a :class:`~.loop.DiffusionStepper` starts ``num_samples`` chains at once (batch dimension)
    from ``sigma_0 z``.
 
 Options (:data:`METHODS`): every method takes the common options ``num_steps``, ``sigmas``,
-``eta``, ``num_samples``, ``generator``, ``support_mask``, ``dtype``, ``progress``; each method
+``eta``, ``num_samples``, ``generator``, ``support_mask``, ``prior_window``, ``dtype``,
+``progress``; each method
 its own.  ``None`` means "the default", and every default comes from
 :data:`~sirf_diffusion.samplers.defaults.METHOD_DEFAULTS`.  An option of another method, or an
 unknown (misspelt) one, is an error naming the method and its options.
@@ -47,7 +56,14 @@ from typing import Any, Literal
 import torch
 
 from ..diffusion.denoiser import Denoiser
-from ..diffusion.normalisation import IntensityNormalisation, support_mean, well_sampled
+from ..diffusion.grid import FIELD_OF_VIEW_RATIO, field_of_view_ratio, fit_prior_to_grid
+from ..diffusion.normalisation import (
+    IntensityNormalisation,
+    support_mask,
+    support_mean,
+    well_sampled,
+)
+from ..diffusion.window import WindowedDenoiser
 from ..likelihood import Likelihood
 from .dds import AnchoredEMDC
 from .defaults import METHOD_DEFAULTS
@@ -66,7 +82,7 @@ Method = Literal["lisch", "dds", "dps"]
 #: Options every method takes, with their defaults where ``METHOD_DEFAULTS`` has none.
 COMMON_OPTIONS: Mapping[str, Any] = MappingProxyType({
     "num_steps": None, "sigmas": None, "eta": 0.0, "num_samples": 1, "generator": None,
-    "support_mask": None, "dtype": torch.float32, "progress": False})
+    "support_mask": None, "prior_window": None, "dtype": torch.float32, "progress": False})
 
 
 # ----------------------------------------------------------------------------- noise levels
@@ -187,6 +203,28 @@ def _prepare_dps(likelihood: Likelihood, opt: dict[str, Any], num_steps: int,
                         opt["step_normalisation"])
     config.update(step_size=rule.step_size, step_normalisation=rule.step_normalisation)
     return _Parts(rule, norm, image, cost, None, config)
+
+
+def _prior_window(denoiser: Denoiser, likelihood: Likelihood, image: torch.Tensor | None,
+                  mask: torch.Tensor | None, option: bool | None) -> Denoiser:
+    """The denoiser, windowed around the object when the field of view asks for it (step 4).
+
+    The object is ``mask`` when given, else the support of the initial ``image`` (above 5 % of
+    its maximum over the well-sampled voxels); without either there is no window.
+    """
+    if option is not None and not isinstance(option, bool):
+        raise ValueError(f"prior_window must be True, False or None (auto), got {option!r}")
+    if option is False or (image is None and mask is None):
+        return denoiser
+    ratio = field_of_view_ratio(denoiser, likelihood.image_shape, likelihood.voxel_size_mm)
+    if option is None and (ratio is None or ratio <= FIELD_OF_VIEW_RATIO):
+        return denoiser
+    if mask is None:
+        assert image is not None
+        eligible = well_sampled(likelihood.sensitivity(None, like=image))
+        mask = support_mask(image.reshape(likelihood.image_shape), eligible=eligible)
+    return fit_prior_to_grid(denoiser, likelihood.image_shape, likelihood.voxel_size_mm,
+                             support=mask.to(torch.bool))
 
 
 @dataclass(frozen=True)
@@ -411,6 +449,10 @@ def prepare(method: Method, likelihood: Likelihood, denoiser: Denoiser,
                               "num_samples": num_samples, "sigma_max": float(sigmas[0]),
                               "sigma_min": float(sigmas[-2]), **parts.config,
                               "normalisation": norm.to_dict()}
+    denoiser = _prior_window(denoiser, likelihood, parts.init_image, opt["support_mask"],
+                             opt["prior_window"])
+    config["prior_window"] = (list(denoiser.window) if isinstance(denoiser, WindowedDenoiser)
+                              else None)
     dtype = opt["dtype"]
     shape = tuple(norm.to_prior(torch.zeros(num_samples, *likelihood.image_shape,
                                             dtype=dtype)).shape)

@@ -1,0 +1,77 @@
+"""``prepare`` denoises on a window around the object on grids larger than the prior's (step 4).
+
+The shipped xy prior was trained on 112 x 112 slices of 2.086 mm (234 mm); on a 181 x 181 or
+285 x 285 grid of that voxel size most of the slice is background, so ``prepare`` wraps the
+denoiser in a :class:`WindowedDenoiser` around the support of the initial image.  No network is
+evaluated here: the decision and the window only need the model's configuration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from sirf_diffusion.diffusion import load_model
+from sirf_diffusion.diffusion.window import WindowedDenoiser
+from sirf_diffusion.models import default_prior_dir
+from sirf_diffusion.samplers.run import _prior_window
+
+VOXEL = (2.03125, 2.08626, 2.08626)
+
+
+@dataclass
+class _Grid:
+    """The part of a likelihood the window decision reads."""
+
+    image_shape: tuple[int, int, int]
+    voxel_size_mm: tuple[float, float, float] = VOXEL
+
+    def sensitivity(self, subset=None, like=None):
+        return torch.ones(self.image_shape)
+
+
+@pytest.fixture(scope="module")
+def prior():
+    return load_model(default_prior_dir() / "xy").eval()
+
+
+def _head(shape, centre, radius):
+    z, y, x = torch.meshgrid(*(torch.arange(n, dtype=torch.float32) for n in shape),
+                             indexing="ij")
+    return ((y - centre[0]) ** 2 + (x - centre[1]) ** 2 <= radius ** 2).float() * 3.0 + 0.01
+
+
+@pytest.mark.parametrize("n", [181, 285])
+def test_large_grids_get_a_window_around_the_object(prior, n):
+    shape = (1, n, n)
+    image = _head(shape, (n // 2 + 7, n // 2 - 11), 40)
+    d = _prior_window(prior, _Grid(shape), image, None, None)
+    assert isinstance(d, WindowedDenoiser) and d.denoiser is prior
+    top, left, h, w = d.window
+    assert h >= 112 and w >= 112 and h % 8 == 0 and w % 8 == 0
+    inside = image[0] > 1
+    ys, xs = inside.nonzero(as_tuple=True)
+    assert top <= int(ys.min()) and int(ys.max()) < top + h       # the object is in the window
+    assert left <= int(xs.min()) and int(xs.max()) < left + w
+    assert top + h <= n and left + w <= n
+
+
+def test_the_prior_grid_is_left_alone_and_the_option_decides(prior):
+    shape = (1, 128, 128)            # 1.14 x the prior's field of view: no window by default
+    image = _head(shape, (64, 64), 40)
+    assert _prior_window(prior, _Grid(shape), image, None, None) is prior
+    assert _prior_window(prior, _Grid(shape), image, None, False) is prior
+    assert isinstance(_prior_window(prior, _Grid(shape), image, None, True), WindowedDenoiser)
+    big = (1, 285, 285)
+    assert _prior_window(prior, _Grid(big), _head(big, (140, 140), 40), None, False) is prior
+    assert _prior_window(prior, _Grid(big), None, None, None) is prior   # nothing to centre on
+    with pytest.raises(ValueError, match="prior_window"):
+        _prior_window(prior, _Grid(big), None, None, "yes")
+
+
+def test_a_toy_denoiser_is_never_windowed_automatically():
+    shape = (1, 285, 285)
+    toy = lambda x, sigma: x  # noqa: E731
+    assert _prior_window(toy, _Grid(shape), _head(shape, (140, 140), 40), None, None) is toy
