@@ -49,7 +49,8 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="diffusion methods: number of generative steps")
     p.add_argument("--mlem-iterations", type=int, default=None,
                    help="PET-LiSch: MLEM iteration count K that sets the prior/data balance")
-    p.add_argument("--samples", type=int, default=1, help="diffusion methods: number of posterior samples")
+    p.add_argument("--samples", type=int, default=None,
+                   help="diffusion methods: number of posterior samples (chains) averaged")
     p.add_argument("--zeta", type=float, default=None,
                    help="DPS: misfit-normalised step size (default 2000; depends on the data)")
     p.add_argument("--physics", choices=("torch", "stir", "sirf"), default="torch",

@@ -33,11 +33,11 @@ def run_demo(out: Path, *, counts_per_mm3: float = 2.5, subject_index: int = 0, 
     from .data.simulate import SimulationConfig, simulate_scan, write_simulated_case
     from .data.splits import subject_seeds
     from .likelihood import PoissonLogLikelihood
-    from .metrics import metrics_table
+    from .metrics import image_metrics, metrics_table
     from .models import has_default_prior
     from .plotting import save_curves, save_image_row
     from .recon import RelativeDifferencePrior, map_em, osem
-    from .workflows import image_metrics, write_json
+    from .io.atomic import atomic_write_text, write_json
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -97,7 +97,7 @@ def run_demo(out: Path, *, counts_per_mm3: float = 2.5, subject_index: int = 0, 
     # -- PET-LiSch with the shipped prior (when available): small sweep of K like the others
     if has_default_prior("xy"):
         from .samplers.methods import reconstruct
-        from .workflows import load_slice_prior
+        from .diffusion.loading import load_slice_prior
 
         denoiser = load_slice_prior(None, "xy")
         # 20 steps with K 20-40: the PET-LiSch points that are both faster and more accurate
@@ -132,7 +132,8 @@ def run_demo(out: Path, *, counts_per_mm3: float = 2.5, subject_index: int = 0, 
                 out / "demo_rdp_nrmse.png", xlabel="beta", ylabel="NRMSE in brain",
                 title="MAP-EM-RDP: NRMSE vs beta", logx=True)
     table = metrics_table(rows)
-    (out / "metrics.md").write_text(
+    atomic_write_text(
+        out / "metrics.md",
         f"Demo: test subject {seed}, {counts_per_mm3} counts/mm^3 "
         f"({scan.info['prompt_counts']:.0f} prompts).\n\n{table}\n")
     write_json(out / "metrics.json", rows)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -17,18 +17,39 @@ from typing import Any
 import numpy as np
 import torch
 
+from .diffusion.loading import _default_prior_dir, load_denoiser
+from .io.atomic import write_json
+from .metrics import image_metrics
+from .samplers.defaults import METHOD_DEFAULTS
+
 __all__ = ["cmd_simulate", "cmd_reconstruct", "cmd_demo", "cmd_train", "cmd_sample",
-           "load_case", "case_physics", "load_denoiser", "image_metrics", "reconstruct_classical", "write_json"]
+           "load_case", "case_physics", "reconstruct_classical"]
+
+#: Names that moved out of this module: name -> (module, attribute).
+_MOVED = {
+    "load_slice_prior": ("sirf_diffusion.diffusion.loading", "load_slice_prior"),
+    "load_denoiser": ("sirf_diffusion.diffusion.loading", "load_denoiser"),
+    "_default_prior_dir": ("sirf_diffusion.diffusion.loading", "_default_prior_dir"),
+    "image_metrics": ("sirf_diffusion.metrics", "image_metrics"),
+    "write_json": ("sirf_diffusion.io.atomic", "write_json"),
+}
 
 
-def write_json(path: str | Path, obj: Any) -> Path:
-    """Write JSON atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
-    os.replace(tmp, path)
-    return path
+def __getattr__(name: str) -> Any:
+    """Deprecated names: the loaders, metrics and JSON writer moved to the library layers."""
+    import importlib
+
+    if name == "DPS_DEFAULT_ZETA":
+        warnings.warn("sirf_diffusion.workflows.DPS_DEFAULT_ZETA is deprecated: use "
+                      "sirf_diffusion.samplers.defaults.METHOD_DEFAULTS['dps']['step_size']",
+                      DeprecationWarning, stacklevel=2)
+        return float(METHOD_DEFAULTS["dps"]["step_size"])
+    if name in _MOVED:
+        module, attr = _MOVED[name]
+        warnings.warn(f"sirf_diffusion.workflows.{name} is deprecated: use {module}.{attr}",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ----------------------------------------------------------------------------- cases
@@ -70,35 +91,6 @@ def case_physics(case, meta: dict, *, num_subsets: int = 1, device: str = "cpu",
     return AcquisitionModel(case.sinogram_geometry, case.image_geometry,
                             multiplicative=t(case.multiplicative), additive=t(case.additive),
                             psf_fwhm_mm=psf, num_subsets=num_subsets)
-
-
-def image_metrics(x: Any, reference: Any, masks: dict[str, Any]) -> dict[str, float]:
-    """NRMSE / PSNR / SSIM in the brain (or whole object) and lesion CRCs, when masks allow."""
-    from . import metrics as M
-
-    x = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)
-    ref = np.asarray(reference, dtype=np.float64)
-    region = masks.get("brain", masks.get("whole_object"))
-    region = None if region is None else np.asarray(region) > 0.5
-    out = {"nrmse": float(M.nrmse(x, ref, region)), "psnr": float(M.psnr(x, ref, region)),
-           "ssim": float(M.ssim(x, ref, region))}
-    if region is not None:
-        lesion_all = np.zeros_like(region)
-        for k in ("lesion_hot", "lesion_cold"):
-            if k in masks:
-                lesion_all |= np.asarray(masks[k]) > 0.5
-        bg = region & ~lesion_all
-        for k in ("lesion_hot", "lesion_cold"):
-            if k in masks and (np.asarray(masks[k]) > 0.5).any():
-                les = np.asarray(masks[k]) > 0.5
-                true_ratio = ref[les].mean() / ref[bg].mean()
-                if abs(true_ratio - 1) > 1e-3:
-                    # an image that is zero over the background (e.g. a diverged sampler) has
-                    # no CRC: NaN, so that a sweep still reports its other metrics
-                    bg_mean = float(x[bg].mean())
-                    out[f"crc_{k.split('_')[1]}"] = (
-                        float(M.crc(x, les, bg, true_ratio)) if bg_mean != 0.0 else float("nan"))
-    return out
 
 
 def reconstruct_classical(method: str, likelihood, *, iterations: int, subsets: int,
@@ -184,7 +176,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         resolved.update(num_network_evaluations=result.num_network_evaluations,
                         num_likelihood_evaluations=result.num_likelihood_evaluations)
         result.save(out / "posterior", plot=True)
-        if args.samples > 1:
+        if result.sample.shape[0] > 1:
             extra_row = {"posterior std": result.std.reshape(case.image_geometry.shape)}
             write_image(out / "std.hv", extra_row["posterior std"].cpu().numpy(), case.image_geometry)
     else:
@@ -255,71 +247,30 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_slice_prior(model_dir: str | Path | None = None, orientation: str = "xy"):
-    """The 2D score model of ``model_dir`` (a model folder or a prior folder with one sub-folder
-    per orientation); default: the prior shipped with the package."""
-    from .diffusion import load_model
-
-    d = Path(model_dir) if model_dir else _default_prior_dir(orientation)
-    if (d / orientation / "config.json").is_file():
-        d = d / orientation
-    if not (d / "config.json").is_file():
-        raise FileNotFoundError(
-            f"no score model in {d}: train one with `sirf-diffusion train --out DIR` or pass --model")
-    return load_model(d).eval()
-
-
-def load_denoiser(model_dir: str | Path | None = None, num_slices: int = 1):
-    """The denoiser for images of ``num_slices`` axial slices: the xy slice model for one slice,
-    else a :class:`~sirf_diffusion.diffusion.PerpendicularPrior3D` of the orientations found in
-    ``model_dir`` (default: the shipped prior)."""
-    from .diffusion import PerpendicularPrior3D
-
-    if num_slices == 1:
-        return load_slice_prior(model_dir, "xy")
-    models = {}
-    for o in ("xy", "yz", "xz"):
-        try:
-            models[o] = load_slice_prior(model_dir, o)
-        except FileNotFoundError:
-            continue
-    if not models:
-        raise FileNotFoundError("no score model found for a 3D reconstruction")
-    return PerpendicularPrior3D(models)
-
-
-#: DPS ``zeta`` of the CLI: with 3000 the best of 10-10000 on simulated 2.5 counts/mm^3 brain
-#: slices (NRMSE 0.255 vs 0.254; ``docs/evaluation/dps_zeta_sweep``).  The misfit normalisation
-#: divides by the KL summed over every sinogram bin, so zeta is O(10^3).  It depends on the
-#: data: sweep it for yours.
-DPS_DEFAULT_ZETA = 2000.0
-
-
 def run_diffusion_method(method: str, likelihood, *, model_dir: str | Path | None = None,
                          num_steps: int | None = None, num_mlem_iterations: int | None = None,
-                         num_samples: int = 1, seed: int = 0, progress: bool = True,
+                         num_samples: int | None = None, seed: int = 0, progress: bool = True,
                          step_size: float | None = None):
     """PET-LiSch / PET-DDS / DPS on a 2D case with a slice prior (3D: a perpendicular prior).
 
-    ``step_size`` is DPS's misfit-normalised ``zeta`` (default :data:`DPS_DEFAULT_ZETA`).
+    ``None`` means the method's default (steps, samples, ``K``, DPS's misfit-normalised
+    ``zeta`` = ``step_size``) from :data:`~sirf_diffusion.samplers.defaults.METHOD_DEFAULTS`.
     """
     from .samplers.methods import reconstruct
 
+    defaults = METHOD_DEFAULTS[method]
     denoiser = load_denoiser(model_dir, likelihood.physics.image_shape[0])
     options: dict[str, Any] = {}
-    if method == "lisch" and num_mlem_iterations:
-        options["num_mlem_iterations"] = num_mlem_iterations
+    if method == "lisch":
+        options["num_mlem_iterations"] = (defaults["num_mlem_iterations"]
+                                          if num_mlem_iterations is None else num_mlem_iterations)
     if method == "dps":
-        options["step_size"] = DPS_DEFAULT_ZETA if step_size is None else step_size
+        options["step_size"] = defaults["step_size"] if step_size is None else step_size
     g = torch.Generator().manual_seed(seed)
-    return reconstruct(method, likelihood, denoiser, num_steps=num_steps or 50,
-                       num_samples=num_samples, generator=g, progress=progress, **options)
-
-
-def _default_prior_dir(orientation: str = "xy") -> Path:
-    from .models import default_prior_dir
-
-    return default_prior_dir() / orientation
+    return reconstruct(method, likelihood, denoiser,
+                       num_steps=defaults["num_steps"] if num_steps is None else num_steps,
+                       num_samples=defaults["num_samples"] if num_samples is None else num_samples,
+                       eta=defaults["eta"], generator=g, progress=progress, **options)
 
 
 def settings_dict(obj: Any) -> dict:

@@ -121,10 +121,10 @@ def test_reconstruct_lisch_with_a_tiny_model(case_dir, tmp_path):
     assert config["method"] == "lisch" and config["model"] == str(tmp_path / "tiny")
     assert config["sampler"]["num_steps"] == 3 and config["sampler"]["num_samples"] == 2
     assert config["num_network_evaluations"] > 0
-    # DPS takes its step size from --zeta (default: workflows.DPS_DEFAULT_ZETA)
-    from sirf_diffusion.workflows import DPS_DEFAULT_ZETA
+    # DPS takes its step size from --zeta (default: METHOD_DEFAULTS)
+    from sirf_diffusion.samplers.defaults import METHOD_DEFAULTS
 
-    for extra, zeta in (((), DPS_DEFAULT_ZETA), (("--zeta", "750"), 750.0)):
+    for extra, zeta in (((), METHOD_DEFAULTS["dps"]["step_size"]), (("--zeta", "750"), 750.0)):
         out = tmp_path / f"dps{len(extra)}"
         assert _reconstruct(case_dir, out, "--method", "dps", "--model", str(tmp_path / "tiny"),
                             "--steps", "2", *extra) == 0

@@ -284,7 +284,7 @@ def test_cil_algorithm_on_sirf_physics_with_a_sirf_template(pet, case_dir):
     require("cil")
     from sirf_diffusion.integrations.cil import DecomposedDiffusion
     from sirf_diffusion.integrations.sirf import sirf_likelihood
-    from sirf_diffusion.workflows import load_slice_prior
+    from sirf_diffusion.diffusion import load_slice_prior
 
     am, prompts, image = _sirf_model(pet, case_dir)
     lik = sirf_likelihood(am, prompts)

@@ -3,14 +3,16 @@
 ``D(x, sigma) -> x0_hat`` (:mod:`.denoiser`) is the only thing samplers see; :mod:`.schedules`
 maps VP times to VE noise levels, :mod:`.adapters` turns eps/v/score networks into denoisers,
 :class:`ScoreModel` (:mod:`.model`) is the trainable slice prior, :mod:`.modelio` saves and
-loads it without executing code, :class:`PerpendicularPrior3D` combines slice models into a 3D
-denoiser and :mod:`.sampling` draws unconditional samples.
+loads it without executing code, :mod:`.loading` picks the model(s) an image needs,
+:class:`PerpendicularPrior3D` combines slice models into a 3D denoiser and :mod:`.sampling`
+draws unconditional samples.
 """
 
 from __future__ import annotations
 
 from .adapters import EpsDenoiser, ScoreDenoiser, VDenoiser
 from .denoiser import Denoiser, score_from_denoiser
+from .loading import load_denoiser, load_slice_prior
 from .model import ORIENTATIONS, ScoreModel, ScoreModelConfig
 from .modelio import load_model, load_prior, save_model, save_prior
 from .normalisation import IntensityNormalisation
@@ -32,7 +34,7 @@ __all__ = [
     "karras_sigmas",
     "EpsDenoiser", "VDenoiser", "ScoreDenoiser",
     "UNet", "UNetConfig", "ScoreModel", "ScoreModelConfig", "ORIENTATIONS",
-    "save_model", "load_model", "save_prior", "load_prior",
+    "save_model", "load_model", "save_prior", "load_prior", "load_slice_prior", "load_denoiser",
     "PerpendicularPrior3D", "to_slices", "from_slices",
     "sample", "sample_grid_png", "sampling_sigmas",
 ]
