@@ -37,10 +37,9 @@ def run_demo(out: Path, *, counts_per_mm3: float = 2.5, subject_index: int = 0, 
     from .models import has_default_prior
     from .plotting import save_curves, save_image_row
     from .recon import RelativeDifferencePrior, map_em, osem
-    from .io.atomic import atomic_write_text, write_json
+    from .io.atomic import atomic_write_text, make_dir, write_json
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dir(out)
     seed = subject_seeds("test", subject_index + 1)[subject_index]
     cfg = SimulationConfig(seed=seed, counts_per_mm3=counts_per_mm3)
     print(f"[demo] simulating test subject {seed} at {counts_per_mm3} counts/mm^3 ...")
@@ -143,5 +142,4 @@ def run_demo(out: Path, *, counts_per_mm3: float = 2.5, subject_index: int = 0, 
                                      "map_iterations": map_iters})
     write_simulated_case(out / "case", scan, osem_image=x_osem.reshape(shape))
     print(table)
-    print(f"[demo] wrote {out / 'demo.png'} and {out / 'metrics.md'}")
     return rows

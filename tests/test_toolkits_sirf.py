@@ -61,7 +61,7 @@ def test_sirf_physics_equals_the_embedded_model(pet, case_dir):
     from sirf_diffusion.integrations.sirf import SIRFPhysics
     from sirf_diffusion.physics.base import adjointness_test
     from sirf_diffusion.physics.model import AcquisitionModel
-    from sirf_diffusion.workflows import case_physics, load_case
+    from sirf_diffusion.commands.case import case_physics, load_case
 
     am, _, image = _sirf_model(pet, case_dir)
     phys = SIRFPhysics(am)

@@ -29,7 +29,8 @@ Writing produces the same keys, in the same order, as STIR 6's
 ``write_basic_interfile_image_header`` and ``write_basic_interfile_PDFS_header`` (the data file
 name is written relative to the header),
 with numbers written to full (round-trip) precision.  Data and header are each written to a
-temporary file in the target folder and moved into place with :func:`os.replace`.
+temporary file in the target folder and moved into place (:func:`~.atomic.atomic_write`: the
+files get the permissions of the user's umask).
 
 The header parser (:class:`InterfileHeader`), the number formatting and the scanner block live in
 :mod:`sirf_diffusion.io.interfile_header` and are re-exported here.
@@ -42,8 +43,6 @@ and key named.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -51,6 +50,7 @@ from typing import Literal
 import numpy as np
 
 from ..physics.geometry import ImageGeometry, SinogramGeometry
+from .atomic import atomic_write
 from .interfile_header import (  # noqa: F401  (re-exported: the header helpers lived here)
     _STIR_SCANNER_EXTRAS,
     InterfileError,
@@ -111,21 +111,12 @@ def _read_data(header: InterfileHeader, count: int) -> np.ndarray:
 
 
 def _atomic_write(path: Path, payload: bytes | np.ndarray) -> None:
-    folder = path.parent
-    if not folder.is_dir():
-        raise FileNotFoundError(f"cannot write {path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(payload, np.ndarray):
-                payload.tofile(f)
-            else:
-                f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``payload`` atomically with the user's umask (:func:`~.atomic.atomic_write`)."""
+    with atomic_write(path) as f:
+        if isinstance(payload, np.ndarray):
+            payload.tofile(f)
+        else:
+            f.write(payload)
 
 
 def _paths(path: PathLike, header_suffix: str, data_suffix: str) -> tuple[Path, Path]:
