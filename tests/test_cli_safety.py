@@ -280,13 +280,36 @@ def test_train_into_an_existing_run_names_resume(tmp_path, capsys):
     _one_error_line(capsys, "--out", "training run", "--resume")
 
 
-def test_train_resume_without_a_run_is_refused(tmp_path, capsys):
-    assert main(["train", "--out", str(tmp_path / "none"), "--resume", "--no-progress"]) == 2
-    _one_error_line(capsys, "--resume", "does not exist")
-    (tmp_path / "empty").mkdir()
-    assert main(["train", "--out", str(tmp_path / "empty"), "--resume", "--no-progress"]) == 2
-    _one_error_line(capsys, "--resume", "no checkpoint")
-    assert not (tmp_path / "none").exists()
+def test_train_resume_on_a_folder_without_a_run_is_refused(tmp_path, capsys):
+    out = tmp_path / "other"
+    out.mkdir()
+    (out / "notes.txt").write_text("not a run")
+    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 2
+    _one_error_line(capsys, "--resume", "holds no training run", "notes.txt")
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+TINY_TRAINING = {"steps": 2, "batch_size": 2, "warmup_steps": 1, "checkpoint_every": 1,
+                 "num_subjects": 1, "volume_shape": [4, 32, 32], "voxel_size_mm": [8, 8, 8],
+                 "slice_shape": [16, 16], "psf_fwhm_mm": None,
+                 "model": {"unet": {"base_channels": 8, "channel_mults": [1, 2],
+                                    "num_res_blocks": 1, "attention_resolutions": []}}}
+
+
+def test_train_never_replaces_its_model_and_resume_continues(tmp_path, capsys):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY_TRAINING))
+    out = tmp_path / "prior"
+    args = ["train", "--config", str(config), "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    model = _snapshot(out / "xy")
+    assert main([*args, "--steps", "3"]) == 2
+    _one_error_line(capsys, "--out", "training run", "--resume", "--overwrite")
+    assert _snapshot(out / "xy") == model
+    assert main([*args, "--steps", "3", "--resume"]) == 0
+    assert (out / "checkpoints" / "xy" / "checkpoints" / "step_00000003.pt").is_file()
+    assert json.loads((out / "xy" / "config.json").read_text())["extra"]["train_step"] == 3
+    _no_hidden_leftovers(out)
 
 
 def test_train_resume_and_overwrite_exclude_each_other(tmp_path, capsys):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 __all__ = ["positive_int", "non_negative_int", "positive_float", "non_negative_float",
            "unit_interval", "fraction", "flag_name", "check_applicable", "check_device"]
@@ -32,52 +33,34 @@ def _float(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1."""
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+def _checked(convert: Callable[[str], Any], ok: Callable[[Any], bool], requirement: str,
+             name: str) -> Callable[[str], Any]:
+    """An argparse type: ``convert`` the text, then require ``ok`` of the value."""
+
+    def parse(text: str) -> Any:
+        value = convert(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+        return value
+
+    parse.__name__ = parse.__qualname__ = name
+    parse.__doc__ = f"Parse {requirement}."
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """An integer >= 0."""
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A finite number > 0."""
-    value = _float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """A finite number >= 0."""
-    value = _float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
-    return value
-
-
-def unit_interval(text: str) -> float:
-    """A number in [0, 1]."""
-    value = _float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
-
-
-def fraction(text: str) -> float:
-    """A number in [0, 1)."""
-    value = _float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
+#: An integer >= 1.
+positive_int = _checked(_int, lambda v: v >= 1, "a positive integer", "positive_int")
+#: An integer >= 0.
+non_negative_int = _checked(_int, lambda v: v >= 0, "a non-negative integer", "non_negative_int")
+#: A finite number > 0.
+positive_float = _checked(_float, lambda v: v > 0, "a positive number", "positive_float")
+#: A finite number >= 0.
+non_negative_float = _checked(_float, lambda v: v >= 0, "a non-negative number",
+                              "non_negative_float")
+#: A number in [0, 1].
+unit_interval = _checked(_float, lambda v: 0 <= v <= 1, "in [0, 1]", "unit_interval")
+#: A number in [0, 1).
+fraction = _checked(_float, lambda v: 0 <= v < 1, "in [0, 1)", "fraction")
 
 
 def flag_name(dest: str) -> str:

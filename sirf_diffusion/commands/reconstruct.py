@@ -39,8 +39,8 @@ _MAP = ("mapem-rdp", "mapem-quadratic")
 CLASSICAL_DEFAULTS: dict[str, dict[str, float]] = {
     "mlem": {"iterations": 50},
     "osem": {"iterations": 10},
-    "mapem-rdp": {"iterations": 10, "beta": 0.5},
-    "mapem-quadratic": {"iterations": 10, "beta": 0.05},
+    "mapem-rdp": {"iterations": 10, "beta": 0.7},
+    "mapem-quadratic": {"iterations": 10, "beta": 0.2},
 }
 
 #: The methods each method-specific option applies to (argparse destinations).
@@ -269,7 +269,8 @@ def run(args: argparse.Namespace) -> int:
         resolved["wall_time_s"] = time.perf_counter() - t0
         x = x.reshape(shape).detach()
         if not torch.isfinite(x).all():
-            raise RuntimeError(f"{method} produced non-finite values")
+            raise FloatingPointError(f"{method} produced non-finite values; nothing was "
+                                     "written")
         write_image(staging / "image.hv", x.cpu().numpy(), case.image_geometry)
         images: dict[str, Any] = {method: x}
         titles = {method: method}

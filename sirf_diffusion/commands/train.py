@@ -9,8 +9,10 @@ folder.  What protects earlier results instead:
 * without ``--resume``, ``--out`` must be absent or empty, unless ``--overwrite``: then its
   previous contents are moved aside and deleted once the new run ends; should the new run fail
   before its first checkpoint they are put back;
-* ``--resume`` needs the checkpoints of a run of this command in ``--out`` and refuses a folder
-  holding an exported model without them (a model it did not produce);
+* ``--resume`` continues the run in ``--out`` (or starts one in an absent or empty folder, so
+  that one command both starts and continues a run); it refuses a folder holding an exported
+  model without the checkpoints of its run (a model it did not produce) or anything else that
+  is not a run;
 * a run that fails before its first checkpoint leaves nothing behind (no empty folder); one that
   fails later keeps its checkpoints, which ``--resume`` continues.
 """
@@ -65,11 +67,15 @@ def _load_config(path: str | None) -> Any:
         raise ValueError(f"--config {path}: {exc}") from None
 
 
-def _check_resume(folder: Path, shown: str, orientations: tuple[str, ...]) -> None:
+def _check_resume(folder: Path, shown: str, orientations: tuple[str, ...]) -> bool:
+    """Whether ``--resume`` continues a run in ``folder`` (``False``: absent or empty, a new run
+    starts, so that the same command starts and continues a run); refuses anything else."""
     from ..diffusion.checkpointing import list_checkpoints
+    from .output import entries, preview
 
-    if not folder.is_dir():
-        raise ValueError(f"--resume: --out {shown} does not exist: there is no run to continue")
+    old = entries(folder, "--out") if folder.is_dir() else []
+    if not old:
+        return False
     found = False
     for o in orientations:
         has_checkpoints = bool(list_checkpoints(folder / "checkpoints" / o))
@@ -80,9 +86,10 @@ def _check_resume(folder: Path, shown: str, orientations: tuple[str, ...]) -> No
                              "a new folder")
         found |= has_checkpoints
     if not found:
-        raise ValueError(f"--resume: no checkpoint in {shown}/checkpoints/"
-                         f"{'|'.join(orientations)}: there is no run to continue; start one "
-                         "without --resume")
+        raise ValueError(f"--resume: --out {shown} holds no training run (no checkpoint in "
+                         f"checkpoints/{'|'.join(orientations)}/, but {preview(old)}): there is "
+                         "nothing to continue; choose another folder")
+    return True
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,18 +113,19 @@ def run(args: argparse.Namespace) -> int:
         configs = [dataclasses.replace(cfg, orientation=o, **changes) for o in orientations]
     except ValueError as exc:
         raise ValueError(f"--config {args.config}: {exc}") from None
-    folder = check_location(args.out, "--out", {"--config file": args.config,
-                                                "init_from model": cfg.init_from})
+    protect = {"--config file": args.config, "init_from model": cfg.init_from}
+    folder = check_location(args.out, "--out", protect if args.overwrite else {})
     old = entries(folder, "--out") if folder.is_dir() else []
-    if args.resume:
-        _check_resume(folder, args.out, orientations)
-    elif old and not args.overwrite:
+    continuing = args.resume and _check_resume(folder, args.out, orientations)
+    if args.resume or not old:
+        pass
+    elif not args.overwrite:
         run_there = any(list_checkpoints(folder / "checkpoints" / o) for o in ("xy", "yz", "xz"))
         hint = ("it holds a training run: pass --resume to continue it, or --overwrite to "
                 "replace it" if run_there else "pass --overwrite to replace its contents")
         raise ValueError(f"--out {args.out} is not empty (it holds {preview(old)}): {hint}, "
                          "or choose another folder")
-    elif old:
+    else:
         check_replaceable(folder, args.out)
 
     created = make_folders(folder)
@@ -134,8 +142,8 @@ def run(args: argparse.Namespace) -> int:
                   progress=not args.no_progress, export_dir=folder / o)
             print(f"train: {o} model in {Path(args.out) / o} ({c.steps} steps)")
     except BaseException:
-        if not args.resume and not any(list_checkpoints(folder / "checkpoints" / o)
-                                       for o in orientations):
+        if not continuing and not any(list_checkpoints(folder / "checkpoints" / o)
+                                      for o in orientations):
             for e in folder.iterdir():
                 if e != trash:
                     shutil.rmtree(e) if e.is_dir() and not e.is_symlink() else e.unlink()
