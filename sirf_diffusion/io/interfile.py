@@ -28,9 +28,9 @@ SIRF and PETRIC produce for static, non-TOF data on cylindrical scanners:
 Writing produces the same keys, in the same order, as STIR 6's
 ``write_basic_interfile_image_header`` and ``write_basic_interfile_PDFS_header`` (the data file
 name is written relative to the header),
-with numbers written to full (round-trip) precision.  Data and header are each written to a
-temporary file in the target folder and moved into place (:func:`~.atomic.atomic_write`: the
-files get the permissions of the user's umask).
+with numbers written to full (round-trip) precision.  Data and header are each written
+atomically with the user's umask (:func:`sirf_diffusion.io.atomic.atomic_write_bytes`: a
+temporary file in the target folder, ``fsync``, :func:`os.replace`).
 
 The header parser (:class:`InterfileHeader`), the number formatting and the scanner block live in
 :mod:`sirf_diffusion.io.interfile_header` and are re-exported here.
@@ -50,7 +50,7 @@ from typing import Literal
 import numpy as np
 
 from ..physics.geometry import ImageGeometry, SinogramGeometry
-from .atomic import atomic_write
+from .atomic import atomic_write_bytes
 from .interfile_header import (  # noqa: F401  (re-exported: the header helpers lived here)
     _STIR_SCANNER_EXTRAS,
     InterfileError,
@@ -111,12 +111,11 @@ def _read_data(header: InterfileHeader, count: int) -> np.ndarray:
 
 
 def _atomic_write(path: Path, payload: bytes | np.ndarray) -> None:
-    """Write ``payload`` atomically with the user's umask (:func:`~.atomic.atomic_write`)."""
-    with atomic_write(path) as f:
-        if isinstance(payload, np.ndarray):
-            payload.tofile(f)
-        else:
-            f.write(payload)
+    """Write bytes or an array's raw data with :func:`~.atomic.atomic_write_bytes`."""
+    if isinstance(payload, np.ndarray):
+        atomic_write_bytes(path, payload.tofile)
+    else:
+        atomic_write_bytes(path, payload)
 
 
 def _paths(path: PathLike, header_suffix: str, data_suffix: str) -> tuple[Path, Path]:
