@@ -39,8 +39,8 @@ _MAP = ("mapem-rdp", "mapem-quadratic")
 CLASSICAL_DEFAULTS: dict[str, dict[str, float]] = {
     "mlem": {"iterations": 50},
     "osem": {"iterations": 10},
-    "mapem-rdp": {"iterations": 10, "beta": 0.7},
-    "mapem-quadratic": {"iterations": 10, "beta": 0.2},
+    "mapem-rdp": {"iterations": 10, "beta": 1.0},
+    "mapem-quadratic": {"iterations": 10, "beta": 0.5},
 }
 
 #: The methods each method-specific option applies to (argparse destinations).
