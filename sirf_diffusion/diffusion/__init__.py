@@ -3,9 +3,8 @@
 ``D(x, sigma) -> x0_hat`` (:mod:`.denoiser`) is the only thing samplers see; :mod:`.schedules`
 maps VP times to VE noise levels, :mod:`.adapters` turns eps/v/score networks into denoisers,
 :class:`ScoreModel` (:mod:`.model`) is the trainable slice prior, :mod:`.modelio` saves and
-loads it without executing code, :mod:`.loading` picks the model(s) an image needs,
-:class:`PerpendicularPrior3D` combines slice models into a 3D denoiser and :mod:`.sampling`
-draws unconditional samples.
+loads it without executing code, :class:`PerpendicularPrior3D` combines slice models into a 3D
+denoiser and :mod:`.sampling` draws unconditional samples.
 """
 
 from __future__ import annotations
