@@ -1,4 +1,4 @@
-"""Command-line interface: a thin layer over the library (``sirf-diffusion``, ``python -m sirf_diffusion``).
+"""Command-line interface ``sirf-diffusion`` (also ``python -m sirf_diffusion``): a thin layer.
 
 Each command lives in :mod:`sirf_diffusion.commands` (``add_arguments`` + ``run``); this module
 builds the parser and turns failures into exit codes:
@@ -25,7 +25,8 @@ __all__ = ["main", "build_parser"]
 
 #: command -> (module in sirf_diffusion.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "simulate": ("simulate", "simulate a PET scan of a brain phantom as a PETRIC-layout case folder"),
+    "simulate": ("simulate",
+                 "simulate a PET scan of a brain phantom as a PETRIC-layout case folder"),
     "reconstruct": ("reconstruct", "reconstruct a PETRIC-layout case folder"),
     "demo": ("demo", "simulate a low-count brain scan and compare reconstructions"),
     "train": ("train", "train 2D score networks on simulated PET slices"),

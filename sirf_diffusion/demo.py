@@ -32,12 +32,12 @@ def run_demo(out: Path, *, counts_per_mm3: float = 2.5, subject_index: int = 0, 
     """Run the demo and write its outputs into ``out``; returns the metrics table."""
     from .data.simulate import SimulationConfig, simulate_scan, write_simulated_case
     from .data.splits import subject_seeds
+    from .io.atomic import atomic_write_text, make_dir, write_json
     from .likelihood import PoissonLogLikelihood
     from .metrics import image_metrics, metrics_table
     from .models import has_default_prior
     from .plotting import save_curves, save_image_row
     from .recon import RelativeDifferencePrior, map_em, osem
-    from .io.atomic import atomic_write_text, make_dir, write_json
 
     out = make_dir(out)
     seed = subject_seeds("test", subject_index + 1)[subject_index]
@@ -95,8 +95,8 @@ def run_demo(out: Path, *, counts_per_mm3: float = 2.5, subject_index: int = 0, 
 
     # -- PET-LiSch with the shipped prior (when available): small sweep of K like the others
     if has_default_prior("xy"):
-        from .samplers.methods import reconstruct
         from .diffusion.loading import load_slice_prior
+        from .samplers.methods import reconstruct
 
         denoiser = load_slice_prior(None, "xy")
         # 20 steps with K 20-40: the PET-LiSch points that are both faster and more accurate

@@ -9,7 +9,7 @@ old name                                    new place
 ``load_slice_prior``, ``load_denoiser``     :mod:`sirf_diffusion.diffusion.loading`
 ``image_metrics``                           :mod:`sirf_diffusion.metrics`
 ``write_json``                              :mod:`sirf_diffusion.io.atomic`
-``DPS_DEFAULT_ZETA``                        ``samplers.defaults.METHOD_DEFAULTS['dps']['step_size']``
+``DPS_DEFAULT_ZETA``                        ``METHOD_DEFAULTS['dps']['step_size']``
 ``load_case``, ``case_physics``             :mod:`sirf_diffusion.commands.case`
 ``reconstruct_classical``,                  :mod:`sirf_diffusion.commands.reconstruct`
 ``run_diffusion_method``

@@ -229,6 +229,15 @@ def test_staging_left_by_a_killed_process_is_removed(case, tmp_path):
     _no_hidden_leftovers(out)
 
 
+def test_sample_removes_what_a_killed_sample_left(tmp_path, tiny_prior):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (tmp_path / f"{STAGING_PREFIX}{dead}-abcd").mkdir()
+    assert main(["sample", "--model", str(tiny_prior), "--out", str(tmp_path / "grid.png"),
+                 "--n", "1", "--steps", "1", "--no-progress"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.json", "grid.png"]
+
+
 def test_staging_of_a_running_process_is_refused(case, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+
 from .arguments import non_negative_int, positive_float
 
 __all__ = ["add_arguments", "run"]

@@ -61,20 +61,24 @@ def _running(pid: int) -> bool:
     return True
 
 
-def entries(folder: Path, flag: str) -> list[Path]:
+def entries(folder: Path, flag: str, *, shared: bool = False) -> list[Path]:
     """The entries of ``folder`` (sorted), leaving out the staging/trash folders of this module.
 
-    Those of killed processes are deleted; one of a running process raises ``ValueError``.
+    Those of killed processes are deleted; one of another running process raises
+    ``ValueError``, unless the folder is ``shared`` (several commands write their own files
+    into it, as ``sample`` does).
     """
     out = []
     for e in sorted(folder.iterdir()):
         pid = _owner(e.name)
         if pid is None:
             out.append(e)
-        elif _running(pid) and pid != os.getpid():
+        elif pid == os.getpid() or (shared and _running(pid)):
+            continue
+        elif _running(pid):
             raise ValueError(f"{flag} {folder}: another sirf-diffusion process (pid {pid}) is "
                              f"writing into it ({e.name})")
-        elif pid != os.getpid():
+        else:
             shutil.rmtree(e, ignore_errors=True)
     return out
 
@@ -223,6 +227,7 @@ class ResultSet:
             if old:
                 check_replaceable(self.folder, self.shown, self.flag)
             return old
+        entries(self.folder, self.flag, shared=True)  # removes what killed runs left
         old = []
         for name in self.names:
             p = self.folder / name

@@ -96,8 +96,15 @@ def run(args: argparse.Namespace) -> int:
     """Train every requested orientation (module docstring for what is refused)."""
     from ..diffusion.checkpointing import list_checkpoints
     from ..diffusion.training import train
-    from .output import TRASH_PREFIX, check_location, check_replaceable, entries, make_folders
-    from .output import preview, remove_folders
+    from .output import (
+        TRASH_PREFIX,
+        check_location,
+        check_replaceable,
+        entries,
+        make_folders,
+        preview,
+        remove_folders,
+    )
 
     cfg = _load_config(args.config)
     orientations = ("xy", "yz", "xz") if args.orientation == "all" else (args.orientation,)

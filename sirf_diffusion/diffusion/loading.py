@@ -51,8 +51,8 @@ def load_slice_prior(model_dir: str | os.PathLike[str] | None = None,
     if (d / orientation / "config.json").is_file():
         d = d / orientation
     if not (d / "config.json").is_file():
-        raise FileNotFoundError(
-            f"no score model in {d}: train one with `sirf-diffusion train --out DIR` or pass --model")
+        raise FileNotFoundError(f"no score model in {d}: train one with `sirf-diffusion train "
+                                "--out DIR` or pass --model")
     return load_model(d).eval()
 
 
