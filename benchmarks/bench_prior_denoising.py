@@ -294,7 +294,8 @@ def save_mse_plot(path: Path, sigmas: list[float], curves: dict[str, list[float]
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark (module docstring); returns the results written to ``results.json``."""
-    from sirf_diffusion.workflows import load_slice_prior, write_json
+    from sirf_diffusion.diffusion import load_slice_prior
+    from sirf_diffusion.io.atomic import write_json
 
     args = build_parser().parse_args(argv)
     if args.subjects < 1 or args.val_subjects < 1:

@@ -229,7 +229,7 @@ _MODELS: dict[str | None, Any] = {}
 
 def _denoiser(model: str | None) -> Any:
     if model not in _MODELS:
-        from sirf_diffusion.workflows import load_slice_prior
+        from sirf_diffusion.diffusion import load_slice_prior
 
         _MODELS[model] = load_slice_prior(model, "xy")
     return _MODELS[model]
@@ -344,9 +344,9 @@ def run_jobs(jobs: Sequence[Job], workers: int, progress: bool,
 # ----------------------------------------------------------------------------- analysis
 def scan_metrics(image: np.ndarray, reference: np.ndarray, masks: dict[str, np.ndarray],
                  wm_rois: list[np.ndarray]) -> dict[str, float]:
-    """NRMSE / PSNR / SSIM / CRCs (:func:`~sirf_diffusion.workflows.image_metrics`) and BV."""
+    """NRMSE / PSNR / SSIM / CRCs (:func:`~sirf_diffusion.metrics.image_metrics`) and BV."""
     from sirf_diffusion.metrics import background_variability
-    from sirf_diffusion.workflows import image_metrics
+    from sirf_diffusion.metrics import image_metrics
 
     m = image_metrics(image, reference, masks)
     if len(wm_rois) >= 2:
@@ -651,7 +651,7 @@ def _jsonable(obj: Any) -> Any:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the evaluation (module docstring); returns what is written to ``results.json``."""
     from sirf_diffusion.data.splits import subject_seeds
-    from sirf_diffusion.workflows import write_json
+    from sirf_diffusion.io.atomic import write_json
 
     args = build_parser().parse_args(argv)
     s = resolve(args)

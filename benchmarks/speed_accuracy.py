@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def report(per_steps: dict[int, dict[str, Any]], settings: dict[str, Any],
            out: Path) -> dict[str, Any]:
     """Points, comparisons, ``speed_accuracy.md``, ``speed_accuracy.png`` and ``results.json``."""
-    from sirf_diffusion.workflows import write_json
+    from sirf_diffusion.io.atomic import write_json
 
     out.mkdir(parents=True, exist_ok=True)
     settings = dict(settings)

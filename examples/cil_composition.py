@@ -28,7 +28,7 @@ from sirf_diffusion import PoissonLogLikelihood, metrics, osem
 from sirf_diffusion.data.simulate import SimulationConfig, simulate_scan
 from sirf_diffusion.integrations import DiffusionPrior
 from sirf_diffusion.integrations.cil import DiffusionPriorFunction, LikelihoodScheduledDiffusion
-from sirf_diffusion.workflows import load_slice_prior
+from sirf_diffusion.diffusion import load_slice_prior
 
 
 class PrintPLL(Callback):

@@ -18,7 +18,8 @@ from sirf_diffusion.data.simulate import SimulationConfig, simulate_scan
 from sirf_diffusion.models import has_default_prior
 from sirf_diffusion.plotting import save_image_row
 from sirf_diffusion.samplers.methods import reconstruct
-from sirf_diffusion.workflows import image_metrics, load_slice_prior
+from sirf_diffusion.diffusion import load_slice_prior
+from sirf_diffusion.metrics import image_metrics
 
 
 def main() -> None:

@@ -32,15 +32,14 @@ def run_demo(out: Path, *, counts_per_mm3: float = 2.5, subject_index: int = 0, 
     """Run the demo and write its outputs into ``out``; returns the metrics table."""
     from .data.simulate import SimulationConfig, simulate_scan, write_simulated_case
     from .data.splits import subject_seeds
+    from .io.atomic import atomic_write_text, make_dir, write_json
     from .likelihood import PoissonLogLikelihood
-    from .metrics import metrics_table
+    from .metrics import image_metrics, metrics_table
     from .models import has_default_prior
     from .plotting import save_curves, save_image_row
     from .recon import RelativeDifferencePrior, map_em, osem
-    from .workflows import image_metrics, write_json
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dir(out)
     seed = subject_seeds("test", subject_index + 1)[subject_index]
     cfg = SimulationConfig(seed=seed, counts_per_mm3=counts_per_mm3)
     print(f"[demo] simulating test subject {seed} at {counts_per_mm3} counts/mm^3 ...")
@@ -96,8 +95,8 @@ def run_demo(out: Path, *, counts_per_mm3: float = 2.5, subject_index: int = 0, 
 
     # -- PET-LiSch with the shipped prior (when available): small sweep of K like the others
     if has_default_prior("xy"):
+        from .diffusion.loading import load_slice_prior
         from .samplers.methods import reconstruct
-        from .workflows import load_slice_prior
 
         denoiser = load_slice_prior(None, "xy")
         # 20 steps with K 20-40: the PET-LiSch points that are both faster and more accurate
@@ -132,7 +131,8 @@ def run_demo(out: Path, *, counts_per_mm3: float = 2.5, subject_index: int = 0, 
                 out / "demo_rdp_nrmse.png", xlabel="beta", ylabel="NRMSE in brain",
                 title="MAP-EM-RDP: NRMSE vs beta", logx=True)
     table = metrics_table(rows)
-    (out / "metrics.md").write_text(
+    atomic_write_text(
+        out / "metrics.md",
         f"Demo: test subject {seed}, {counts_per_mm3} counts/mm^3 "
         f"({scan.info['prompt_counts']:.0f} prompts).\n\n{table}\n")
     write_json(out / "metrics.json", rows)
@@ -142,5 +142,4 @@ def run_demo(out: Path, *, counts_per_mm3: float = 2.5, subject_index: int = 0, 
                                      "map_iterations": map_iters})
     write_simulated_case(out / "case", scan, osem_image=x_osem.reshape(shape))
     print(table)
-    print(f"[demo] wrote {out / 'demo.png'} and {out / 'metrics.md'}")
     return rows

@@ -13,6 +13,8 @@ Definitions (``M`` the mask, ``|M|`` its number of voxels):
   on the whole image and then averaged over the mask.
 * CRC :math:`= (\\bar x_L / \\bar x_B - 1) / (r_{true} - 1)` (NEMA NU 2 hot-contrast recovery).
 * BV (NEMA NU 2): standard deviation (ddof=1) of the background ROI means over their mean.
+
+:func:`image_metrics` is the summary every front end reports (command line, demo, benchmarks).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ __all__ = [
     "bias_variance",
     "roi_bias_std",
     "metrics_table",
+    "image_metrics",
 ]
 
 
@@ -322,3 +325,46 @@ def metrics_table(rows: dict[str, dict[str, float]], *, precision: int = 4,
     for name, metrics in rows.items():
         lines.append("| " + " | ".join([str(name), *(fmt(metrics.get(c)) for c in cols)]) + " |")
     return "\n".join(lines)
+
+
+def image_metrics(x: Any, reference: Any, masks: dict[str, Any]) -> dict[str, float]:
+    """The summary of a reconstruction: NRMSE, PSNR and SSIM in a region, lesion CRCs.
+
+    Parameters
+    ----------
+    x, reference
+        Image and reference, same shape (numpy or torch).
+    masks
+        VOI masks by name (a PETRIC case's ``masks``).  The region is ``brain``, else
+        ``whole_object``, else the whole image.  With a region, ``lesion_hot`` /
+        ``lesion_cold`` masks give ``crc_hot`` / ``crc_cold`` (:func:`crc`) against the region
+        outside every lesion; a lesion whose true ratio to that background is 1 has no CRC.
+
+    Returns
+    -------
+    dict
+        ``nrmse``, ``psnr``, ``ssim`` and the CRCs.  A CRC is NaN when the image is 0 over the
+        background (e.g. a diverged sampler), so that a sweep still reports the other metrics;
+        write it with :func:`sirf_diffusion.io.atomic.write_json` (NaN -> ``null``).
+    """
+    x = _np(x, "image")
+    ref = _np(reference, "reference")
+    region = masks.get("brain", masks.get("whole_object"))
+    region = None if region is None else _np(region, "region mask") > 0.5
+    out = {"nrmse": float(nrmse(x, ref, region)), "psnr": float(psnr(x, ref, region)),
+           "ssim": float(ssim(x, ref, region))}
+    if region is None:
+        return out
+    lesions = {k: _np(masks[k], k) > 0.5 for k in ("lesion_hot", "lesion_cold") if k in masks}
+    background = region.copy()
+    for les in lesions.values():
+        background &= ~les
+    for name, les in lesions.items():
+        if not les.any():
+            continue
+        true_ratio = ref[les].mean() / ref[background].mean()
+        if abs(true_ratio - 1) > 1e-3:
+            bg_mean = float(x[background].mean())
+            out[f"crc_{name.split('_')[1]}"] = (
+                float(crc(x, les, background, true_ratio)) if bg_mean != 0.0 else float("nan"))
+    return out

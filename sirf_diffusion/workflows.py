@@ -1,328 +1,59 @@
-"""What the command-line interface runs: simulate, reconstruct, train, sample (and the demo).
+"""Deprecated: the commands moved to :mod:`sirf_diffusion.commands`, the library helpers to
+their layers.
 
-Each function takes the parsed ``argparse`` namespace, calls the library, writes its outputs and
-the resolved configuration (``config.json``) into the output folder.
+Every name this module had still resolves, with a ``DeprecationWarning`` naming its new place:
+
+==========================================  =================================================
+old name                                    new place
+==========================================  =================================================
+``load_slice_prior``, ``load_denoiser``     :mod:`sirf_diffusion.diffusion.loading`
+``image_metrics``                           :mod:`sirf_diffusion.metrics`
+``write_json``                              :mod:`sirf_diffusion.io.atomic`
+``DPS_DEFAULT_ZETA``                        ``METHOD_DEFAULTS['dps']['step_size']``
+``load_case``, ``case_physics``             :mod:`sirf_diffusion.commands.case`
+``reconstruct_classical``,                  :mod:`sirf_diffusion.commands.reconstruct`
+``run_diffusion_method``
+``cmd_simulate`` ... ``cmd_sample``         ``sirf_diffusion.commands.<command>.run``
+==========================================  =================================================
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import time
-from dataclasses import asdict
-from pathlib import Path
+import importlib
+import warnings
 from typing import Any
 
-import numpy as np
-import torch
+__all__: list[str] = []
 
-__all__ = ["cmd_simulate", "cmd_reconstruct", "cmd_demo", "cmd_train", "cmd_sample",
-           "load_case", "case_physics", "load_denoiser", "image_metrics", "reconstruct_classical", "write_json"]
-
-
-def write_json(path: str | Path, obj: Any) -> Path:
-    """Write JSON atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
-    os.replace(tmp, path)
-    return path
-
-
-# ----------------------------------------------------------------------------- cases
-def load_case(folder: str | Path):
-    """Read a PETRIC-layout case and its optional ``simulation.json`` (PSF, settings)."""
-    from .io.petric import read_case
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"case folder {folder} does not exist")
-    case = read_case(folder)
-    meta_path = folder / "simulation.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    return case, meta
+#: old name -> (module, attribute)
+_MOVED: dict[str, tuple[str, str]] = {
+    "load_slice_prior": ("sirf_diffusion.diffusion.loading", "load_slice_prior"),
+    "load_denoiser": ("sirf_diffusion.diffusion.loading", "load_denoiser"),
+    "_default_prior_dir": ("sirf_diffusion.diffusion.loading", "_default_prior_dir"),
+    "image_metrics": ("sirf_diffusion.metrics", "image_metrics"),
+    "write_json": ("sirf_diffusion.io.atomic", "write_json"),
+    "load_case": ("sirf_diffusion.commands.case", "load_case"),
+    "case_physics": ("sirf_diffusion.commands.case", "case_physics"),
+    "_default_subsets": ("sirf_diffusion.commands.case", "default_subsets"),
+    "reconstruct_classical": ("sirf_diffusion.commands.reconstruct", "reconstruct_classical"),
+    "run_diffusion_method": ("sirf_diffusion.commands.reconstruct", "run_diffusion_method"),
+    **{f"cmd_{c}": (f"sirf_diffusion.commands.{c}", "run")
+       for c in ("simulate", "reconstruct", "demo", "train", "sample")},
+}
 
 
-def case_physics(case, meta: dict, *, num_subsets: int = 1, device: str = "cpu",
-                 physics: str = "torch", folder: str | Path | None = None):
-    """The physics of a case: the embedded model with the case's ``m``, ``b`` and PSF
-    (``physics='torch'``), or STIR's projector through SIRF (``'sirf'``) or STIR's Python
-    bindings (``'stir'``) on the case's files in ``folder``."""
-    psf = meta.get("psf_fwhm_mm") or None
-    if physics in ("sirf", "stir"):
-        if folder is None:
-            raise ValueError(f"--physics {physics} reads the case files: give the case folder")
-        if physics == "sirf":
-            from .integrations.sirf import sirf_case_likelihood
+def __getattr__(name: str) -> Any:
+    """The moved names, with a ``DeprecationWarning`` naming the new place."""
+    if name == "DPS_DEFAULT_ZETA":
+        from .samplers.defaults import METHOD_DEFAULTS
 
-            return sirf_case_likelihood(folder, psf_fwhm_mm=psf, num_subsets=num_subsets,
-                                        device=device).physics
-        from stir_wrappers import stir_case_physics
-
-        return stir_case_physics(folder, psf_fwhm_mm=psf, num_subsets=num_subsets)
-    if physics != "torch":
-        raise ValueError(f"physics must be 'torch', 'sirf' or 'stir', got {physics!r}")
-    from .physics.model import AcquisitionModel
-
-    t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32, device=device)  # noqa: E731
-    return AcquisitionModel(case.sinogram_geometry, case.image_geometry,
-                            multiplicative=t(case.multiplicative), additive=t(case.additive),
-                            psf_fwhm_mm=psf, num_subsets=num_subsets)
-
-
-def image_metrics(x: Any, reference: Any, masks: dict[str, Any]) -> dict[str, float]:
-    """NRMSE / PSNR / SSIM in the brain (or whole object) and lesion CRCs, when masks allow."""
-    from . import metrics as M
-
-    x = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)
-    ref = np.asarray(reference, dtype=np.float64)
-    region = masks.get("brain", masks.get("whole_object"))
-    region = None if region is None else np.asarray(region) > 0.5
-    out = {"nrmse": float(M.nrmse(x, ref, region)), "psnr": float(M.psnr(x, ref, region)),
-           "ssim": float(M.ssim(x, ref, region))}
-    if region is not None:
-        lesion_all = np.zeros_like(region)
-        for k in ("lesion_hot", "lesion_cold"):
-            if k in masks:
-                lesion_all |= np.asarray(masks[k]) > 0.5
-        bg = region & ~lesion_all
-        for k in ("lesion_hot", "lesion_cold"):
-            if k in masks and (np.asarray(masks[k]) > 0.5).any():
-                les = np.asarray(masks[k]) > 0.5
-                true_ratio = ref[les].mean() / ref[bg].mean()
-                if abs(true_ratio - 1) > 1e-3:
-                    # an image that is zero over the background (e.g. a diverged sampler) has
-                    # no CRC: NaN, so that a sweep still reports its other metrics
-                    bg_mean = float(x[bg].mean())
-                    out[f"crc_{k.split('_')[1]}"] = (
-                        float(M.crc(x, les, bg, true_ratio)) if bg_mean != 0.0 else float("nan"))
-    return out
-
-
-def reconstruct_classical(method: str, likelihood, *, iterations: int, subsets: int,
-                          beta: float | None = None, x0: torch.Tensor | None = None,
-                          progress: bool = True) -> torch.Tensor:
-    """MLEM, OSEM or MAP-EM (De Pierro, RDP or quadratic prior) with STIR's conventions."""
-    from .recon import QuadraticPrior, RelativeDifferencePrior, map_em, mlem, osem
-
-    if method == "mlem":
-        return mlem(likelihood, x0, num_iterations=iterations, progress=progress)
-    if method == "osem":
-        return osem(likelihood, x0, num_subsets=subsets, num_epochs=iterations, progress=progress)
-    if method in ("mapem-rdp", "mapem-quadratic"):
-        if beta is None:
-            raise ValueError(f"--beta is required for {method}")
-        vox = likelihood.physics.voxel_size_mm
-        prior = (RelativeDifferencePrior(beta, voxel_size_mm=vox) if method == "mapem-rdp"
-                 else QuadraticPrior(beta, voxel_size_mm=vox))
-        return map_em(likelihood, prior, x0, num_iterations=iterations, num_subsets=subsets,
-                      progress=progress)
-    raise ValueError(f"unknown classical method {method!r}")
-
-
-# ----------------------------------------------------------------------------- commands
-def cmd_simulate(args: argparse.Namespace) -> int:
-    from .data.simulate import SimulationConfig, simulate_scan, write_simulated_case
-    from .likelihood import PoissonLogLikelihood
-    from .recon import osem
-
-    cfg = SimulationConfig(seed=args.seed, tracer=args.phantom.split("-")[1], dims=args.dims,
-                           counts_per_mm3=args.counts, scanner=args.scanner, rings=args.rings,
-                           max_ring_difference=args.max_ring_difference, lesions=args.lesions,
-                           psf_fwhm_mm=args.psf_fwhm, randoms_fraction=args.randoms_fraction,
-                           scatter_fraction=args.scatter_fraction, noise_seed=args.noise_seed)
-    scan = simulate_scan(cfg, progress=not args.no_progress)
-    model = scan.acquisition_model()
-    lik = PoissonLogLikelihood(model, scan.prompts)
-    x_osem = osem(lik, num_subsets=_default_subsets(model), num_epochs=3, progress=not args.no_progress)
-    folder = write_simulated_case(args.out, scan, osem_image=x_osem)
-    write_json(folder / "config.json", {"command": "simulate", **vars(args)})
-    print(f"wrote {folder}: {scan.info['prompt_counts']:.0f} prompts, "
-          f"{scan.info['true_counts']:.0f} trues ({cfg.counts_per_mm3} counts/mm^3), "
-          f"subject {cfg.seed} ({scan.info['split']} split)")
-    return 0
-
-
-def _default_subsets(model) -> int:
-    """A number of subsets dividing the views; for STIR's projectors (SIRF/STIR physics) it
-    divides a quarter of the views, as STIR needs with its default symmetries."""
-    from .integrations.subsets import ToolkitSubsets
-
-    views = model.data_shape[1]
-    if isinstance(model, ToolkitSubsets) and views % 4 == 0:
-        views //= 4
-    for k in (12, 14, 9, 7, 6, 4, 3, 2):
-        if views % k == 0:
-            return k
-    return 1
-
-
-def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from .io.interfile import write_image
-    from .likelihood import PoissonLogLikelihood
-    from .plotting import save_image_row
-
-    case, meta = load_case(args.case)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model = case_physics(case, meta, device=args.device, physics=args.physics, folder=args.case)
-    prompts = torch.as_tensor(case.prompts, dtype=torch.float32, device=args.device)
-    lik = PoissonLogLikelihood(model, prompts)
-    progress = not args.no_progress
-    resolved: dict[str, Any] = {"command": "reconstruct", **vars(args)}
-    t0 = time.perf_counter()
-    extra_row = None
-    if args.method in ("lisch", "dds", "dps"):
-        result = run_diffusion_method(args.method, lik, model_dir=args.model, num_steps=args.steps,
-                                      num_mlem_iterations=args.mlem_iterations,
-                                      num_samples=args.samples, seed=args.seed, progress=progress,
-                                      step_size=getattr(args, "zeta", None))
-        x = result.mean
-        resolved["sampler"] = result.config
-        resolved.update(num_network_evaluations=result.num_network_evaluations,
-                        num_likelihood_evaluations=result.num_likelihood_evaluations)
-        result.save(out / "posterior", plot=True)
-        if args.samples > 1:
-            extra_row = {"posterior std": result.std.reshape(case.image_geometry.shape)}
-            write_image(out / "std.hv", extra_row["posterior std"].cpu().numpy(), case.image_geometry)
-    else:
-        subsets = args.subsets or (1 if args.method == "mlem" else _default_subsets(model))
-        iterations = args.iterations or (50 if args.method == "mlem" else 10)
-        beta = args.beta
-        resolved.update(iterations=iterations, subsets=subsets, beta=beta)
-        x = reconstruct_classical(args.method, lik, iterations=iterations, subsets=subsets, beta=beta,
-                                  progress=progress)
-    resolved["wall_time_s"] = time.perf_counter() - t0
-    x = x.reshape(case.image_geometry.shape)
-    write_image(out / "image.hv", x.detach().cpu().numpy(), case.image_geometry)
-    images = {args.method: x}
-    titles = {args.method: args.method}
-    if case.reference is not None:
-        m = image_metrics(x, case.reference, case.masks)
-        write_json(out / "metrics.json", m)
-        images = {"reference": case.reference, **images}
-        titles[args.method] = f"{args.method}\nNRMSE {m['nrmse']:.3f}  SSIM {m['ssim']:.3f}"
-    save_image_row(images, out / "image.png", titles=titles, extra_row=extra_row)
-    write_json(out / "config.json", resolved)
-    print(f"wrote {out / 'image.hv'} ({resolved['wall_time_s']:.1f} s)")
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
-    run_demo(Path(args.out), counts_per_mm3=args.counts, subject_index=args.seed, quick=args.quick,
-             progress=not args.no_progress)
-    return 0
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    """Train one or all orientations: checkpoints in ``OUT/checkpoints/<o>``, the EMA model
-    exported to ``OUT/<o>`` (the layout :func:`~sirf_diffusion.diffusion.load_prior` reads)."""
-    import dataclasses
-
-    from .diffusion.training import TrainConfig, train
-
-    cfg = TrainConfig.from_json(args.config) if args.config else TrainConfig()
-    orientations = ("xy", "yz", "xz") if args.orientation == "all" else (args.orientation,)
-    out = Path(args.out)
-    for o in orientations:
-        changes: dict[str, Any] = {"orientation": o}
-        if args.steps:
-            changes["steps"] = args.steps
-        if args.device:
-            changes["device"] = args.device
-        c = dataclasses.replace(cfg, **changes)
-        train(c, out / "checkpoints" / o, resume=args.resume, progress=not args.no_progress,
-              export_dir=out / o)
-        print(f"trained {o}: model in {out / o}")
-    return 0
-
-
-def cmd_sample(args: argparse.Namespace) -> int:
-    from .diffusion.sampling import sample_grid_png
-
-    model = args.model or _default_prior_dir("xy")
-    g = torch.Generator().manual_seed(args.seed)
-    if not 0.0 <= args.eta <= 1.0:
-        raise ValueError(f"--eta must be in [0, 1], got {args.eta}")
-    path = sample_grid_png(model, args.out, n=args.n, num_steps=args.steps, generator=g,
-                           eta=args.eta, progress=not args.no_progress)
-    write_json(Path(args.out).with_suffix(".json"), {"command": "sample", **vars(args), "model": str(model)})
-    print(f"wrote {path}")
-    return 0
-
-
-def load_slice_prior(model_dir: str | Path | None = None, orientation: str = "xy"):
-    """The 2D score model of ``model_dir`` (a model folder or a prior folder with one sub-folder
-    per orientation); default: the prior shipped with the package."""
-    from .diffusion import load_model
-
-    d = Path(model_dir) if model_dir else _default_prior_dir(orientation)
-    if (d / orientation / "config.json").is_file():
-        d = d / orientation
-    if not (d / "config.json").is_file():
-        raise FileNotFoundError(
-            f"no score model in {d}: train one with `sirf-diffusion train --out DIR` or pass --model")
-    return load_model(d).eval()
-
-
-def load_denoiser(model_dir: str | Path | None = None, num_slices: int = 1):
-    """The denoiser for images of ``num_slices`` axial slices: the xy slice model for one slice,
-    else a :class:`~sirf_diffusion.diffusion.PerpendicularPrior3D` of the orientations found in
-    ``model_dir`` (default: the shipped prior)."""
-    from .diffusion import PerpendicularPrior3D
-
-    if num_slices == 1:
-        return load_slice_prior(model_dir, "xy")
-    models = {}
-    for o in ("xy", "yz", "xz"):
-        try:
-            models[o] = load_slice_prior(model_dir, o)
-        except FileNotFoundError:
-            continue
-    if not models:
-        raise FileNotFoundError("no score model found for a 3D reconstruction")
-    return PerpendicularPrior3D(models)
-
-
-#: DPS ``zeta`` of the CLI: with 3000 the best of 10-10000 on simulated 2.5 counts/mm^3 brain
-#: slices (NRMSE 0.255 vs 0.254; ``docs/evaluation/dps_zeta_sweep``).  The misfit normalisation
-#: divides by the KL summed over every sinogram bin, so zeta is O(10^3).  It depends on the
-#: data: sweep it for yours.
-DPS_DEFAULT_ZETA = 2000.0
-
-
-def run_diffusion_method(method: str, likelihood, *, model_dir: str | Path | None = None,
-                         num_steps: int | None = None, num_mlem_iterations: int | None = None,
-                         num_samples: int = 1, seed: int = 0, progress: bool = True,
-                         step_size: float | None = None):
-    """PET-LiSch / PET-DDS / DPS on a 2D case with a slice prior (3D: a perpendicular prior).
-
-    ``step_size`` is DPS's misfit-normalised ``zeta`` (default :data:`DPS_DEFAULT_ZETA`).
-    """
-    from .samplers.methods import reconstruct
-
-    denoiser = load_denoiser(model_dir, likelihood.physics.image_shape[0])
-    options: dict[str, Any] = {}
-    if method == "lisch" and num_mlem_iterations:
-        options["num_mlem_iterations"] = num_mlem_iterations
-    if method == "dps":
-        options["step_size"] = DPS_DEFAULT_ZETA if step_size is None else step_size
-    g = torch.Generator().manual_seed(seed)
-    return reconstruct(method, likelihood, denoiser, num_steps=num_steps or 50,
-                       num_samples=num_samples, generator=g, progress=progress, **options)
-
-
-def _default_prior_dir(orientation: str = "xy") -> Path:
-    from .models import default_prior_dir
-
-    return default_prior_dir() / orientation
-
-
-def settings_dict(obj: Any) -> dict:
-    """A JSON-friendly dict of a dataclass."""
-    return {k: (v if isinstance(v, (int, float, str, bool, type(None), list, dict)) else str(v))
-            for k, v in asdict(obj).items()}
+        warnings.warn("sirf_diffusion.workflows.DPS_DEFAULT_ZETA is deprecated: use "
+                      "sirf_diffusion.samplers.defaults.METHOD_DEFAULTS['dps']['step_size']",
+                      DeprecationWarning, stacklevel=2)
+        return float(METHOD_DEFAULTS["dps"]["step_size"])
+    if name in _MOVED:
+        module, attr = _MOVED[name]
+        warnings.warn(f"sirf_diffusion.workflows.{name} is deprecated: use {module}.{attr}",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

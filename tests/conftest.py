@@ -163,3 +163,32 @@ def poisson_problem(image_shape=(1, 4, 4), num_views=8, num_tangential=6, seed=0
                               additive=torch.full(data_shape, 0.5, dtype=dtype))
     y = torch.poisson(phys.forward(truth.to(dtype)), generator=g)
     return PoissonLogLikelihood(phys, y), truth
+
+
+# ------------------------------------------------------------------------- command line
+@pytest.fixture(scope="session")
+def cli_case(tmp_path_factory) -> Path:
+    """A simulated 2D FDG case (mMR, 128 x 128, test subject 3's seed), written once per session
+    by ``sirf-diffusion simulate``; tests copy it before changing it."""
+    from sirf_diffusion.cli import main
+
+    folder = tmp_path_factory.mktemp("cli") / "case"
+    assert main(["simulate", "--out", str(folder), "--seed", "3", "--counts", "2.5",
+                 "--no-progress"]) == 0
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_prior(tmp_path_factory) -> Path:
+    """A prior folder (``xy``) with an untrained 2-level UNet of 8 channels: fast, any grid
+    divisible by 2."""
+    from sirf_diffusion.diffusion import ScoreModel, ScoreModelConfig, UNetConfig, save_model
+
+    torch.manual_seed(0)
+    model = ScoreModel(ScoreModelConfig(
+        unet=UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+                        attention_resolutions=()),
+        orientation="xy", image_size=(16, 16)))
+    folder = tmp_path_factory.mktemp("prior") / "tiny"
+    save_model(folder / "xy", model)
+    return folder

@@ -177,7 +177,7 @@ def test_bad_input_is_named():
 
 
 def test_image_metrics_of_a_zero_image_has_nan_crc_not_an_error():
-    from sirf_diffusion.workflows import image_metrics
+    from sirf_diffusion.metrics import image_metrics
 
     ref = np.ones((1, 16, 16))
     hot = np.zeros_like(ref, dtype=bool)

@@ -61,7 +61,7 @@ def test_sirf_physics_equals_the_embedded_model(pet, case_dir):
     from sirf_diffusion.integrations.sirf import SIRFPhysics
     from sirf_diffusion.physics.base import adjointness_test
     from sirf_diffusion.physics.model import AcquisitionModel
-    from sirf_diffusion.workflows import case_physics, load_case
+    from sirf_diffusion.commands.case import case_physics, load_case
 
     am, _, image = _sirf_model(pet, case_dir)
     phys = SIRFPhysics(am)
@@ -285,7 +285,7 @@ def test_cil_algorithm_on_sirf_physics_with_a_sirf_template(pet, case_dir):
     require("cil")
     from sirf_diffusion.integrations.cil import DecomposedDiffusion
     from sirf_diffusion.integrations.sirf import sirf_likelihood
-    from sirf_diffusion.workflows import load_slice_prior
+    from sirf_diffusion.diffusion import load_slice_prior
 
     am, prompts, image = _sirf_model(pet, case_dir)
     lik = sirf_likelihood(am, prompts)

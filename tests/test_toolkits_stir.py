@@ -61,7 +61,7 @@ def test_stir_physics_equals_the_embedded_model(stir, case_dir, num_subsets):
     """STIR's ray-tracing matrix and the package's ray tracer on the same case (with ``m``,
     ``b`` and the PSF), subsets included; exact adjoint."""
     from sirf_diffusion.physics.base import adjointness_test
-    from sirf_diffusion.workflows import case_physics, load_case
+    from sirf_diffusion.commands.case import case_physics, load_case
     from stir_wrappers import stir_case_physics
 
     case, meta = load_case(case_dir)
@@ -85,7 +85,8 @@ def test_stir_physics_equals_the_embedded_model(stir, case_dir, num_subsets):
 def test_samplers_run_on_stir_physics(stir, case_dir):
     from sirf_diffusion import PoissonLogLikelihood
     from sirf_diffusion.samplers.methods import reconstruct
-    from sirf_diffusion.workflows import load_case, load_slice_prior
+    from sirf_diffusion.diffusion import load_slice_prior
+    from sirf_diffusion.commands.case import load_case
     from stir_wrappers import stir_case_physics
 
     case, meta = load_case(case_dir)

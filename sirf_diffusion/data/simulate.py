@@ -17,8 +17,6 @@ layout has no place for them), so the package's reconstruction uses the same res
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from ..io.atomic import write_json
 from ..physics.geometry import ImageGeometry, SinogramGeometry, get_scanner
 
 __all__ = ["SimulationConfig", "SimulatedScan", "simulate_scan", "write_simulated_case",
@@ -171,15 +170,5 @@ def write_simulated_case(folder: str | Path, scan: SimulatedScan, *,
     folder = write_case(folder, case)
     meta = {"simulation": asdict(scan.config), "info": scan.info,
             "psf_fwhm_mm": scan.config.psf_fwhm_mm}
-    tmp = Path(folder) / "simulation.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, default=_json_default))
-    tmp.replace(Path(folder) / "simulation.json")
+    write_json(Path(folder) / "simulation.json", meta)
     return Path(folder)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    return str(obj)

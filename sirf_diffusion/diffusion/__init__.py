@@ -16,6 +16,7 @@ from __future__ import annotations
 from .adapters import EpsDenoiser, ScoreDenoiser, VDenoiser
 from .denoiser import Denoiser, score_from_denoiser
 from .grid import FIELD_OF_VIEW_RATIO, VOXEL_SIZE_TOLERANCE, check_prior_grid, fit_prior_to_grid
+from .loading import load_denoiser, load_slice_prior
 from .model import ORIENTATIONS, ScoreModel, ScoreModelConfig
 from .modelio import load_model, load_prior, save_model, save_prior
 from .normalisation import IntensityNormalisation
@@ -39,7 +40,7 @@ __all__ = [
     "karras_sigmas",
     "EpsDenoiser", "VDenoiser", "ScoreDenoiser",
     "UNet", "UNetConfig", "ScoreModel", "ScoreModelConfig", "ORIENTATIONS",
-    "save_model", "load_model", "save_prior", "load_prior",
+    "save_model", "load_model", "save_prior", "load_prior", "load_slice_prior", "load_denoiser",
     "PerpendicularPrior3D", "to_slices", "from_slices",
     "check_prior_grid", "fit_prior_to_grid", "ResampledDenoiser", "WindowedDenoiser",
     "object_window", "VOXEL_SIZE_TOLERANCE", "FIELD_OF_VIEW_RATIO",

@@ -217,7 +217,7 @@ class DiffusionPrior:
         the ``orientations`` found (default: every one of ``xy``, ``yz``, ``xz`` present).
         ``kwargs`` go to the constructor.
         """
-        from ..workflows import load_slice_prior
+        from ..diffusion.loading import load_slice_prior
 
         if not volume:
             return cls(load_slice_prior(model_dir, "xy"), **kwargs)

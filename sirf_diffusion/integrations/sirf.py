@@ -549,7 +549,7 @@ class DiffusionReconstructor:
     def _denoiser(self, nz: int) -> Any:
         if callable(self.prior) and not isinstance(self.prior, (str, os.PathLike)):
             return self.prior
-        from ..workflows import load_denoiser
+        from ..diffusion.loading import load_denoiser
 
         return load_denoiser(self.prior, nz)
 

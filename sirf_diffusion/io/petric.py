@@ -24,7 +24,7 @@ folder (``kappa``, ``mu_map``, ``t1``, ...) goes to :attr:`Case.extra` by file s
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
@@ -131,7 +131,18 @@ def _read_required_sinogram(folder: Path, fname: str) -> tuple[np.ndarray, Sinog
     p = folder / fname
     if not p.is_file():
         raise FileNotFoundError(f"PETRIC case {folder} lacks {fname}")
-    return read_sinogram(p)
+    arr, g = read_sinogram(p)
+    if not np.isfinite(arr).all():
+        raise InterfileError(f"{p}: the data contain NaN or infinite values")
+    if (arr < 0).any():
+        raise InterfileError(f"{p}: the data contain negative values")
+    return arr, g
+
+
+def _difference(a: object, b: object) -> str:
+    """The fields in which two geometry dataclasses differ, by name (their reprs are long)."""
+    names = [f.name for f in fields(a) if f.compare and getattr(a, f.name) != getattr(b, f.name)]
+    return ", ".join(names) or "geometry"
 
 
 def read_case(folder: PathLike) -> Case:
@@ -152,7 +163,8 @@ def read_case(folder: PathLike) -> Case:
             geometry = g
         elif g != geometry:
             raise InterfileError(f"{folder / fname}: sinogram geometry differs from prompts.hs "
-                                 f"({g} vs {geometry})")
+                                 f"in {_difference(g, geometry)} (shape {g.shape} vs "
+                                 f"{geometry.shape})")
         sinos[key] = arr
     assert geometry is not None
     image_files: dict[str, Path] = {}
@@ -178,7 +190,10 @@ def read_case(folder: PathLike) -> Case:
         if image_geometry is None:
             image_geometry = g
         elif g != image_geometry:
-            raise InterfileError(f"{p}: image grid {g} differs from the case grid {image_geometry}")
+            raise InterfileError(f"{p}: image grid differs from the case grid in "
+                                 f"{_difference(g, image_geometry)} ({g.shape}, "
+                                 f"{g.voxel_size_mm} mm vs {image_geometry.shape}, "
+                                 f"{image_geometry.voxel_size_mm} mm)")
         images[stem] = arr
     assert image_geometry is not None
     pen = None

@@ -1,0 +1,289 @@
+"""``sirf-diffusion reconstruct``: a PETRIC-layout case by a classical or a diffusion method.
+
+Order of work: every flag is validated (values, options that do not apply to the method, the
+device), the output location is checked, the case is read and checked, the prior is loaded and
+tried on one slice of the image grid; only then is the physics built and the reconstruction
+run.  The results are written aside and moved into place at the end (:mod:`.output`); the last
+line printed summarises the run (method, time, NRMSE when the case has a reference, where the
+files are).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..samplers.defaults import METHOD_DEFAULTS
+from .arguments import (
+    check_applicable,
+    check_device,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+
+__all__ = ["add_arguments", "run", "reconstruct_classical", "run_diffusion_method",
+           "CLASSICAL", "DIFFUSION", "CLASSICAL_DEFAULTS", "APPLIES_TO", "default_beta"]
+
+CLASSICAL = ("mlem", "osem", "mapem-rdp", "mapem-quadratic")
+DIFFUSION = ("lisch", "dds", "dps")
+_MAP = ("mapem-rdp", "mapem-quadratic")
+
+#: Defaults of the classical methods.  ``beta``: the MAP penalisation factor used when neither
+#: ``--beta`` nor the case's ``penalisation_factor.txt`` gives one; chosen by the study in
+#: docs/cli.md (3 held-out test subjects, 2.5 counts/mm^3, 2D mMR, CLI defaults otherwise).
+CLASSICAL_DEFAULTS: dict[str, dict[str, float]] = {
+    "mlem": {"iterations": 50},
+    "osem": {"iterations": 10},
+    "mapem-rdp": {"iterations": 10, "beta": 1.0},
+    "mapem-quadratic": {"iterations": 10, "beta": 0.5},
+}
+
+#: The methods each method-specific option applies to (argparse destinations).
+APPLIES_TO: dict[str, tuple[str, ...]] = {
+    "iterations": CLASSICAL,
+    "subsets": ("osem", *_MAP),
+    "beta": _MAP,
+    "model": DIFFUSION,
+    "steps": DIFFUSION,
+    "samples": DIFFUSION,
+    "seed": DIFFUSION,
+    "mlem_iterations": ("lisch",),
+    "zeta": ("dps",),
+}
+
+
+def _per_method(key: str, table: Any, methods: tuple[str, ...]) -> str:
+    return ", ".join(f"{m} {table[m][key]:g}" for m in methods if key in table[m])
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``reconstruct`` with their defaults in the help."""
+    d = METHOD_DEFAULTS
+    p.add_argument("case", help="case folder in PETRIC's layout (prompts.hs, mult_factors.hs, "
+                                "additive_term.hs, ...)")
+    p.add_argument("--method", choices=CLASSICAL + DIFFUSION, default="osem",
+                   help="reconstruction method (default: %(default)s)")
+    p.add_argument("--out", metavar="DIR", required=True,
+                   help="output folder: created, or empty, or replaced with --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results already in --out (all of them)")
+    p.add_argument("--iterations", metavar="N", type=positive_int, default=None,
+                   help="classical methods: iterations (epochs for OSEM/MAP-EM) (default: "
+                        f"{_per_method('iterations', CLASSICAL_DEFAULTS, CLASSICAL)})")
+    p.add_argument("--subsets", metavar="N", type=positive_int, default=None,
+                   help="OSEM/MAP-EM: number of view subsets (default: 12, or the largest of "
+                        "14, 9, 7, 6, 4, 3, 2 that divides the views)")
+    p.add_argument("--beta", metavar="B", type=positive_float, default=None,
+                   help="MAP-EM: penalisation factor (default: the case's "
+                        "penalisation_factor.txt, else "
+                        f"{_per_method('beta', CLASSICAL_DEFAULTS, _MAP)})")
+    p.add_argument("--model", metavar="DIR", default=None,
+                   help="diffusion methods: prior folder (default: the shipped prior)")
+    p.add_argument("--steps", metavar="N", type=positive_int, default=None,
+                   help="diffusion methods: number of generative steps (default: "
+                        f"{_per_method('num_steps', d, DIFFUSION)})")
+    p.add_argument("--mlem-iterations", metavar="K", type=positive_int, default=None,
+                   help="PET-LiSch: MLEM iteration count K that sets the prior/data balance "
+                        f"(default: {d['lisch']['num_mlem_iterations']})")
+    p.add_argument("--samples", metavar="N", type=positive_int, default=None,
+                   help="diffusion methods: posterior samples (chains) averaged into the image "
+                        f"(default: {_per_method('num_samples', d, DIFFUSION)})")
+    p.add_argument("--zeta", metavar="Z", type=positive_float, default=None,
+                   help="DPS: misfit-normalised step size; depends on the data (default: "
+                        f"{d['dps']['step_size']:g})")
+    p.add_argument("--physics", choices=("torch", "stir", "sirf"), default="torch",
+                   help="physics backend; stir/sirf need the toolkits (default: %(default)s)")
+    p.add_argument("--seed", metavar="S", type=non_negative_int, default=None,
+                   help="diffusion methods: seed of the sampler's randomness (default: 0)")
+    p.add_argument("--device", metavar="DEVICE", default="cpu",
+                   help="torch device, e.g. cpu or cuda (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+# ------------------------------------------------------------------------------- classical
+def default_beta(method: str, case: Any) -> tuple[float, str]:
+    """The MAP penalisation factor of a case and where it came from: the case's
+    ``penalisation_factor.txt`` when present, else :data:`CLASSICAL_DEFAULTS`."""
+    if case.penalisation_factor is not None:
+        return float(case.penalisation_factor), "penalisation_factor.txt"
+    return float(CLASSICAL_DEFAULTS[method]["beta"]), "default"
+
+
+def reconstruct_classical(method: str, likelihood: Any, *, iterations: int, subsets: int,
+                          beta: float | None = None, kappa: torch.Tensor | None = None,
+                          x0: torch.Tensor | None = None, progress: bool = True) -> torch.Tensor:
+    """MLEM, OSEM or MAP-EM (De Pierro; STIR's RDP or quadratic prior, optional ``kappa``)."""
+    from ..recon import QuadraticPrior, RelativeDifferencePrior, map_em, mlem, osem
+
+    if method == "mlem":
+        return mlem(likelihood, x0, num_iterations=iterations, progress=progress)
+    if method == "osem":
+        return osem(likelihood, x0, num_subsets=subsets, num_epochs=iterations, progress=progress)
+    if method in _MAP:
+        if beta is None:
+            raise ValueError(f"--beta is required for {method}")
+        prior_class = RelativeDifferencePrior if method == "mapem-rdp" else QuadraticPrior
+        prior = prior_class(beta, voxel_size_mm=likelihood.physics.voxel_size_mm, kappa=kappa)
+        return map_em(likelihood, prior, x0, num_iterations=iterations, num_subsets=subsets,
+                      progress=progress)
+    raise ValueError(f"unknown classical method {method}")
+
+
+# ------------------------------------------------------------------------------- diffusion
+def _to_device(denoiser: Any, device: str) -> Any:
+    for m in getattr(denoiser, "models", {}).values():
+        if isinstance(m, torch.nn.Module):
+            m.to(device)
+    if isinstance(denoiser, torch.nn.Module):
+        denoiser.to(device)
+    return denoiser
+
+
+def check_prior_fits(denoiser: Any, image_shape: tuple[int, int, int], where: str) -> None:
+    """Refuse a prior that cannot denoise images of ``image_shape``, before any work.
+
+    One zero slice of each orientation the denoiser uses is denoised once (one network call per
+    orientation, on the slice shape the reconstruction will use); whatever the denoiser refuses
+    (a grid its network cannot take, a missing orientation) is reported as a ``ValueError``.
+    """
+    from ..diffusion.prior3d import to_slices
+
+    volume = torch.zeros(1, 1, *image_shape)
+    models = getattr(denoiser, "models", None)
+    tries = ({o: (m, to_slices(volume, o)[:1]) for o, m in models.items()} if models
+             else {"xy": (denoiser, volume[:, :, 0])})
+    for orientation, (model, slice_) in tries.items():
+        p = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+        if p is not None:
+            slice_ = slice_.to(device=p.device, dtype=p.dtype)
+        try:
+            with torch.no_grad():
+                model(slice_, torch.ones(1, device=slice_.device, dtype=slice_.dtype))
+        except (ValueError, RuntimeError) as exc:
+            z, y, x = image_shape
+            raise ValueError(f"the prior {where} cannot denoise this case's {z} x {y} x {x} "
+                             f"image ({orientation} slices of {tuple(slice_.shape[2:])}): "
+                             f"{exc}") from None
+
+
+def run_diffusion_method(method: str, likelihood: Any, denoiser: Any, *,
+                         num_steps: int | None = None, num_mlem_iterations: int | None = None,
+                         num_samples: int | None = None, step_size: float | None = None,
+                         seed: int = 0, progress: bool = True) -> Any:
+    """PET-LiSch / PET-DDS / DPS of ``likelihood`` with ``denoiser``.
+
+    ``None`` means the method's default (steps, samples, ``K``, DPS's misfit-normalised
+    ``zeta`` = ``step_size``, ``eta``) from
+    :data:`~sirf_diffusion.samplers.defaults.METHOD_DEFAULTS`.
+    """
+    from ..samplers.methods import reconstruct
+
+    d = METHOD_DEFAULTS[method]
+    options: dict[str, Any] = {}
+    if method == "lisch":
+        options["num_mlem_iterations"] = (d["num_mlem_iterations"] if num_mlem_iterations is None
+                                          else num_mlem_iterations)
+    if method == "dps":
+        options["step_size"] = d["step_size"] if step_size is None else step_size
+    return reconstruct(method, likelihood, denoiser,
+                       num_steps=d["num_steps"] if num_steps is None else num_steps,
+                       num_samples=d["num_samples"] if num_samples is None else num_samples,
+                       eta=d["eta"], generator=torch.Generator().manual_seed(seed),
+                       progress=progress, **options)
+
+
+def _describe(method: str, config: dict[str, Any]) -> str:
+    if method in DIFFUSION:
+        s = config["sampler"]
+        extra = f", K {s['num_mlem_iterations']}" if "num_mlem_iterations" in s else ""
+        extra += f", zeta {s['step_size']:g}" if "step_size" in s else ""
+        return f"{method} ({s['num_steps']} steps{extra}, mean of {s['num_samples']})"
+    beta = f", beta {config['beta']:g}" if config.get("beta") is not None else ""
+    return f"{method} ({config['iterations']} iterations x {config['subsets']} subsets{beta})"
+
+
+# --------------------------------------------------------------------------------- command
+def run(args: argparse.Namespace) -> int:
+    """Run ``reconstruct`` (module docstring)."""
+    from ..diffusion.loading import load_denoiser
+    from ..io.atomic import write_json
+    from ..io.interfile import write_image
+    from ..likelihood import PoissonLogLikelihood
+    from ..metrics import image_metrics
+    from ..plotting import save_image_row
+    from .case import case_physics, default_subsets, load_case
+    from .output import ResultSet
+
+    method = args.method
+    check_applicable(args, method, APPLIES_TO)
+    device = check_device(args.device)
+    results = ResultSet(args.out, overwrite=args.overwrite,
+                        protect={"case folder": args.case, "model folder": args.model})
+    case, meta = load_case(args.case)
+    shape = case.image_geometry.shape
+    denoiser = None
+    if method in DIFFUSION:
+        denoiser = _to_device(load_denoiser(args.model, shape[0]), device)
+        check_prior_fits(denoiser, shape, args.model or "shipped with the package")
+
+    progress = not args.no_progress
+    resolved: dict[str, Any] = {"command": "reconstruct", **vars(args)}
+    with results as staging:
+        model = case_physics(case, meta, device=device, physics=args.physics, folder=args.case)
+        prompts = torch.as_tensor(case.prompts, dtype=torch.float32, device=device)
+        lik = PoissonLogLikelihood(model, prompts)
+        t0 = time.perf_counter()
+        extra_row = None
+        if denoiser is not None:
+            result = run_diffusion_method(
+                method, lik, denoiser, num_steps=args.steps,
+                num_mlem_iterations=args.mlem_iterations, num_samples=args.samples,
+                step_size=args.zeta, seed=args.seed or 0, progress=progress)
+            x = result.mean
+            resolved["sampler"] = result.config
+            resolved.update(num_network_evaluations=result.num_network_evaluations,
+                            num_likelihood_evaluations=result.num_likelihood_evaluations)
+            result.save(staging / "posterior", plot=True)
+            if result.sample.shape[0] > 1:
+                std = result.std.reshape(shape)
+                extra_row = {"posterior std": std}
+                write_image(staging / "std.hv", std.cpu().numpy(), case.image_geometry)
+        else:
+            d = CLASSICAL_DEFAULTS[method]
+            subsets = args.subsets or (1 if method == "mlem" else default_subsets(model))
+            iterations = args.iterations or int(d["iterations"])
+            beta, source = (args.beta, "--beta") if args.beta is not None else (
+                default_beta(method, case) if method in _MAP else (None, None))
+            kappa = case.extra.get("kappa") if method in _MAP else None
+            resolved.update(iterations=iterations, subsets=subsets, beta=beta,
+                            beta_source=source, kappa=kappa is not None)
+            x = reconstruct_classical(
+                method, lik, iterations=iterations, subsets=subsets, beta=beta,
+                kappa=None if kappa is None else torch.as_tensor(kappa, device=device),
+                progress=progress)
+        resolved["wall_time_s"] = time.perf_counter() - t0
+        x = x.reshape(shape).detach()
+        if not torch.isfinite(x).all():
+            raise FloatingPointError(f"{method} produced non-finite values; nothing was "
+                                     "written")
+        write_image(staging / "image.hv", x.cpu().numpy(), case.image_geometry)
+        images: dict[str, Any] = {method: x}
+        titles = {method: method}
+        metrics = None
+        if case.reference is not None:
+            metrics = image_metrics(x, case.reference, case.masks)
+            write_json(staging / "metrics.json", metrics)
+            images = {"reference": case.reference, **images}
+            titles[method] = f"{method}\nNRMSE {metrics['nrmse']:.3f}  SSIM {metrics['ssim']:.3f}"
+        save_image_row(images, staging / "image.png", titles=titles, extra_row=extra_row)
+        write_json(staging / "config.json", resolved)
+        written = sorted(p.name + ("/" if p.is_dir() else "") for p in staging.iterdir())
+    nrmse = f", NRMSE {metrics['nrmse']:.4f}" if metrics is not None else ""
+    print(f"reconstruct: {_describe(method, resolved)} in {resolved['wall_time_s']:.1f} s{nrmse}; "
+          f"wrote {Path(args.out)} ({', '.join(written)})")
+    return 0

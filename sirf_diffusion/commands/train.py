@@ -1,0 +1,167 @@
+"""``sirf-diffusion train``: slice score priors, one run per orientation, resumable.
+
+Layout of ``--out``: ``checkpoints/<o>/`` (the run: checkpoints, losses, resolved config) and
+``<o>/`` (the exported EMA model), the prior-folder layout the loaders read.
+
+A run must be resumable after a kill, so it writes into ``--out`` itself, not into a staging
+folder.  What protects earlier results instead:
+
+* without ``--resume``, ``--out`` must be absent or empty, unless ``--overwrite``: then its
+  previous contents are moved aside and deleted once the new run ends; should the new run fail
+  before its first checkpoint they are put back;
+* ``--resume`` continues the run in ``--out`` (or starts one in an absent or empty folder, so
+  that one command both starts and continues a run); it refuses a folder holding an exported
+  model without the checkpoints of its run (a model it did not produce) or anything else that
+  is not a run;
+* a run that fails before its first checkpoint leaves nothing behind (no empty folder); one that
+  fails later keeps its checkpoints, which ``--resume`` continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .arguments import check_device, positive_int
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``train``."""
+    p.add_argument("--out", metavar="DIR", required=True,
+                   help="prior folder: checkpoints/<orientation> and the exported model "
+                        "<orientation>; created, or empty, or continued with --resume")
+    p.add_argument("--orientation", choices=("xy", "yz", "xz", "all"), default="xy",
+                   help="slice orientation(s) to train (default: %(default)s)")
+    p.add_argument("--config", metavar="JSON", default=None,
+                   help="JSON training config, e.g. configs/default_prior.json (default: the "
+                        "TrainConfig defaults)")
+    p.add_argument("--steps", metavar="N", type=positive_int, default=None,
+                   help="number of optimiser steps (default: the config's)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its latest checkpoint")
+    group.add_argument("--overwrite", action="store_true",
+                       help="replace what --out holds (all of it) with a new run")
+    p.add_argument("--device", metavar="DEVICE", default=None,
+                   help="torch device, e.g. cpu or cuda (default: the config's, else cpu)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _load_config(path: str | None) -> Any:
+    from ..diffusion.training import TrainConfig
+
+    if path is None:
+        return TrainConfig()
+    if not Path(path).is_file():
+        raise ValueError(f"--config {path}: file not found")
+    try:
+        return TrainConfig.from_json(path)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"--config {path}: {exc}") from None
+
+
+def _check_resume(folder: Path, shown: str, orientations: tuple[str, ...]) -> bool:
+    """Whether ``--resume`` continues a run in ``folder`` (``False``: absent or empty, a new run
+    starts, so that the same command starts and continues a run); refuses anything else."""
+    from ..diffusion.checkpointing import list_checkpoints
+    from .output import entries, preview
+
+    old = entries(folder, "--out") if folder.is_dir() else []
+    if not old:
+        return False
+    found = False
+    for o in orientations:
+        has_checkpoints = bool(list_checkpoints(folder / "checkpoints" / o))
+        if (folder / o / "config.json").is_file() and not has_checkpoints:
+            raise ValueError(f"--resume: --out {shown} holds an exported model ({o}/) without "
+                             f"the checkpoints of its run (checkpoints/{o}/): it was not "
+                             "produced by `sirf-diffusion train` into this folder; train into "
+                             "a new folder")
+        found |= has_checkpoints
+    if not found:
+        raise ValueError(f"--resume: --out {shown} holds no training run (no checkpoint in "
+                         f"checkpoints/{'|'.join(orientations)}/, but {preview(old)}): there is "
+                         "nothing to continue; choose another folder")
+    return True
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train every requested orientation (module docstring for what is refused)."""
+    from ..diffusion.checkpointing import list_checkpoints
+    from ..diffusion.training import train
+    from .output import (
+        TRASH_PREFIX,
+        check_location,
+        check_replaceable,
+        entries,
+        make_folders,
+        preview,
+        remove_folders,
+    )
+
+    cfg = _load_config(args.config)
+    orientations = ("xy", "yz", "xz") if args.orientation == "all" else (args.orientation,)
+    changes: dict[str, Any] = {}
+    if args.steps is not None:
+        changes["steps"] = args.steps
+    if args.device is not None:
+        changes["device"] = args.device
+    if changes.get("device", cfg.device) != "auto":
+        check_device(changes.get("device", cfg.device),
+                     "--device" if args.device is not None else f"--config {args.config}: device")
+    try:
+        configs = [dataclasses.replace(cfg, orientation=o, **changes) for o in orientations]
+    except ValueError as exc:
+        raise ValueError(f"--config {args.config}: {exc}") from None
+    protect = {"--config file": args.config, "init_from model": cfg.init_from}
+    folder = check_location(args.out, "--out", protect if args.overwrite else {})
+    old = entries(folder, "--out") if folder.is_dir() else []
+    continuing = args.resume and _check_resume(folder, args.out, orientations)
+    if args.resume or not old:
+        pass
+    elif not args.overwrite:
+        run_there = any(list_checkpoints(folder / "checkpoints" / o) for o in ("xy", "yz", "xz"))
+        hint = ("it holds a training run: pass --resume to continue it, or --overwrite to "
+                "replace it" if run_there else "pass --overwrite to replace its contents")
+        raise ValueError(f"--out {args.out} is not empty (it holds {preview(old)}): {hint}, "
+                         "or choose another folder")
+    else:
+        check_replaceable(folder, args.out)
+
+    created = make_folders(folder)
+    trash = None
+    if old and not args.resume:
+        trash = folder / f"{TRASH_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        trash.mkdir()
+        for e in old:
+            e.rename(trash / e.name)
+    try:
+        for c in configs:
+            o = c.orientation
+            train(c, folder / "checkpoints" / o, resume=args.resume,
+                  progress=not args.no_progress, export_dir=folder / o)
+            print(f"train: {o} model in {Path(args.out) / o} ({c.steps} steps)")
+    except BaseException:
+        if not continuing and not any(list_checkpoints(folder / "checkpoints" / o)
+                                      for o in orientations):
+            for e in folder.iterdir():
+                if e != trash:
+                    shutil.rmtree(e) if e.is_dir() and not e.is_symlink() else e.unlink()
+            if trash is not None:
+                for e in trash.iterdir():
+                    e.rename(folder / e.name)
+                trash.rmdir()
+                trash = None
+            remove_folders(created)
+        raise
+    finally:
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+    return 0
