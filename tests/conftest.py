@@ -61,7 +61,8 @@ def stir_reference() -> Path:
 @pytest.fixture
 def stir_reference_path() -> Callable[[str], Path]:
     """``name -> path`` of a STIR reference file: ``tests/data/third_party/stir-reference``
-    first, then the 3D folder (:func:`stir_reference_3d_folder`); skips the test when neither holds it."""
+    first, then the 3D folder (:func:`stir_reference_3d_folder`); skips the test when neither
+    holds it."""
     def find(name: str) -> Path:
         for folder in (STIR_REFERENCE, stir_reference_3d_folder()):
             if (folder / name).is_file():
