@@ -4,6 +4,10 @@ The import graph is read from the source with :mod:`ast` (every ``import`` state
 level *and* inside functions, so that lazy imports count too), at the granularity of modules of
 ``sirf_diffusion`` and ``stir_wrappers``.  Two checks:
 
+Imports inside a module-level ``__getattr__`` are left out: that function only serves
+deprecated aliases of names that moved (with a :class:`DeprecationWarning`), which may point
+anywhere.
+
 1. the graph has no cycle (Tarjan's strongly connected components);
 2. every import goes down (or across) the layers
    ``geometry -> io/physics -> data/likelihood -> recon -> diffusion -> samplers -> integrations
@@ -77,9 +81,14 @@ def import_graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         package = mod if is_pkg else mod.rpartition(".")[0]
         top_nodes = set(map(id, tree.body))
+        shims = {id(n) for f in tree.body
+                 if isinstance(f, ast.FunctionDef) and f.name == "__getattr__"
+                 for n in ast.walk(f)}
         out: set[str] = set()
         top: set[str] = set()
         for node in ast.walk(tree):
+            if id(node) in shims:
+                continue
             targets: list[str] = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]

@@ -157,7 +157,7 @@ def test_prior_directory(tmp_path):
 
 
 def test_sample_grid_png(tmp_path):
-    from sirf_diffusion.diffusion.sampling import sample_grid_png
+    from sirf_diffusion.samplers.unconditional import sample_grid_png
 
     save_model(tmp_path / "m", _model())
     out = sample_grid_png(tmp_path / "m", tmp_path / "grid.png", n=5, num_steps=3,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sirf_diffusion.diffusion.adapters import ADAPTERS, EpsDenoiser, ScoreDenoiser, VDenoiser
-from sirf_diffusion.diffusion.sampling import sample, sampling_sigmas
+from sirf_diffusion.diffusion.sampling import sampling_sigmas
 from sirf_diffusion.diffusion.schedules import (
     ContinuousVP,
     DiscreteVP,
@@ -15,6 +15,7 @@ from sirf_diffusion.diffusion.schedules import (
     schedule_from_dict,
     vp_sigmas,
 )
+from sirf_diffusion.samplers.unconditional import sample
 
 F64 = torch.float64
 SCHEDULES = [ContinuousVP(), ContinuousVP(0.1, 10.0), DiscreteVP.linear()]

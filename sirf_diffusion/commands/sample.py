@@ -35,8 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Sample into a staged result set of ``NAME.png`` and ``NAME.json``."""
     from ..diffusion.loading import load_slice_prior
-    from ..diffusion.sampling import sample_grid_png
     from ..io.atomic import write_json
+    from ..samplers.unconditional import sample_grid_png
     from .output import ResultSet
 
     out = Path(args.out)

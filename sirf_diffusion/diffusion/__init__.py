@@ -22,7 +22,7 @@ from .modelio import load_model, load_prior, save_model, save_prior
 from .normalisation import IntensityNormalisation
 from .prior3d import PerpendicularPrior3D, from_slices, to_slices
 from .resampling import ResampledDenoiser
-from .sampling import sample, sample_grid_png, sampling_sigmas
+from .sampling import sampling_sigmas
 from .schedules import (
                         ContinuousVP,
                         DiscreteVP,
@@ -44,5 +44,15 @@ __all__ = [
     "PerpendicularPrior3D", "to_slices", "from_slices",
     "check_prior_grid", "fit_prior_to_grid", "ResampledDenoiser", "WindowedDenoiser",
     "object_window", "VOXEL_SIZE_TOLERANCE", "FIELD_OF_VIEW_RATIO",
-    "sample", "sample_grid_png", "sampling_sigmas",
+    "sampling_sigmas",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Deprecated aliases: ``sample`` and ``sample_grid_png`` moved to
+    :mod:`sirf_diffusion.samplers.unconditional` (they run the reverse-diffusion loop)."""
+    if name in ("sample", "sample_grid_png"):
+        from . import sampling
+
+        return getattr(sampling, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,26 +1,19 @@
-"""Unconditional sampling from a prior: the reverse-diffusion loop with no data consistency.
+"""Noise levels of a reverse diffusion: :func:`sampling_sigmas` (from :mod:`.schedules`).
 
-:func:`sample` chooses a noise-level sequence (:mod:`.schedules`) and runs
-:func:`sirf_diffusion.samplers.loop.reverse_diffusion` with ``data_consistency=None`` — DDIM
-(``eta = 0``) to ancestral DDPM (``eta = 1``) in the VE parametrisation.  It is the quickest
-check that a trained prior has learnt plausible slices (:func:`sample_grid_png`).
+Unconditional sampling itself (``sample``, ``sample_grid_png``) runs the reverse-diffusion loop
+and therefore lives with the samplers, in :mod:`sirf_diffusion.samplers.unconditional`; the
+old names here still work, with a :class:`DeprecationWarning`.
 """
 
 from __future__ import annotations
 
-import io
-import os
-from pathlib import Path
 from typing import Literal
 
 import torch
 
-from ..io.atomic import atomic_write_bytes, make_dir
-from .denoiser import Denoiser
-from .model import ScoreModel
 from .schedules import ContinuousVP, DiscreteVP, ddpm_sigmas, karras_sigmas, vp_sigmas
 
-__all__ = ["ScheduleName", "sampling_sigmas", "sample", "sample_grid_png"]
+__all__ = ["ScheduleName", "sampling_sigmas"]
 
 ScheduleName = Literal["vp", "ddpm", "karras"]
 
@@ -46,73 +39,17 @@ def sampling_sigmas(num_steps: int, schedule: ScheduleName | torch.Tensor = "vp"
     raise ValueError(f"schedule must be 'vp', 'ddpm', 'karras' or a tensor, got {schedule!r}")
 
 
-def sample(denoiser: Denoiser, shape: tuple[int, ...], num_steps: int = 100, *, eta: float = 0.0,
-           schedule: ScheduleName | torch.Tensor = "vp", generator: torch.Generator | None = None,
-           progress: bool = False, device: torch.device | str | None = None,
-           dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Unconditional samples of ``shape`` in the prior's normalised space.
-
-    Parameters
-    ----------
-    denoiser
-        ``D(x, sigma)``; when it is a :class:`~.model.ScoreModel`, its own VP schedule sets the
-        noise levels.
-    shape
-        ``[B, 1, H, W]`` (slice models) or ``[B, 1, Z, Y, X]`` (3D priors).
-    num_steps, eta, schedule
-        Number of denoiser evaluations, DDIM stochasticity, noise levels (:func:`sampling_sigmas`).
-    generator
-        Source of all randomness.
-    """
-    # imported here: sirf_diffusion.samplers imports this package (the denoiser contract)
-    from ..samplers.loop import reverse_diffusion
-
-    vp = denoiser.schedule if isinstance(denoiser, ScoreModel) else None
-    if device is None and isinstance(denoiser, torch.nn.Module):
-        p = next(denoiser.parameters(), None)
-        device = p.device if p is not None else None
-    sigmas = sampling_sigmas(num_steps, schedule, vp)
-    with torch.no_grad():
-        return reverse_diffusion(denoiser, sigmas, shape=tuple(shape), eta=eta, generator=generator,
-                                 progress=progress, dtype=dtype, device=device)
+_MOVED = ("sample", "sample_grid_png")
 
 
-def sample_grid_png(model_or_dir: ScoreModel | str | os.PathLike[str],
-                    out_png: str | os.PathLike[str], n: int = 16, num_steps: int = 100,
-                    generator: torch.Generator | None = None, eta: float = 0.0,
-                    schedule: ScheduleName = "vp", progress: bool = False) -> Path:
-    """Draw ``n`` unconditional slices and save them as a grid image; returns the PNG path.
+def __getattr__(name: str) -> object:
+    """Deprecated aliases of the functions moved to :mod:`sirf_diffusion.samplers.unconditional`."""
+    if name in _MOVED:
+        import importlib
+        import warnings
 
-    ``model_or_dir`` is a :class:`~.model.ScoreModel` or a directory for
-    :func:`~.modelio.load_model`.  Slices have the model's ``image_size``; each panel is shown
-    with a shared grey scale from 0 to the 99.5th percentile of all samples.  ``progress``
-    shows a tqdm bar over the sampling steps.
-    """
-    from matplotlib.figure import Figure
-
-    if isinstance(model_or_dir, ScoreModel):
-        model = model_or_dir
-    else:
-        from .modelio import load_model
-        model = load_model(model_or_dir)
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    h, w = model.config.image_size
-    x = sample(model.eval(), (n, 1, h, w), num_steps, eta=eta, schedule=schedule,
-               generator=generator, progress=progress).float().cpu()[:, 0].numpy()
-    cols = int(min(n, max(1, round(n**0.5 * 1.2))))
-    rows = -(-n // cols)
-    vmax = float(max(1e-12, torch.quantile(torch.from_numpy(x).flatten(), 0.995)))
-    fig = Figure(figsize=(1.6 * cols * w / max(h, w), 1.6 * rows * h / max(h, w) + 0.3))
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        ax.set_axis_off()
-        if k < n:
-            ax.imshow(x[k], cmap="gray_r", vmin=0.0, vmax=vmax, interpolation="nearest")
-    fig.suptitle(f"{n} samples, {model.config.orientation}, {num_steps} steps, eta={eta}",
-                 fontsize=8)
-    out = Path(out_png)
-    make_dir(out.parent)
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=100, format=out.suffix.lstrip(".").lower() or "png")
-    return atomic_write_bytes(out, buf.getvalue())
+        warnings.warn(f"sirf_diffusion.diffusion.sampling.{name} moved to "
+                      f"sirf_diffusion.samplers.unconditional.{name}", DeprecationWarning,
+                      stacklevel=2)
+        return getattr(importlib.import_module("sirf_diffusion.samplers.unconditional"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

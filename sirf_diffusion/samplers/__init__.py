@@ -5,7 +5,8 @@
 * :mod:`.lisch`, :mod:`.dds`, :mod:`.dps`: the data-consistency rules (:mod:`.em_steps` their
   shared EM steps);
 * :mod:`.run`: :func:`prepare` (one table of methods, one factory each) and
-  :class:`DiffusionRun`; :mod:`.methods`: :func:`reconstruct`; :mod:`.defaults`: the defaults.
+  :class:`DiffusionRun`; :mod:`.methods`: :func:`reconstruct`; :mod:`.defaults`: the defaults;
+* :mod:`.unconditional`: :func:`sample` and :func:`sample_grid_png` (no data consistency).
 """
 
 from .loop import (
@@ -21,7 +22,9 @@ from .loop import (
 from .methods import reconstruct
 from .result import ReconResult
 from .run import METHODS, DiffusionRun, prepare
+from .unconditional import sample, sample_grid_png
 
 __all__ = ["DataConsistency", "StepContext", "DenoiserContext", "ConditionalDenoiser",
            "DenoiserAdaptation", "DiffusionStepper", "ddim_noise_levels", "reverse_diffusion",
-           "prepare", "DiffusionRun", "METHODS", "reconstruct", "ReconResult"]
+           "prepare", "DiffusionRun", "METHODS", "reconstruct", "ReconResult", "sample",
+           "sample_grid_png"]
