@@ -3,11 +3,13 @@
 Helpers (import them with ``from conftest import ...``): :class:`GaussianDenoiser` (the exact
 Tweedie denoiser of a Gaussian prior, an analytic oracle), :func:`prior_layout`,
 :func:`gaussian_denoiser`, :func:`poisson_problem` (a small dense Poisson problem); fixtures:
-``one_thread``, ``fake_cil`` (:mod:`fake_cil` installed as ``cil``), ``stir_reference``.
+``one_thread``, ``one_thread_module``, ``fake_cil`` (:mod:`fake_cil` installed as ``cil``),
+``stir_reference``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -78,14 +80,32 @@ def stir_reference_json(stir_reference_path) -> Callable[[str], dict]:
     return lambda name: _readme_json(stir_reference_path(name).parent)
 
 
+@contextlib.contextmanager
+def _one_torch_thread():
+    """Run the block with one torch intra-op thread, restoring the count after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 @pytest.fixture
 def one_thread():
     """One torch thread for the test (tiny dense problems: threads only add synchronisation).
     Not for toolkit tests (see the OMP_NUM_THREADS note above)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with _one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """:func:`one_thread` for a whole module, module-scoped fixtures included (modules that
+    build or train tiny models in module fixtures); use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread_module")``."""
+    with _one_torch_thread():
+        yield
 
 
 @pytest.fixture
