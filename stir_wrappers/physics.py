@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sirf_diffusion.integrations.containers import float32_tensor, float32_values
 from sirf_diffusion.integrations.sirf import acquisition_to_torch
 from sirf_diffusion.integrations.subsets import ToolkitSubsets
 from sirf_diffusion.physics.base import PETPhysics
@@ -57,31 +58,30 @@ def projdata_to_torch(projdata: Any, *, dtype: torch.dtype = torch.float32,
 
 def fill_projdata(projdata: Any, values: torch.Tensor | np.ndarray) -> Any:
     """Write ``[sinogram, view, tangential]`` values into STIR ``ProjData``; returns it."""
-    v = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    v = float32_values(values)
     n = int(projdata.get_proj_data_info().size_all()) if hasattr(
         projdata.get_proj_data_info(), "size_all") else None
     if n is not None and n != v.size:
         raise ValueError(f"cannot fill projection data of {n} bins with {v.size} values")
-    projdata.fill(np.ascontiguousarray(v, dtype=np.float32).flat)
+    projdata.fill(v.flat)
     return projdata
 
 
 def image_to_torch(image: Any, *, dtype: torch.dtype = torch.float32,
                    device: torch.device | str = "cpu") -> torch.Tensor:
     """A STIR image (``FloatVoxelsOnCartesianGrid``) as a ``(z, y, x)`` tensor."""
-    return torch.from_numpy(np.array(image.as_array(), dtype=np.float32)).to(dtype=dtype,
-                                                                             device=device)
+    return float32_tensor(image.as_array(), dtype=dtype, device=device)
 
 
 def torch_to_image(values: torch.Tensor | np.ndarray, template: Any) -> Any:
     """A new STIR image like ``template`` holding ``values`` (``(z, y, x)``)."""
-    v = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    v = float32_values(values)
     shape = tuple(np.asarray(template.as_array()).shape)
     if tuple(v.shape) != shape:
         raise ValueError(f"image values of shape {tuple(v.shape)} do not fit the STIR image of "
                          f"shape {shape}")
     out = template.get_empty_copy()
-    out.fill(np.ascontiguousarray(v, dtype=np.float32).flat)
+    out.fill(v.flat)
     return out
 
 
@@ -250,11 +250,7 @@ class STIRPhysics(ToolkitSubsets, PETPhysics):
             y = y * (m if views is None else m.index_select(1, views.to(y.device)))
         res = []
         for yb in y:
-            full = torch.zeros(self.data_shape, dtype=torch.float32)
-            if views is None:
-                full.copy_(yb.detach().cpu())
-            else:
-                full[:, views.cpu(), :] = yb.detach().cpu().to(torch.float32)
+            full = self._full_data(yb, views)
             pd = fill_projdata(self._stir.ProjDataInMemory(self._exam_info, self._pdi), full)
             img = self._img_template.get_empty_copy()
             img.fill(0.0)
