@@ -30,7 +30,7 @@ from typing import Any, Callable
 import torch
 
 from ..likelihood import Likelihood
-from ..physics.base import ViewSubset
+from ..physics.base import ViewSubset, check_non_negative_image
 
 __all__ = ["ReconHistory", "mlem", "osem", "initial_image", "em_step"]
 
@@ -72,14 +72,8 @@ def initial_image(likelihood: Likelihood, x0: torch.Tensor | None) -> torch.Tens
         return torch.ones(shape, dtype=likelihood.dtype, device=likelihood.device)
     if not isinstance(x0, torch.Tensor):
         raise TypeError(f"x0 must be a torch.Tensor or None, got {type(x0).__name__}")
-    if x0.ndim < 3 or tuple(x0.shape[-3:]) != shape:
-        raise ValueError(f"x0 has shape {tuple(x0.shape)}, expected (..., "
-                         f"{', '.join(map(str, shape))})")
-    if not torch.isfinite(x0).all():
-        raise ValueError("x0 contains NaN or infinite values")
-    if (x0 < 0).any():
-        raise ValueError(f"x0 has negative values (min {float(x0.min()):.4g}); EM-type "
-                         "algorithms need a non-negative initial image")
+    check_non_negative_image(x0, shape, "x0",
+                             "EM-type algorithms need a non-negative initial image")
     return x0.detach().clone()
 
 
