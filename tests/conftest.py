@@ -2,7 +2,8 @@
 
 Helpers (import them with ``from conftest import ...``): :class:`GaussianDenoiser` (the exact
 Tweedie denoiser of a Gaussian prior, an analytic oracle), :func:`prior_layout`,
-:func:`gaussian_denoiser`, :func:`poisson_problem` (a small dense Poisson problem); fixtures:
+:func:`gaussian_denoiser`, :func:`poisson_problem` (a small dense Poisson problem),
+:func:`simulated_case_with_osem` (a case folder for the toolkit tests); fixtures:
 ``one_thread``, ``one_thread_module``, ``fake_cil`` (:mod:`fake_cil` installed as ``cil``),
 ``stir_reference``.
 """
@@ -184,6 +185,18 @@ def poisson_problem(image_shape=(1, 4, 4), num_views=8, num_tangential=6, seed=0
                               additive=torch.full(data_shape, 0.5, dtype=dtype))
     y = torch.poisson(phys.forward(truth.to(dtype)), generator=g)
     return PoissonLogLikelihood(phys, y), truth
+
+
+def simulated_case_with_osem(folder: Path, seed: int) -> Path:
+    """A simulated 2D mMR case (2.5 counts/mm^3, random ``seed``) written in the PETRIC layout to
+    ``folder`` with a 2-epoch, 4-subset OSEM image as ``OSEM_image.hv`` (toolkit tests)."""
+    from sirf_diffusion import PoissonLogLikelihood, osem
+    from sirf_diffusion.data.simulate import SimulationConfig, simulate_scan, write_simulated_case
+
+    scan = simulate_scan(SimulationConfig(seed=seed, counts_per_mm3=2.5), progress=False)
+    lik = PoissonLogLikelihood(scan.acquisition_model(num_subsets=4), scan.prompts)
+    x = osem(lik, num_subsets=4, num_epochs=2, progress=False)
+    return write_simulated_case(folder, scan, osem_image=x)
 
 
 # ------------------------------------------------------------------------- command line

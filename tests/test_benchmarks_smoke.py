@@ -69,12 +69,19 @@ def _table_rows(md: str) -> list[list[str]]:
     return lines[2:]
 
 
-def test_evaluate_methods_quick(tiny_model: Path, tmp_path: Path) -> None:
-    mod = _load("evaluate_methods")
-    out = tmp_path / "evaluation"
+def _run_quick(script: str, tiny_model: Path, out: Path):
+    """Run ``benchmarks/<script>.py --quick`` on the tiny model (84 views, 2 samples, at most 2
+    PET-LiSch steps) into ``out``; returns the loaded module and what its ``main`` returned."""
+    mod = _load(script)
     res = mod.main(["--quick", "--model", str(tiny_model), "--num-views", "84",
                     "--lisch-max-steps", "2", "--samples", "2", "--out", str(out),
                     "--no-progress"])
+    return mod, res
+
+
+def test_evaluate_methods_quick(tiny_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "evaluation"
+    mod, res = _run_quick("evaluate_methods", tiny_model, out)
     for name in ("evaluation.md", "results.json", "bias_variance.png", "nrmse_vs_parameter.png",
                  "examples.png"):
         assert (out / name).is_file(), name
@@ -113,11 +120,8 @@ def test_evaluate_methods_quick(tiny_model: Path, tmp_path: Path) -> None:
 
 
 def test_speed_accuracy_quick(tiny_model: Path, tmp_path: Path) -> None:
-    mod = _load("speed_accuracy")
     out = tmp_path / "speed"
-    res = mod.main(["--quick", "--model", str(tiny_model), "--num-views", "84",
-                    "--lisch-max-steps", "2", "--samples", "2", "--out", str(out),
-                    "--no-progress"])
+    mod, res = _run_quick("speed_accuracy", tiny_model, out)
     assert _is_png(out / "speed_accuracy.png")
     md = (out / "speed_accuracy.md").read_text()
     assert "Command: `python benchmarks/speed_accuracy.py --quick" in md and "CPU cores" in md
