@@ -30,7 +30,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..physics.geometry import ImageGeometry, SinogramGeometry
+from ..physics.geometry import ImageGeometry, SinogramGeometry, check_finite_non_negative
 from .interfile import InterfileError, read_image, read_sinogram, write_image, write_sinogram
 
 __all__ = ["Case", "read_case", "write_case", "additive_to_background", "background_to_additive"]
@@ -85,10 +85,7 @@ class Case:
             if arr.ndim != 3:
                 raise ValueError(f"{name} must have shape {self.sinogram_geometry.shape}, "
                                  f"got {arr.shape}")
-            if not np.isfinite(arr).all():
-                raise ValueError(f"{name} contains NaN or infinite values")
-            if (arr < 0).any():
-                raise ValueError(f"{name} contains negative values")
+            check_finite_non_negative(arr, name)
         images = {"reference": self.reference, "osem": self.osem,
                   **{f"masks[{k!r}]": v for k, v in self.masks.items()},
                   **{f"extra[{k!r}]": v for k, v in self.extra.items()}}

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import check_non_negative_image
-from .geometry import ImageGeometry, SinogramGeometry
+from .geometry import ImageGeometry, SinogramGeometry, check_finite_non_negative
 from .projector import RayTracingProjector, projector_for
 
 __all__ = ["attenuation_factors", "line_integrals_cm"]
@@ -25,8 +24,9 @@ __all__ = ["attenuation_factors", "line_integrals_cm"]
 def _check_mu(mu_map_per_cm: torch.Tensor, image_geometry: ImageGeometry) -> None:
     if not isinstance(mu_map_per_cm, torch.Tensor) or not mu_map_per_cm.is_floating_point():
         raise TypeError("mu map must be a floating-point torch.Tensor (cm^-1)")
-    check_non_negative_image(mu_map_per_cm, image_geometry.shape, "mu map",
-                             "attenuation coefficients (cm^-1) must be >= 0")
+    image_geometry.check_image_shape(tuple(mu_map_per_cm.shape), "mu map")
+    check_finite_non_negative(mu_map_per_cm, "mu map",
+                              "attenuation coefficients (cm^-1) must be >= 0")
     if float(mu_map_per_cm.max()) > 5.0:
         raise ValueError(f"mu map maximum {float(mu_map_per_cm.max()):.4g} is implausible for "
                          "cm^-1 (water is 0.096 cm^-1 at 511 keV); was it given in mm^-1 or HU?")

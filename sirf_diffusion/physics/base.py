@@ -34,8 +34,7 @@ from typing import Any, Union
 import torch
 
 __all__ = ["PETPhysics", "DenseMatrixPhysics", "ViewSubset", "Subset", "partition",
-           "as_view_subset", "check_num_subsets", "check_non_negative_image", "adjointness_test",
-           "operator_norm"]
+           "as_view_subset", "check_num_subsets", "adjointness_test", "operator_norm"]
 
 
 @dataclass(frozen=True)
@@ -71,20 +70,6 @@ class ViewSubset:
 
 #: What the ``subset`` argument of the physics and likelihood methods accepts.
 Subset = Union[ViewSubset, int, None]
-
-
-def check_non_negative_image(t: torch.Tensor, shape: tuple[int, ...], name: str,
-                             why: str) -> None:
-    """Raise a ``ValueError`` naming ``name`` unless ``t`` is ``[..., *shape]`` (``shape``: the
-    ``(z, y, x)`` grid), finite and ``>= 0``; ``why`` (the reason) ends the negative-value
-    message."""
-    if t.ndim < 3 or tuple(t.shape[-3:]) != tuple(shape):
-        raise ValueError(f"{name} has shape {tuple(t.shape)}, expected (..., "
-                         f"{', '.join(map(str, shape))})")
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    if (t < 0).any():
-        raise ValueError(f"{name} has negative values (min {float(t.min()):.4g}); {why}")
 
 
 def check_num_subsets(num_subsets: object, num_views: int | None) -> int:

@@ -30,7 +30,8 @@ from typing import Any, Callable
 import torch
 
 from ..likelihood import Likelihood
-from ..physics.base import ViewSubset, check_non_negative_image
+from ..physics.base import ViewSubset
+from ..physics.geometry import check_finite_non_negative
 
 __all__ = ["ReconHistory", "mlem", "osem", "initial_image", "em_step"]
 
@@ -72,8 +73,10 @@ def initial_image(likelihood: Likelihood, x0: torch.Tensor | None) -> torch.Tens
         return torch.ones(shape, dtype=likelihood.dtype, device=likelihood.device)
     if not isinstance(x0, torch.Tensor):
         raise TypeError(f"x0 must be a torch.Tensor or None, got {type(x0).__name__}")
-    check_non_negative_image(x0, shape, "x0",
-                             "EM-type algorithms need a non-negative initial image")
+    if x0.ndim < 3 or tuple(x0.shape[-3:]) != shape:
+        raise ValueError(f"x0 has shape {tuple(x0.shape)}, expected (..., "
+                         f"{', '.join(map(str, shape))})")
+    check_finite_non_negative(x0, "x0", "EM-type algorithms need a non-negative initial image")
     return x0.detach().clone()
 
 
