@@ -3,7 +3,8 @@
 Helpers (import them with ``from conftest import ...``): :class:`GaussianDenoiser` (the exact
 Tweedie denoiser of a Gaussian prior, an analytic oracle), :func:`prior_layout`,
 :func:`gaussian_denoiser`, :func:`poisson_problem` (a small dense Poisson problem),
-:func:`simulated_case_with_osem` (a case folder for the toolkit tests); fixtures:
+:func:`simulated_case_with_osem` (a case folder for the toolkit tests), :func:`load_script`;
+fixtures:
 ``one_thread``, ``one_thread_module``, ``fake_cil`` (:mod:`fake_cil` installed as ``cil``),
 ``stir_reference``.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -19,6 +21,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 # One intra-op thread: the tests use small tensors, for which a second thread mostly costs
 # synchronisation (up to 15x slower on a loaded 2-core machine).  Set through OMP_NUM_THREADS
@@ -185,6 +188,20 @@ def poisson_problem(image_shape=(1, 4, 4), num_views=8, num_tangential=6, seed=0
                               additive=torch.full(data_shape, 0.5, dtype=dtype))
     y = torch.poisson(phys.forward(truth.to(dtype)), generator=g)
     return PoissonLogLikelihood(phys, y), truth
+
+
+def load_script(path: Path) -> ModuleType:
+    """Import a script that is not in a package (``benchmarks/*.py``, ``examples/*.py``) as the
+    module ``_script_<folder>_<name>``, once per session."""
+    mod_name = f"_script_{path.parent.name}_{path.stem}"
+    if mod_name in sys.modules:
+        return sys.modules[mod_name]
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def simulated_case_with_osem(folder: Path, seed: int) -> Path:

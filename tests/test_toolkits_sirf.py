@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import simulated_case_with_osem
+from conftest import load_script, simulated_case_with_osem
 from toolkits import require
 
 pytestmark = pytest.mark.toolkit
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -33,16 +35,10 @@ def case_dir(tmp_path_factory) -> Path:
 
 
 def _sirf_model(pet, case_dir: Path):
-    """SIRF's own PETRIC-style model of the case: ``S (G x + a)``, no PSF."""
-    prompts = pet.AcquisitionData(str(case_dir / "prompts.hs"))
-    mult = pet.AcquisitionData(str(case_dir / "mult_factors.hs"))
-    add = pet.AcquisitionData(str(case_dir / "additive_term.hs"))
-    image = pet.ImageData(str(case_dir / "OSEM_image.hv"))
-    am = pet.AcquisitionModelUsingRayTracingMatrix()
-    am.set_acquisition_sensitivity(pet.AcquisitionSensitivityModel(mult))
-    am.set_additive_term(add)
-    am.set_up(prompts, image)
-    return am, prompts, image
+    """SIRF's own PETRIC-style model of the case, ``S (G x + a)`` without PSF: the set-up of
+    ``examples/sirf_diffusion_reconstructor.py``; returns (model, prompts, image)."""
+    example = load_script(ROOT / "examples" / "sirf_diffusion_reconstructor.py")
+    return example.sirf_model(case_dir)
 
 
 def _sirf_objective(pet, am, prompts):
