@@ -49,11 +49,10 @@ def require_stir() -> Any:
 
 
 # ----------------------------------------------------------------------------- conversions
-def projdata_to_torch(projdata: Any, *, dtype: torch.dtype = torch.float32,
-                      device: torch.device | str = "cpu") -> torch.Tensor:
-    """STIR ``ProjData`` as ``[sinogram, view, tangential]`` (non-TOF only; the conversion of
-    :func:`sirf_diffusion.integrations.sirf.acquisition_to_torch`, which reads both)."""
-    return acquisition_to_torch(projdata, dtype=dtype, device=device)
+#: STIR ``ProjData`` as ``[sinogram, view, tangential]`` (non-TOF only):
+#: :func:`sirf_diffusion.integrations.sirf.acquisition_to_torch`, which reads SIRF's
+#: ``AcquisitionData`` and STIR's ``ProjData`` alike.
+projdata_to_torch = acquisition_to_torch
 
 
 def fill_projdata(projdata: Any, values: torch.Tensor | np.ndarray) -> Any:
