@@ -33,6 +33,7 @@ import torch
 from sirf_diffusion.integrations.containers import float32_tensor, float32_values
 from sirf_diffusion.integrations.sirf import acquisition_to_torch
 from sirf_diffusion.integrations.subsets import ToolkitSubsets
+from sirf_diffusion.io.petric import case_headers
 from sirf_diffusion.physics.base import PETPhysics
 from sirf_diffusion.toolkits import INSTALL_HINTS, require_toolkit
 
@@ -271,17 +272,7 @@ def stir_case_physics(folder: str | os.PathLike[str], *, psf_fwhm_mm: Any = None
     ``mult_factors.hs``, ``b = m * additive_term`` (PETRIC's ``ybar = m (G x + a)``), the voxel
     grid of ``OSEM_image.hv`` (else ``PETRIC/reference_image.hv``)."""
     stir = require_stir()
-    folder = Path(folder)
-    files = {k: folder / f"{k}.hs" for k in ("prompts", "mult_factors", "additive_term")}
-    for p in files.values():
-        if not p.is_file():
-            raise FileNotFoundError(f"{p} is missing: a PETRIC case needs prompts.hs, "
-                                    "mult_factors.hs and additive_term.hs")
-    tpl = next((p for p in (folder / "OSEM_image.hv", folder / "PETRIC" / "reference_image.hv")
-                if p.is_file()), None)
-    if tpl is None:
-        raise FileNotFoundError(f"{folder} has neither OSEM_image.hv nor "
-                                "PETRIC/reference_image.hv to define the image geometry")
+    files, tpl = case_headers(folder)
     prompts = stir.ProjData.read_from_file(str(files["prompts"]))
     mult = projdata_to_torch(stir.ProjData.read_from_file(str(files["mult_factors"])))
     add = projdata_to_torch(stir.ProjData.read_from_file(str(files["additive_term"])))

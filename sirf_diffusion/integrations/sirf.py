@@ -47,12 +47,12 @@ are read with the zero-copy ``asarray()`` where SIRF offers it.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from ..io.petric import case_headers
 from ..likelihood import (
     CountsProjections,
     Likelihood,
@@ -591,18 +591,7 @@ def sirf_case_likelihood(folder: str | os.PathLike[str], *, psf_fwhm_mm: Any = N
     blur is the embedded physics' one.
     """
     pet = require_sirf()
-    folder = Path(folder)
-    paths = {k: folder / f"{k}.hs" for k in ("prompts", "mult_factors", "additive_term")}
-    for k, p in paths.items():
-        if not p.is_file():
-            raise FileNotFoundError(f"{p} is missing: a PETRIC case needs prompts.hs, "
-                                    "mult_factors.hs and additive_term.hs")
-    template_path = next((p for p in (folder / "OSEM_image.hv",
-                                      folder / "PETRIC" / "reference_image.hv") if p.is_file()),
-                         None)
-    if template_path is None:
-        raise FileNotFoundError(f"{folder} has neither OSEM_image.hv nor "
-                                "PETRIC/reference_image.hv to define the image geometry")
+    paths, template_path = case_headers(folder)
     prompts = pet.AcquisitionData(str(paths["prompts"]))
     mult = pet.AcquisitionData(str(paths["mult_factors"]))
     additive = pet.AcquisitionData(str(paths["additive_term"]))

@@ -33,7 +33,8 @@ import numpy as np
 from ..physics.geometry import ImageGeometry, SinogramGeometry, check_finite_non_negative
 from .interfile import InterfileError, read_image, read_sinogram, write_image, write_sinogram
 
-__all__ = ["Case", "read_case", "write_case", "additive_to_background", "background_to_additive"]
+__all__ = ["Case", "read_case", "write_case", "additive_to_background", "background_to_additive",
+           "case_headers"]
 
 PathLike = str | os.PathLike
 
@@ -140,6 +141,24 @@ def _difference(a: object, b: object) -> str:
     """The fields in which two geometry dataclasses differ, by name (their reprs are long)."""
     names = [f.name for f in fields(a) if f.compare and getattr(a, f.name) != getattr(b, f.name)]
     return ", ".join(names) or "geometry"
+
+
+def case_headers(folder: PathLike) -> tuple[dict[str, Path], Path]:
+    """The Interfile headers a toolkit (SIRF, STIR) reads a PETRIC case from: ``{"prompts",
+    "mult_factors", "additive_term"} -> .hs`` and the image template, ``OSEM_image.hv`` (else
+    ``PETRIC/reference_image.hv``); ``FileNotFoundError`` naming what is missing."""
+    folder = Path(folder)
+    paths = {k: folder / f"{k}.hs" for k in ("prompts", "mult_factors", "additive_term")}
+    for p in paths.values():
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} is missing: a PETRIC case needs prompts.hs, "
+                                    "mult_factors.hs and additive_term.hs")
+    template = next((p for p in (folder / "OSEM_image.hv", folder / "PETRIC" / "reference_image.hv")
+                     if p.is_file()), None)
+    if template is None:
+        raise FileNotFoundError(f"{folder} has neither OSEM_image.hv nor "
+                                "PETRIC/reference_image.hv to define the image geometry")
+    return paths, template
 
 
 def read_case(folder: PathLike) -> Case:
