@@ -21,12 +21,10 @@ import sirf.STIR as pet
 from sirf_diffusion.integrations.sirf import DiffusionReconstructor
 
 
-def main(case: str, out: str) -> None:
-    case_dir, out_dir = Path(case), Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pet.set_verbosity(0)
-
-    # --- an ordinary SIRF set-up: data, normalisation x attenuation, additive term, model
+def sirf_model(case_dir: Path) -> tuple[pet.AcquisitionModel, pet.AcquisitionData,
+                                         pet.ImageData]:
+    """An ordinary SIRF set-up of a PETRIC-layout folder: data, normalisation x attenuation,
+    additive term, ray-tracing model ``S (G x + a)``; returns (model, prompts, image)."""
     prompts = pet.AcquisitionData(str(case_dir / "prompts.hs"))
     mult = pet.AcquisitionData(str(case_dir / "mult_factors.hs"))
     additive = pet.AcquisitionData(str(case_dir / "additive_term.hs"))
@@ -35,6 +33,16 @@ def main(case: str, out: str) -> None:
     acq_model.set_acquisition_sensitivity(pet.AcquisitionSensitivityModel(mult))
     acq_model.set_additive_term(additive)
     acq_model.set_up(prompts, image)
+    return acq_model, prompts, image
+
+
+def main(case: str, out: str) -> None:
+    case_dir, out_dir = Path(case), Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pet.set_verbosity(0)
+
+    # --- an ordinary SIRF set-up (sirf_model above) and objective function
+    acq_model, prompts, image = sirf_model(case_dir)
     obj_fun = pet.make_Poisson_loglikelihood(prompts)
     obj_fun.set_acquisition_model(acq_model)
 

@@ -28,6 +28,16 @@ def _pyplot():
     return plt
 
 
+def _save_png(plt: Any, fig: Any, path: str | Path) -> Path:
+    """Lay out ``fig``, save it as a PNG at ``path`` (parent folders created), close it."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def save_image_row(images: Mapping[str, Any], path: str | Path, *, titles: Mapping[str, str] | None = None,
                    vmax: float | None = None, cmap: str = "gray", extra_row: Mapping[str, Any] | None = None,
                    extra_cmap: str = "magma", suptitle: str | None = None) -> Path:
@@ -64,12 +74,7 @@ def save_image_row(images: Mapping[str, Any], path: str | Path, *, titles: Mappi
         fig.colorbar(im, ax=axes[1, j], fraction=0.046, pad=0.02)
     if suptitle:
         fig.suptitle(suptitle, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_png(plt, fig, path)
 
 
 def save_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, *,
@@ -87,9 +92,4 @@ def save_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], p
         ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_png(plt, fig, path)

@@ -30,8 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from sirf_diffusion.integrations.containers import float32_tensor, float32_values
 from sirf_diffusion.integrations.sirf import acquisition_to_torch
 from sirf_diffusion.integrations.subsets import ToolkitSubsets
+from sirf_diffusion.io.petric import case_headers
 from sirf_diffusion.physics.base import PETPhysics
 from sirf_diffusion.toolkits import INSTALL_HINTS, require_toolkit
 
@@ -48,40 +50,38 @@ def require_stir() -> Any:
 
 
 # ----------------------------------------------------------------------------- conversions
-def projdata_to_torch(projdata: Any, *, dtype: torch.dtype = torch.float32,
-                      device: torch.device | str = "cpu") -> torch.Tensor:
-    """STIR ``ProjData`` as ``[sinogram, view, tangential]`` (non-TOF only; the conversion of
-    :func:`sirf_diffusion.integrations.sirf.acquisition_to_torch`, which reads both)."""
-    return acquisition_to_torch(projdata, dtype=dtype, device=device)
+#: STIR ``ProjData`` as ``[sinogram, view, tangential]`` (non-TOF only):
+#: :func:`sirf_diffusion.integrations.sirf.acquisition_to_torch`, which reads SIRF's
+#: ``AcquisitionData`` and STIR's ``ProjData`` alike.
+projdata_to_torch = acquisition_to_torch
 
 
 def fill_projdata(projdata: Any, values: torch.Tensor | np.ndarray) -> Any:
     """Write ``[sinogram, view, tangential]`` values into STIR ``ProjData``; returns it."""
-    v = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    v = float32_values(values)
     n = int(projdata.get_proj_data_info().size_all()) if hasattr(
         projdata.get_proj_data_info(), "size_all") else None
     if n is not None and n != v.size:
         raise ValueError(f"cannot fill projection data of {n} bins with {v.size} values")
-    projdata.fill(np.ascontiguousarray(v, dtype=np.float32).flat)
+    projdata.fill(v.flat)
     return projdata
 
 
 def image_to_torch(image: Any, *, dtype: torch.dtype = torch.float32,
                    device: torch.device | str = "cpu") -> torch.Tensor:
     """A STIR image (``FloatVoxelsOnCartesianGrid``) as a ``(z, y, x)`` tensor."""
-    return torch.from_numpy(np.array(image.as_array(), dtype=np.float32)).to(dtype=dtype,
-                                                                             device=device)
+    return float32_tensor(image.as_array(), dtype=dtype, device=device)
 
 
 def torch_to_image(values: torch.Tensor | np.ndarray, template: Any) -> Any:
     """A new STIR image like ``template`` holding ``values`` (``(z, y, x)``)."""
-    v = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    v = float32_values(values)
     shape = tuple(np.asarray(template.as_array()).shape)
     if tuple(v.shape) != shape:
         raise ValueError(f"image values of shape {tuple(v.shape)} do not fit the STIR image of "
                          f"shape {shape}")
     out = template.get_empty_copy()
-    out.fill(np.ascontiguousarray(v, dtype=np.float32).flat)
+    out.fill(v.flat)
     return out
 
 
@@ -250,11 +250,7 @@ class STIRPhysics(ToolkitSubsets, PETPhysics):
             y = y * (m if views is None else m.index_select(1, views.to(y.device)))
         res = []
         for yb in y:
-            full = torch.zeros(self.data_shape, dtype=torch.float32)
-            if views is None:
-                full.copy_(yb.detach().cpu())
-            else:
-                full[:, views.cpu(), :] = yb.detach().cpu().to(torch.float32)
+            full = self._full_data(yb, views)
             pd = fill_projdata(self._stir.ProjDataInMemory(self._exam_info, self._pdi), full)
             img = self._img_template.get_empty_copy()
             img.fill(0.0)
@@ -276,17 +272,7 @@ def stir_case_physics(folder: str | os.PathLike[str], *, psf_fwhm_mm: Any = None
     ``mult_factors.hs``, ``b = m * additive_term`` (PETRIC's ``ybar = m (G x + a)``), the voxel
     grid of ``OSEM_image.hv`` (else ``PETRIC/reference_image.hv``)."""
     stir = require_stir()
-    folder = Path(folder)
-    files = {k: folder / f"{k}.hs" for k in ("prompts", "mult_factors", "additive_term")}
-    for p in files.values():
-        if not p.is_file():
-            raise FileNotFoundError(f"{p} is missing: a PETRIC case needs prompts.hs, "
-                                    "mult_factors.hs and additive_term.hs")
-    tpl = next((p for p in (folder / "OSEM_image.hv", folder / "PETRIC" / "reference_image.hv")
-                if p.is_file()), None)
-    if tpl is None:
-        raise FileNotFoundError(f"{folder} has neither OSEM_image.hv nor "
-                                "PETRIC/reference_image.hv to define the image geometry")
+    files, tpl = case_headers(folder)
     prompts = stir.ProjData.read_from_file(str(files["prompts"]))
     mult = projdata_to_torch(stir.ProjData.read_from_file(str(files["mult_factors"])))
     add = projdata_to_torch(stir.ProjData.read_from_file(str(files["additive_term"])))

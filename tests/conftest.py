@@ -2,13 +2,18 @@
 
 Helpers (import them with ``from conftest import ...``): :class:`GaussianDenoiser` (the exact
 Tweedie denoiser of a Gaussian prior, an analytic oracle), :func:`prior_layout`,
-:func:`gaussian_denoiser`, :func:`poisson_problem` (a small dense Poisson problem); fixtures:
-``one_thread``, ``fake_cil`` (:mod:`fake_cil` installed as ``cil``), ``stir_reference``.
+:func:`gaussian_denoiser`, :func:`poisson_problem` (a small dense Poisson problem),
+:func:`simulated_case_with_osem` (a case folder for the toolkit tests), :func:`load_script`;
+fixtures:
+``one_thread``, ``one_thread_module``, ``fake_cil`` (:mod:`fake_cil` installed as ``cil``),
+``stir_reference``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -16,6 +21,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 # One intra-op thread: the tests use small tensors, for which a second thread mostly costs
 # synchronisation (up to 15x slower on a loaded 2-core machine).  Set through OMP_NUM_THREADS
@@ -78,14 +84,32 @@ def stir_reference_json(stir_reference_path) -> Callable[[str], dict]:
     return lambda name: _readme_json(stir_reference_path(name).parent)
 
 
+@contextlib.contextmanager
+def _one_torch_thread():
+    """Run the block with one torch intra-op thread, restoring the count after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 @pytest.fixture
 def one_thread():
     """One torch thread for the test (tiny dense problems: threads only add synchronisation).
     Not for toolkit tests (see the OMP_NUM_THREADS note above)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with _one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """:func:`one_thread` for a whole module, module-scoped fixtures included (modules that
+    build or train tiny models in module fixtures); use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread_module")``."""
+    with _one_torch_thread():
+        yield
 
 
 @pytest.fixture
@@ -164,6 +188,32 @@ def poisson_problem(image_shape=(1, 4, 4), num_views=8, num_tangential=6, seed=0
                               additive=torch.full(data_shape, 0.5, dtype=dtype))
     y = torch.poisson(phys.forward(truth.to(dtype)), generator=g)
     return PoissonLogLikelihood(phys, y), truth
+
+
+def load_script(path: Path) -> ModuleType:
+    """Import a script that is not in a package (``benchmarks/*.py``, ``examples/*.py``) as the
+    module ``_script_<folder>_<name>``, once per session."""
+    mod_name = f"_script_{path.parent.name}_{path.stem}"
+    if mod_name in sys.modules:
+        return sys.modules[mod_name]
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def simulated_case_with_osem(folder: Path, seed: int) -> Path:
+    """A simulated 2D mMR case (2.5 counts/mm^3, random ``seed``) written in the PETRIC layout to
+    ``folder`` with a 2-epoch, 4-subset OSEM image as ``OSEM_image.hv`` (toolkit tests)."""
+    from sirf_diffusion import PoissonLogLikelihood, osem
+    from sirf_diffusion.data.simulate import SimulationConfig, simulate_scan, write_simulated_case
+
+    scan = simulate_scan(SimulationConfig(seed=seed, counts_per_mm3=2.5), progress=False)
+    lik = PoissonLogLikelihood(scan.acquisition_model(num_subsets=4), scan.prompts)
+    x = osem(lik, num_subsets=4, num_epochs=2, progress=False)
+    return write_simulated_case(folder, scan, osem_image=x)
 
 
 # ------------------------------------------------------------------------- command line

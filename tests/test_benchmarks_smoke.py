@@ -6,15 +6,14 @@ They check that the scripts run end to end and write well-formed outputs, not th
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -22,15 +21,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def _load(name: str) -> ModuleType:
     """Import ``benchmarks/<name>.py`` (not a package) as a module."""
-    mod_name = f"_benchmark_{name}"
-    if mod_name in sys.modules:
-        return sys.modules[mod_name]
-    spec = importlib.util.spec_from_file_location(mod_name, ROOT / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(ROOT / "benchmarks" / f"{name}.py")
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +60,19 @@ def _table_rows(md: str) -> list[list[str]]:
     return lines[2:]
 
 
-def test_evaluate_methods_quick(tiny_model: Path, tmp_path: Path) -> None:
-    mod = _load("evaluate_methods")
-    out = tmp_path / "evaluation"
+def _run_quick(script: str, tiny_model: Path, out: Path):
+    """Run ``benchmarks/<script>.py --quick`` on the tiny model (84 views, 2 samples, at most 2
+    PET-LiSch steps) into ``out``; returns the loaded module and what its ``main`` returned."""
+    mod = _load(script)
     res = mod.main(["--quick", "--model", str(tiny_model), "--num-views", "84",
                     "--lisch-max-steps", "2", "--samples", "2", "--out", str(out),
                     "--no-progress"])
+    return mod, res
+
+
+def test_evaluate_methods_quick(tiny_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "evaluation"
+    mod, res = _run_quick("evaluate_methods", tiny_model, out)
     for name in ("evaluation.md", "results.json", "bias_variance.png", "nrmse_vs_parameter.png",
                  "examples.png"):
         assert (out / name).is_file(), name
@@ -113,11 +111,8 @@ def test_evaluate_methods_quick(tiny_model: Path, tmp_path: Path) -> None:
 
 
 def test_speed_accuracy_quick(tiny_model: Path, tmp_path: Path) -> None:
-    mod = _load("speed_accuracy")
     out = tmp_path / "speed"
-    res = mod.main(["--quick", "--model", str(tiny_model), "--num-views", "84",
-                    "--lisch-max-steps", "2", "--samples", "2", "--out", str(out),
-                    "--no-progress"])
+    mod, res = _run_quick("speed_accuracy", tiny_model, out)
     assert _is_png(out / "speed_accuracy.png")
     md = (out / "speed_accuracy.md").read_text()
     assert "Command: `python benchmarks/speed_accuracy.py --quick" in md and "CPU cores" in md

@@ -29,15 +29,19 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- fakes and oracles
-class FakeSIRFImage:
-    """Duck-typed SIRF ``ImageData``: as_array (copy), asarray (view), fill, clone,
-    get_uniform_copy."""
+class _Float32Copy:
+    """A float32 copy of ``arr`` whose ``as_array`` returns a copy (as SIRF and STIR do)."""
 
     def __init__(self, arr):
         self._a = np.array(arr, dtype=np.float32)
 
     def as_array(self):
         return self._a.copy()
+
+
+class FakeSIRFImage(_Float32Copy):
+    """Duck-typed SIRF ``ImageData``: as_array (copy), asarray (view), fill, clone,
+    get_uniform_copy."""
 
     def asarray(self, copy=False):
         return self._a.copy() if copy else self._a
@@ -82,15 +86,9 @@ class FakeCILImage:
         return self.array.shape
 
 
-class FakeSTIRImage:
+class FakeSTIRImage(_Float32Copy):
     """Duck-typed STIR image (a class of module ``stir``): as_array, fill(iterator),
     get_empty_copy."""
-
-    def __init__(self, arr):
-        self._a = np.array(arr, dtype=np.float32)
-
-    def as_array(self):
-        return self._a.copy()
 
     def fill(self, v):
         if isinstance(v, (int, float)):

@@ -20,12 +20,8 @@ TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
                   attention_resolutions=(2,), groupnorm_groups=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny models run fastest on one thread (and the machine is shared); restored after.
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def _model(orientation="xy", seed=0):

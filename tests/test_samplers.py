@@ -275,6 +275,27 @@ def test_reconstruct_dds_with_axial_penalty_and_callback():
 
 
 # ---------------------------------------------------------------- (g) bad inputs
+@pytest.mark.parametrize(("method", "options", "error", "match"), [
+    ("mlem", {}, ValueError, "method must be one of"),
+    ("lisch", {"beta": 1.0}, ValueError, "beta do not apply to method 'lisch'"),
+    ("dps", {"step_size": 1.0, "num_mlem_iterations": 3}, ValueError,
+     "num_mlem_iterations do not apply to method 'dps'"),
+    ("lisch", {"init_epochs": 3}, ValueError, "init_epochs do not apply to method 'lisch'"),
+    ("dds", {"num_step": 2}, TypeError, "unknown option.*num_step.*did you mean num_steps"),
+    ("dps", {"num_steps": 2, "step_size": 0.0}, ValueError, "step_size"),
+    ("dds", {"eta": 1.5}, ValueError, "eta"),
+    ("dds", {"num_samples": 0}, ValueError, "num_samples"),
+    ("dds", {"num_steps": 3, "sigmas": torch.tensor([1.0, 0.0])}, ValueError,
+     "num_steps=3 but sigmas"),
+])
+def test_reconstruct_rejects_bad_options(method, options, error, match):
+    """A clear error for an unknown method, options of another method, or bad values."""
+    lik, _ = poisson_problem()
+    D = GaussianDenoiser(torch.ones(1, 1, 4, 4, dtype=DT), torch.ones(1, 1, 4, 4, dtype=DT))
+    with pytest.raises(error, match=match):
+        reconstruct(method, lik, D, IntensityNormalisation(1.0), progress=False, **options)
+
+
 def test_bad_inputs_raise_clear_errors():
     lik, truth = poisson_problem()
     D = GaussianDenoiser(torch.ones(1, 1, 4, 4, dtype=DT), torch.ones(1, 1, 4, 4, dtype=DT))
@@ -285,27 +306,8 @@ def test_bad_inputs_raise_clear_errors():
         PoissonLogLikelihood(lik.physics, bad)
     with pytest.raises(ValueError, match="shape"):
         PoissonLogLikelihood(lik.physics, lik.data[..., :-1])
-    with pytest.raises(ValueError, match="method must be one of"):
-        reconstruct("mlem", lik, D, norm, progress=False)                  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="beta do not apply to method 'lisch'"):
-        reconstruct("lisch", lik, D, norm, beta=1.0, progress=False)
-    with pytest.raises(ValueError, match="num_mlem_iterations do not apply to method 'dps'"):
-        reconstruct("dps", lik, D, norm, step_size=1.0, num_mlem_iterations=3, progress=False)
-    with pytest.raises(ValueError, match="init_epochs do not apply to method 'lisch'"):
-        reconstruct("lisch", lik, D, norm, init_epochs=3, progress=False)
-    with pytest.raises(TypeError, match="unknown option.*num_step.*did you mean num_steps"):
-        reconstruct("dds", lik, D, norm, num_step=2, progress=False)
-    with pytest.raises(ValueError, match="step_size"):
-        reconstruct("dps", lik, D, norm, num_steps=2, step_size=0.0, progress=False)
-    with pytest.raises(ValueError, match="eta"):
-        reconstruct("dds", lik, D, norm, eta=1.5, progress=False)
     with pytest.raises(TypeError, match="Likelihood"):
         reconstruct("dds", object(), D, norm, progress=False)              # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="num_samples"):
-        reconstruct("dds", lik, D, norm, num_samples=0, progress=False)
-    with pytest.raises(ValueError, match="num_steps=3 but sigmas"):
-        reconstruct("dds", lik, D, norm, num_steps=3, sigmas=torch.tensor([1.0, 0.0]),
-                    progress=False)
     with pytest.raises(ValueError, match="beta"):
         AnchoredEMDC(lik, norm, beta=-1.0)
     with pytest.raises(ValueError, match="num_subsets"):

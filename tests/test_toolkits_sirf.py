@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
+from conftest import load_script, simulated_case_with_osem
 from toolkits import require
 
 pytestmark = pytest.mark.toolkit
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -29,26 +31,32 @@ def pet():
 
 @pytest.fixture(scope="module")
 def case_dir(tmp_path_factory) -> Path:
-    from sirf_diffusion import PoissonLogLikelihood, osem
-    from sirf_diffusion.data.simulate import SimulationConfig, simulate_scan, write_simulated_case
-
-    scan = simulate_scan(SimulationConfig(seed=0, counts_per_mm3=2.5), progress=False)
-    lik = PoissonLogLikelihood(scan.acquisition_model(num_subsets=4), scan.prompts)
-    x = osem(lik, num_subsets=4, num_epochs=2, progress=False)
-    return write_simulated_case(tmp_path_factory.mktemp("sirf") / "case", scan, osem_image=x)
+    return simulated_case_with_osem(tmp_path_factory.mktemp("sirf") / "case", seed=0)
 
 
 def _sirf_model(pet, case_dir: Path):
-    """SIRF's own PETRIC-style model of the case: ``S (G x + a)``, no PSF."""
-    prompts = pet.AcquisitionData(str(case_dir / "prompts.hs"))
-    mult = pet.AcquisitionData(str(case_dir / "mult_factors.hs"))
-    add = pet.AcquisitionData(str(case_dir / "additive_term.hs"))
-    image = pet.ImageData(str(case_dir / "OSEM_image.hv"))
-    am = pet.AcquisitionModelUsingRayTracingMatrix()
-    am.set_acquisition_sensitivity(pet.AcquisitionSensitivityModel(mult))
-    am.set_additive_term(add)
-    am.set_up(prompts, image)
-    return am, prompts, image
+    """SIRF's own PETRIC-style model of the case, ``S (G x + a)`` without PSF: the set-up of
+    ``examples/sirf_diffusion_reconstructor.py``; returns (model, prompts, image)."""
+    example = load_script(ROOT / "examples" / "sirf_diffusion_reconstructor.py")
+    return example.sirf_model(case_dir)
+
+
+def _sirf_objective(pet, am, prompts):
+    """SIRF's Poisson log-likelihood of ``prompts`` under acquisition model ``am`` (not set up)."""
+    obj = pet.make_Poisson_loglikelihood(prompts)
+    obj.set_acquisition_model(am)
+    return obj
+
+
+def _sirf_osmaposl(pet, am, prompts, image, *, num_subsets: int, num_subiterations: int):
+    """SIRF's OSMAPOSL on :func:`_sirf_objective`, set up on ``image``, starting from ones."""
+    recon = pet.OSMAPOSLReconstructor()
+    recon.set_objective_function(_sirf_objective(pet, am, prompts))
+    recon.set_num_subsets(num_subsets)
+    recon.set_num_subiterations(num_subiterations)
+    recon.set_up(image)
+    recon.set_current_estimate(image.get_uniform_copy(1.0))
+    return recon
 
 
 def _rel(a, b) -> float:
@@ -81,8 +89,7 @@ def test_pll_value_and_gradient_equal_sirf_objective(pet, case_dir, num_subsets)
     from sirf_diffusion.integrations.sirf import sirf_likelihood
 
     am, prompts, image = _sirf_model(pet, case_dir)
-    obj = pet.make_Poisson_loglikelihood(prompts)
-    obj.set_acquisition_model(am)
+    obj = _sirf_objective(pet, am, prompts)
     obj.set_num_subsets(num_subsets)
     obj.set_up(image)
     lik = sirf_likelihood(am, prompts, num_subsets=num_subsets)
@@ -101,8 +108,7 @@ def test_objective_route_equals_physics_route(pet, case_dir):
     from sirf_diffusion.integrations.sirf import ObjectiveFunctionLikelihood, sirf_likelihood
 
     am, prompts, image = _sirf_model(pet, case_dir)
-    obj = pet.make_Poisson_loglikelihood(prompts)
-    obj.set_acquisition_model(am)
+    obj = _sirf_objective(pet, am, prompts)
     obj.set_up(image)
     via_obj = ObjectiveFunctionLikelihood(obj, image, num_subsets=4)
     via_phys = sirf_likelihood(am, prompts, num_subsets=4)
@@ -172,15 +178,7 @@ def test_lisch_on_sirf_physics_beats_sirf_osem_on_sirf_brain(pet, case_dir, caps
     mask = ref > 0.05 * ref.max()
 
     # SIRF's OSEM, 7 subsets (STIR needs a divisor of 252 / 4), NRMSE after every epoch
-    obj = pet.make_Poisson_loglikelihood(prompts)
-    obj.set_acquisition_model(am)
-    osem = pet.OSMAPOSLReconstructor()
-    osem.set_objective_function(obj)
-    osem.set_num_subsets(7)
-    osem.set_num_subiterations(7)
-    osem.set_up(image)
-    current = image.get_uniform_copy(1.0)
-    osem.set_current_estimate(current)
+    osem = _sirf_osmaposl(pet, am, prompts, image, num_subsets=7, num_subiterations=7)
     osem_nrmse = []
     for _ in range(15):
         osem.process()
@@ -188,8 +186,7 @@ def test_lisch_on_sirf_physics_beats_sirf_osem_on_sirf_brain(pet, case_dir, caps
     best_osem = min(osem_nrmse)
 
     # PET-LiSch with SIRF's reconstructor API (objective route) and the shipped prior
-    obj2 = pet.make_Poisson_loglikelihood(prompts)
-    obj2.set_acquisition_model(am)
+    obj2 = _sirf_objective(pet, am, prompts)
     # K = 20 MLEM iterations set the data fit; the output is the posterior mean of 4 chains
     # with stochastic DDIM steps (eta = 1): this brain (BrainWeb-like, a low slice with skull and
     # scalp) is outside the prior's training set, where deterministic DDIM (eta = 0) leaves
@@ -257,8 +254,7 @@ def test_diffusion_prior_in_a_python_bsrem_over_a_sirf_objective(pet, case_dir):
 
     am, prompts, image = _sirf_model(pet, case_dir)
     K = 4
-    obj = pet.make_Poisson_loglikelihood(prompts)
-    obj.set_acquisition_model(am)
+    obj = _sirf_objective(pet, am, prompts)
     obj.set_num_subsets(K)
     obj.set_up(image)
     prior = DiffusionPrior.from_pretrained(sigma=0.1, penalisation_factor=50.0)
@@ -336,14 +332,7 @@ def test_sirf_mlem_without_psf_has_the_total_activity_of_the_package_mlem(pet, c
     from sirf_diffusion import PoissonLogLikelihood, mlem
 
     am, prompts, image = _sirf_model(pet, case_dir)
-    obj = pet.make_Poisson_loglikelihood(prompts)
-    obj.set_acquisition_model(am)
-    recon = pet.OSMAPOSLReconstructor()
-    recon.set_objective_function(obj)
-    recon.set_num_subsets(1)
-    recon.set_num_subiterations(20)
-    recon.set_up(image)
-    recon.set_current_estimate(image.get_uniform_copy(1.0))
+    recon = _sirf_osmaposl(pet, am, prompts, image, num_subsets=1, num_subiterations=20)
     recon.process()
     theirs = torch.as_tensor(recon.get_output().as_array(), dtype=torch.float64)
     case, own = _embedded(case_dir, psf=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
+from conftest import simulated_case_with_osem
 from toolkits import require
 
 pytestmark = pytest.mark.toolkit
@@ -23,13 +23,7 @@ def stir():
 
 @pytest.fixture(scope="module")
 def case_dir(tmp_path_factory) -> Path:
-    from sirf_diffusion import PoissonLogLikelihood, osem
-    from sirf_diffusion.data.simulate import SimulationConfig, simulate_scan, write_simulated_case
-
-    scan = simulate_scan(SimulationConfig(seed=1, counts_per_mm3=2.5), progress=False)
-    lik = PoissonLogLikelihood(scan.acquisition_model(num_subsets=4), scan.prompts)
-    x = osem(lik, num_subsets=4, num_epochs=2, progress=False)
-    return write_simulated_case(tmp_path_factory.mktemp("stir") / "case", scan, osem_image=x)
+    return simulated_case_with_osem(tmp_path_factory.mktemp("stir") / "case", seed=1)
 
 
 def _rel(a, b) -> float:

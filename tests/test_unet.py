@@ -10,14 +10,8 @@ from sirf_diffusion.diffusion.model import ScoreModel, ScoreModelConfig
 from sirf_diffusion.diffusion.schedules import ContinuousVP
 from sirf_diffusion.diffusion.unet import UNet, UNetConfig
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small convolutions run far faster on one thread on a shared, loaded CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny models run fastest on one thread (and the machine is shared); restored after.
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 TINY = UNetConfig(base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1,

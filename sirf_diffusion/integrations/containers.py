@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 __all__ = ["ContainerKind", "Restore", "container_kind", "to_torch", "to_numpy", "like",
-           "coerce_image", "is_stir_image", "is_data_container"]
+           "coerce_image", "is_stir_image", "is_data_container", "float32_values",
+           "float32_tensor"]
 
 ContainerKind = Literal["numpy", "torch", "stir", "container"]
 
@@ -127,6 +128,19 @@ def _as_numpy_out(t: torch.Tensor | np.ndarray) -> np.ndarray:
     return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
 
 
+def float32_values(values: torch.Tensor | np.ndarray) -> np.ndarray:
+    """``values`` (tensor, on any device, or array) as a C-contiguous float32 numpy array: what
+    the toolkits' ``fill`` takes (SIRF/CIL the array, STIR its ``.flat`` iterator)."""
+    return np.ascontiguousarray(_as_numpy_out(values), dtype=np.float32)
+
+
+def float32_tensor(values: Any, *, dtype: torch.dtype = torch.float32,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+    """A toolkit's array (e.g. ``as_array()``) as a tensor of its own: copied through float32
+    (the toolkits' precision), then cast to ``dtype`` on ``device``."""
+    return torch.from_numpy(np.array(values, dtype=np.float32)).to(dtype=dtype, device=device)
+
+
 def to_torch(obj: Any, *, dtype: torch.dtype | None = None,
              device: torch.device | str | None = None) -> tuple[torch.Tensor, Restore]:
     """A torch view/copy of ``obj`` and the function that converts results back to its type.
@@ -209,7 +223,7 @@ def to_torch(obj: Any, *, dtype: torch.dtype | None = None,
     template = obj
 
     def restore_image(t: torch.Tensor | np.ndarray, out: Any = None) -> Any:
-        r = np.ascontiguousarray(_as_numpy_out(t), dtype=np.float32)
+        r = float32_values(t)
         _check_same_shape(r.shape, shape)
         if out is None:
             out = _empty_like(template, kind)

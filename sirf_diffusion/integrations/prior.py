@@ -114,6 +114,7 @@ import torch
 
 from ..diffusion.denoiser import Denoiser
 from ..diffusion.normalisation import IntensityNormalisation, support_mean
+from ..recon.priors import finite_non_negative
 from .containers import ContainerKind, Restore, coerce_image, container_kind
 
 __all__ = ["DiffusionPrior", "ValueMode", "gauss_legendre_01"]
@@ -237,11 +238,8 @@ class DiffusionPrior:
     # ------------------------------------------------------------------ SIRF-like settings
     def set_penalisation_factor(self, penalisation_factor: float) -> None:
         """Set ``beta >= 0`` (SIRF ``set_penalisation_factor``)."""
-        beta = float(penalisation_factor)
-        if not (math.isfinite(beta) and beta >= 0):
-            raise ValueError("penalisation_factor must be finite and >= 0, got "
-                             f"{penalisation_factor}")
-        self.penalisation_factor = beta
+        self.penalisation_factor = finite_non_negative(penalisation_factor,
+                                                       "penalisation_factor")
 
     def get_penalisation_factor(self) -> float:
         """``beta`` (SIRF ``get_penalisation_factor``)."""

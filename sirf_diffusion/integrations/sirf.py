@@ -47,12 +47,12 @@ are read with the zero-copy ``asarray()`` where SIRF offers it.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from ..io.petric import case_headers
 from ..likelihood import (
     CountsProjections,
     Likelihood,
@@ -70,7 +70,7 @@ from ..physics.base import (
 )
 from ..samplers.defaults import METHOD_DEFAULTS
 from ..toolkits import INSTALL_HINTS, require_toolkit
-from .containers import _read_array, to_torch
+from .containers import _read_array, float32_tensor, float32_values, to_torch
 from .subsets import ToolkitSubsets
 
 __all__ = ["SIRF_INSTALL_HINT", "require_sirf", "SIRFPhysics", "sirf_likelihood",
@@ -105,17 +105,17 @@ def acquisition_to_torch(acq: Any, *, dtype: torch.dtype = torch.float32,
     if arr.ndim != 3:
         raise ValueError(f"acquisition data have shape {arr.shape}, expected "
                          "(TOF bin, sinogram, view, tangential) or (sinogram, view, tangential)")
-    return torch.from_numpy(np.array(arr, dtype=np.float32)).to(dtype=dtype, device=device)
+    return float32_tensor(arr, dtype=dtype, device=device)
 
 
 def fill_acquisition(acq: Any, values: torch.Tensor | np.ndarray) -> Any:
     """Write ``[sinogram, view, tangential]`` values into SIRF ``AcquisitionData`` ``acq``
     (its own 4D shape), and return ``acq``."""
-    v = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    v = float32_values(values)
     shape = tuple(acq.shape) if hasattr(acq, "shape") else tuple(acq.as_array().shape)
     if int(np.prod(shape)) != v.size:
         raise ValueError(f"cannot fill acquisition data of shape {shape} with {v.shape} values")
-    acq.fill(np.ascontiguousarray(v, dtype=np.float32).reshape(shape))
+    acq.fill(v.reshape(shape))
     return acq
 
 
@@ -129,13 +129,12 @@ def _image_shape_and_voxels(image: Any) -> tuple[tuple[int, int, int], tuple[flo
 
 def _fill_image(template: Any, values: torch.Tensor) -> Any:
     img = template.get_uniform_copy(0.0)
-    img.fill(np.ascontiguousarray(values.detach().cpu().numpy(), dtype=np.float32))
+    img.fill(float32_values(values))
     return img
 
 
 def _image_to_torch(image: Any, like: torch.Tensor) -> torch.Tensor:
-    arr = np.array(_read_array(image, "container"), dtype=np.float32)
-    return torch.from_numpy(arr).to(dtype=like.dtype, device=like.device)
+    return float32_tensor(_read_array(image, "container"), dtype=like.dtype, device=like.device)
 
 
 # ----------------------------------------------------------------------------- physics
@@ -218,11 +217,7 @@ class SIRFPhysics(ToolkitSubsets, PETPhysics):
                          views: torch.Tensor | None) -> torch.Tensor:
         out = []
         for yb in y:
-            full = torch.zeros(self.data_shape, dtype=torch.float32)
-            if views is None:
-                full.copy_(yb.detach().cpu())
-            else:
-                full[:, views.cpu(), :] = yb.detach().cpu().to(torch.float32)
+            full = self._full_data(yb, views)
             ad = fill_acquisition(self._acq_template.get_uniform_copy(0.0), full)
             img = self.linear_model.backward(ad, subset_num=k, num_subsets=K)
             out.append(_image_to_torch(img, y))
@@ -596,18 +591,7 @@ def sirf_case_likelihood(folder: str | os.PathLike[str], *, psf_fwhm_mm: Any = N
     blur is the embedded physics' one.
     """
     pet = require_sirf()
-    folder = Path(folder)
-    paths = {k: folder / f"{k}.hs" for k in ("prompts", "mult_factors", "additive_term")}
-    for k, p in paths.items():
-        if not p.is_file():
-            raise FileNotFoundError(f"{p} is missing: a PETRIC case needs prompts.hs, "
-                                    "mult_factors.hs and additive_term.hs")
-    template_path = next((p for p in (folder / "OSEM_image.hv",
-                                      folder / "PETRIC" / "reference_image.hv") if p.is_file()),
-                         None)
-    if template_path is None:
-        raise FileNotFoundError(f"{folder} has neither OSEM_image.hv nor "
-                                "PETRIC/reference_image.hv to define the image geometry")
+    paths, template_path = case_headers(folder)
     prompts = pet.AcquisitionData(str(paths["prompts"]))
     mult = pet.AcquisitionData(str(paths["mult_factors"]))
     additive = pet.AcquisitionData(str(paths["additive_term"]))

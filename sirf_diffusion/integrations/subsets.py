@@ -72,6 +72,16 @@ class ToolkitSubsets:
                 self._subset_sets[K] = sets
         return self._subset_sets[K]
 
+    def _full_data(self, yb: torch.Tensor, views: torch.Tensor | None) -> torch.Tensor:
+        """One data element ``yb`` (all views, or the subset's ``views``) as a float32 CPU tensor
+        of the full ``data_shape``, zero on the other views: what a toolkit back projects."""
+        full = torch.zeros(self.data_shape, dtype=torch.float32)  # type: ignore[attr-defined]
+        if views is None:
+            full.copy_(yb.detach().cpu())
+        else:
+            full[:, views.cpu(), :] = yb.detach().cpu().to(torch.float32)
+        return full
+
     # hooks of PETPhysics
     def _views_of(self, subset: ViewSubset) -> torch.Tensor:
         """Views of STIR's subset ``(k, K)``."""

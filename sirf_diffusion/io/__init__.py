@@ -4,34 +4,12 @@ Importing this package imports numpy only; nibabel is imported by the NIfTI func
 they are called.
 """
 
-from .interfile import (
-    InterfileError,
-    InterfileHeader,
-    read_header,
-    read_image,
-    read_sinogram,
-    standardise_key,
-    write_image,
-    write_sinogram,
-)
-from .nifti import nifti_affine, read_nifti, write_nifti
-from .petric import Case, additive_to_background, background_to_additive, read_case, write_case
+# The public names are listed once, in each format module's ``__all__``, and re-exported here.
+from . import interfile as _interfile
+from . import nifti as _nifti
+from . import petric as _petric
+from .interfile import *  # noqa: F403
+from .nifti import *  # noqa: F403
+from .petric import *  # noqa: F403
 
-__all__ = [
-    "InterfileError",
-    "InterfileHeader",
-    "standardise_key",
-    "read_header",
-    "read_image",
-    "write_image",
-    "read_sinogram",
-    "write_sinogram",
-    "nifti_affine",
-    "read_nifti",
-    "write_nifti",
-    "Case",
-    "read_case",
-    "write_case",
-    "additive_to_background",
-    "background_to_additive",
-]
+__all__ = [*_interfile.__all__, *_nifti.__all__, *_petric.__all__]

@@ -30,10 +30,11 @@ from typing import Literal
 
 import numpy as np
 
-from ..physics.geometry import ImageGeometry, SinogramGeometry
+from ..physics.geometry import ImageGeometry, SinogramGeometry, check_finite_non_negative
 from .interfile import InterfileError, read_image, read_sinogram, write_image, write_sinogram
 
-__all__ = ["Case", "read_case", "write_case", "additive_to_background", "background_to_additive"]
+__all__ = ["Case", "read_case", "write_case", "additive_to_background", "background_to_additive",
+           "case_headers"]
 
 PathLike = str | os.PathLike
 
@@ -85,10 +86,7 @@ class Case:
             if arr.ndim != 3:
                 raise ValueError(f"{name} must have shape {self.sinogram_geometry.shape}, "
                                  f"got {arr.shape}")
-            if not np.isfinite(arr).all():
-                raise ValueError(f"{name} contains NaN or infinite values")
-            if (arr < 0).any():
-                raise ValueError(f"{name} contains negative values")
+            check_finite_non_negative(arr, name)
         images = {"reference": self.reference, "osem": self.osem,
                   **{f"masks[{k!r}]": v for k, v in self.masks.items()},
                   **{f"extra[{k!r}]": v for k, v in self.extra.items()}}
@@ -143,6 +141,24 @@ def _difference(a: object, b: object) -> str:
     """The fields in which two geometry dataclasses differ, by name (their reprs are long)."""
     names = [f.name for f in fields(a) if f.compare and getattr(a, f.name) != getattr(b, f.name)]
     return ", ".join(names) or "geometry"
+
+
+def case_headers(folder: PathLike) -> tuple[dict[str, Path], Path]:
+    """The Interfile headers a toolkit (SIRF, STIR) reads a PETRIC case from: ``{"prompts",
+    "mult_factors", "additive_term"} -> .hs`` and the image template, ``OSEM_image.hv`` (else
+    ``PETRIC/reference_image.hv``); ``FileNotFoundError`` naming what is missing."""
+    folder = Path(folder)
+    paths = {k: folder / f"{k}.hs" for k in ("prompts", "mult_factors", "additive_term")}
+    for p in paths.values():
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} is missing: a PETRIC case needs prompts.hs, "
+                                    "mult_factors.hs and additive_term.hs")
+    template = next((p for p in (folder / "OSEM_image.hv", folder / "PETRIC" / "reference_image.hv")
+                     if p.is_file()), None)
+    if template is None:
+        raise FileNotFoundError(f"{folder} has neither OSEM_image.hv nor "
+                                "PETRIC/reference_image.hv to define the image geometry")
+    return paths, template
 
 
 def read_case(folder: PathLike) -> Case:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from .geometry import ImageGeometry, SinogramGeometry
-from .projector import RayTracingProjector
+from .geometry import ImageGeometry, SinogramGeometry, check_finite_non_negative
+from .projector import RayTracingProjector, projector_for
 
 __all__ = ["attenuation_factors", "line_integrals_cm"]
 
@@ -24,14 +24,9 @@ __all__ = ["attenuation_factors", "line_integrals_cm"]
 def _check_mu(mu_map_per_cm: torch.Tensor, image_geometry: ImageGeometry) -> None:
     if not isinstance(mu_map_per_cm, torch.Tensor) or not mu_map_per_cm.is_floating_point():
         raise TypeError("mu map must be a floating-point torch.Tensor (cm^-1)")
-    if mu_map_per_cm.ndim < 3 or tuple(mu_map_per_cm.shape[-3:]) != image_geometry.shape:
-        raise ValueError(f"mu map has shape {tuple(mu_map_per_cm.shape)}, expected (..., "
-                         f"{', '.join(map(str, image_geometry.shape))}) for the image geometry")
-    if not torch.isfinite(mu_map_per_cm).all():
-        raise ValueError("mu map contains NaN or infinite values")
-    if (mu_map_per_cm < 0).any():
-        raise ValueError(f"mu map contains negative values (min {float(mu_map_per_cm.min()):.4g} "
-                         "cm^-1); attenuation coefficients must be >= 0")
+    image_geometry.check_image_shape(tuple(mu_map_per_cm.shape), "mu map")
+    check_finite_non_negative(mu_map_per_cm, "mu map",
+                              "attenuation coefficients (cm^-1) must be >= 0")
     if float(mu_map_per_cm.max()) > 5.0:
         raise ValueError(f"mu map maximum {float(mu_map_per_cm.max()):.4g} is implausible for "
                          "cm^-1 (water is 0.096 cm^-1 at 511 keV); was it given in mm^-1 or HU?")
@@ -55,12 +50,9 @@ def line_integrals_cm(mu_map_per_cm: torch.Tensor, image_geometry: ImageGeometry
         An existing projector with the same geometries, to reuse its cached matrices.
     """
     _check_mu(mu_map_per_cm, image_geometry)
-    if projector is None:
-        projector = RayTracingProjector(sinogram_geometry, image_geometry, num_rays=num_rays,
-                                        restrict_to_cylindrical_fov=restrict_to_cylindrical_fov)
-    elif (projector.image_geometry != image_geometry
-          or not projector.sinogram_geometry.is_compatible(sinogram_geometry)):
-        raise ValueError("projector geometries differ from the mu map / sinogram geometries")
+    projector = projector_for(sinogram_geometry, image_geometry, num_rays=num_rays,
+                              restrict_to_cylindrical_fov=restrict_to_cylindrical_fov,
+                              projector=projector, what="mu map / sinogram geometries")
     vx_cm = image_geometry.voxel_size_mm[2] / 10.0
     return projector.forward(mu_map_per_cm) * vx_cm
 

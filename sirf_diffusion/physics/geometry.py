@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +33,20 @@ __all__ = [
     "Segment",
     "SinogramGeometry",
     "ImageGeometry",
+    "check_finite_non_negative",
 ]
+
+
+def check_finite_non_negative(values: Any, name: str, why: str = "") -> None:
+    """Raise a ``ValueError`` naming ``name`` unless every value of ``values`` (numpy array or
+    torch tensor, on any device) is finite and ``>= 0``: images and sinograms on the grids
+    below; ``why`` (the reason) ends the negative-value message."""
+    finite = values.isfinite() if hasattr(values, "isfinite") else np.isfinite(values)
+    if not finite.all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if (values < 0).any():
+        raise ValueError(f"{name} contains negative values (min {float(values.min()):.4g})"
+                         + (f"; {why}" if why else ""))
 
 
 @dataclass(frozen=True)

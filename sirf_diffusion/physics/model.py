@@ -19,7 +19,7 @@ import torch
 
 from .base import PETPhysics
 from .geometry import ImageGeometry, SinogramGeometry
-from .projector import RayTracingProjector
+from .projector import RayTracingProjector, projector_for
 from .psf import GaussianPSF
 
 __all__ = ["AcquisitionModel"]
@@ -82,13 +82,10 @@ class AcquisitionModel(PETPhysics):
                  psf_fwhm_mm: float | tuple[float, float] | None = None,
                  num_rays: int = 1, restrict_to_cylindrical_fov: bool = True,
                  num_subsets: int = 1, projector: RayTracingProjector | None = None) -> None:
-        if projector is None:
-            projector = RayTracingProjector(sinogram_geometry, image_geometry, num_rays=num_rays,
-                                            restrict_to_cylindrical_fov=restrict_to_cylindrical_fov)
-        elif (projector.image_geometry != image_geometry
-              or not projector.sinogram_geometry.is_compatible(sinogram_geometry)):
-            raise ValueError("the given projector was built for other geometries")
-        self.projector = projector
+        self.projector = projector_for(
+            sinogram_geometry, image_geometry, num_rays=num_rays,
+            restrict_to_cylindrical_fov=restrict_to_cylindrical_fov, projector=projector,
+            what="acquisition model's sinogram / image geometries")
         self.sinogram_geometry = sinogram_geometry
         self.image_geometry = image_geometry
         self.image_shape = image_geometry.shape

@@ -48,7 +48,7 @@ import torch
 
 from .geometry import ImageGeometry, SinogramGeometry
 
-__all__ = ["RayElements", "RayTracingProjector", "fov_radius_mm", "trace_rays_2d"]
+__all__ = ["RayElements", "RayTracingProjector", "fov_radius_mm", "projector_for", "trace_rays_2d"]
 
 _TINY = 1e-12
 
@@ -637,6 +637,22 @@ class RayTracingProjector:
         for r in range(n):
             Xp[:, r:r + L] += X2
         out += Xp[:, -lo:-lo + nz]
+
+
+def projector_for(sinogram_geometry: SinogramGeometry, image_geometry: ImageGeometry, *,
+                  num_rays: int = 1, restrict_to_cylindrical_fov: bool = True,
+                  projector: RayTracingProjector | None = None,
+                  what: str = "given geometries") -> RayTracingProjector:
+    """``projector`` when it was built for these geometries (to reuse its cached matrices), a new
+    :class:`RayTracingProjector` with ``num_rays`` / ``restrict_to_cylindrical_fov`` when it is
+    ``None``; a ``ValueError`` naming ``what`` the geometries belong to otherwise."""
+    if projector is None:
+        return RayTracingProjector(sinogram_geometry, image_geometry, num_rays=num_rays,
+                                   restrict_to_cylindrical_fov=restrict_to_cylindrical_fov)
+    if (projector.image_geometry != image_geometry
+            or not projector.sinogram_geometry.is_compatible(sinogram_geometry)):
+        raise ValueError(f"the given projector was built for other geometries than the {what}")
+    return projector
 
 
 class _Linear(torch.autograd.Function):

@@ -31,6 +31,7 @@ import torch
 
 from ..likelihood import Likelihood
 from ..physics.base import ViewSubset
+from ..physics.geometry import check_finite_non_negative
 
 __all__ = ["ReconHistory", "mlem", "osem", "initial_image", "em_step"]
 
@@ -75,11 +76,7 @@ def initial_image(likelihood: Likelihood, x0: torch.Tensor | None) -> torch.Tens
     if x0.ndim < 3 or tuple(x0.shape[-3:]) != shape:
         raise ValueError(f"x0 has shape {tuple(x0.shape)}, expected (..., "
                          f"{', '.join(map(str, shape))})")
-    if not torch.isfinite(x0).all():
-        raise ValueError("x0 contains NaN or infinite values")
-    if (x0 < 0).any():
-        raise ValueError(f"x0 has negative values (min {float(x0.min()):.4g}); EM-type "
-                         "algorithms need a non-negative initial image")
+    check_finite_non_negative(x0, "x0", "EM-type algorithms need a non-negative initial image")
     return x0.detach().clone()
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "RelativeDifferencePrior",
     "QuadraticPrior",
     "neighbourhood_offsets",
+    "finite_non_negative",
 ]
 
 Neighbourhood = Literal["26", "axial", "transaxial"]
@@ -102,6 +103,15 @@ def _check_voxel_size(voxel_size_mm: Sequence[float]) -> tuple[float, float, flo
         raise ValueError("voxel_size_mm must be three positive numbers (vz, vy, vx), "
                          f"got {voxel_size_mm!r}")
     return v  # type: ignore[return-value]
+
+
+def finite_non_negative(value: float, name: str) -> float:
+    """``float(value)`` when it is finite and ``>= 0`` (weights, step sizes, smoothing
+    parameters), else a ``ValueError`` naming ``name``."""
+    v = float(value)
+    if not (math.isfinite(v) and v >= 0):
+        raise ValueError(f"{name} must be finite and >= 0, got {value}")
+    return v
 
 
 def _pair_slices(shape: Sequence[int], d: tuple[int, int, int]):
@@ -201,13 +211,7 @@ class NeighbourhoodPrior(abc.ABC):
     def gradient(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """:math:`\\nabla R(x)_r = \\beta \\sum_{s \\in N(r)} w_{rs}\\kappa_r\\kappa_s\\,
         \\partial_1\\phi(x_r, x_s)` (``out``: optional tensor to write into, CIL style)."""
-        self._check_image(x)
-        g = torch.zeros_like(x)
-        if self.penalisation_factor != 0:
-            for sa, sb, weight, a, b in self._pairs(x):
-                g[sa] += weight * self._d1(a, b)
-                g[sb] += weight * self._d1(b, a)
-            g *= self.penalisation_factor
+        g = self._neighbour_sum(x, self._d1)
         if out is not None:
             out.copy_(g)
             return out
@@ -216,14 +220,20 @@ class NeighbourhoodPrior(abc.ABC):
     def hessian_diagonal(self, x: torch.Tensor) -> torch.Tensor:
         """Diagonal of the Hessian, :math:`\\beta\\sum_{s\\in N(r)} w_{rs}\\kappa_r\\kappa_s\\,
         \\partial_1^2\\phi(x_r, x_s)` (STIR's ``derivative_20`` summed over the neighbourhood)."""
+        return self._neighbour_sum(x, self._d11)
+
+    def _neighbour_sum(self, x: torch.Tensor, d) -> torch.Tensor:
+        """:math:`\\beta \\sum_{s \\in N(r)} w_{rs}\\kappa_r\\kappa_s\\, d(x_r, x_s)` at every
+        voxel ``r`` (each pair ``(r, s)`` adds to both ends), for ``d`` a partial derivative
+        of ``phi`` in its first argument."""
         self._check_image(x)
-        h = torch.zeros_like(x)
+        out = torch.zeros_like(x)
         if self.penalisation_factor != 0:
             for sa, sb, weight, a, b in self._pairs(x):
-                h[sa] += weight * self._d11(a, b)
-                h[sb] += weight * self._d11(b, a)
-            h *= self.penalisation_factor
-        return h
+                out[sa] += weight * d(a, b)
+                out[sb] += weight * d(b, a)
+            out *= self.penalisation_factor
+        return out
 
     def separable_curvature(self, x: torch.Tensor, lower_ratio: float = 0.75) -> torch.Tensor:
         """Curvatures ``c`` of a separable quadratic majoriser of ``R`` at ``x``.
@@ -271,11 +281,8 @@ class NeighbourhoodPrior(abc.ABC):
     # ------------------------------------------------------------ SIRF-like surface
     def set_penalisation_factor(self, penalisation_factor: float) -> None:
         """Set ``beta`` (SIRF ``set_penalisation_factor``)."""
-        beta = float(penalisation_factor)
-        if not (math.isfinite(beta) and beta >= 0):
-            raise ValueError("penalisation_factor must be finite and >= 0, "
-                             f"got {penalisation_factor}")
-        self.penalisation_factor = beta
+        self.penalisation_factor = finite_non_negative(penalisation_factor,
+                                                       "penalisation_factor")
 
     def get_penalisation_factor(self) -> float:
         """``beta`` (SIRF ``get_penalisation_factor``)."""
@@ -354,20 +361,14 @@ class RelativeDifferencePrior(NeighbourhoodPrior):
 
     def set_gamma(self, gamma: float) -> None:
         """Set ``gamma >= 0``."""
-        g = float(gamma)
-        if not (math.isfinite(g) and g >= 0):
-            raise ValueError(f"gamma must be finite and >= 0, got {gamma}")
-        self.gamma = g
+        self.gamma = finite_non_negative(gamma, "gamma")
 
     def get_gamma(self) -> float:
         return self.gamma
 
     def set_epsilon(self, epsilon: float) -> None:
         """Set ``epsilon >= 0``."""
-        e = float(epsilon)
-        if not (math.isfinite(e) and e >= 0):
-            raise ValueError(f"epsilon must be finite and >= 0, got {epsilon}")
-        self.epsilon = e
+        self.epsilon = finite_non_negative(epsilon, "epsilon")
 
     def get_epsilon(self) -> float:
         return self.epsilon
