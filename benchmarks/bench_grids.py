@@ -4,7 +4,8 @@ Real scanner images have odd in-plane sizes and fields of view larger than the p
 slices (SIRF's mMR default is 285 x 285 x 127, PETRIC's 181 x 181): the prior pads any grid to
 its network's multiple and, on a large field of view, denoises a window around the object
 (``samplers.run.prepare``, step 4).  This script simulates held-out subject 0 at
-2.5 counts/mm^3 on each grid (mMR, 2.086 mm voxels; 3D: ``--rings`` rings, span 1) and runs
+2.5 counts/mm^3 on each grid (mMR, 2.086 mm voxels; 3D: ``--rings`` rings, span 1, the
+``2 rings - 1`` planes they image) and runs
 
 * OSEM, 4 epochs of 12 subsets (the baseline of ``docs/cli.md``);
 * PET-LiSch with every option at its default (``METHOD_DEFAULTS``: 20 steps, K 30, mean of 4
@@ -33,7 +34,8 @@ from sirf_diffusion.samplers.methods import reconstruct
 def run(n: int, dims: int, rings: int) -> dict[str, object]:
     cfg = SimulationConfig(seed=0, counts_per_mm3=2.5, image_shape=(n, n),
                            dims=dims,  # type: ignore[arg-type]
-                           rings=rings if dims == 3 else None)
+                           rings=rings if dims == 3 else None,
+                           num_planes=2 * rings - 1 if dims == 3 else None)
     scan = simulate_scan(cfg, progress=False)
     head = scan.reference > 0
     t = time.perf_counter()

@@ -265,3 +265,35 @@ def test_demo_quick(tmp_path):
     rows = json.loads((out / "metrics.json").read_text())
     assert rows and all(math.isfinite(r["nrmse"]) for r in rows.values())
     assert (out / "case" / "prompts.hs").is_file()
+
+
+def _prior_trained_at(tiny_prior: Path, folder: Path, voxel_size_mm) -> Path:
+    """A copy of ``tiny_prior`` whose config records a training voxel size."""
+    shutil.copytree(tiny_prior, folder)
+    cfg_path = folder / "xy" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["model"]["training_data"] = {"voxel_size_mm": list(voxel_size_mm)}
+    cfg_path.write_text(json.dumps(cfg))
+    return folder
+
+
+def test_reconstruct_warns_of_a_prior_trained_at_another_voxel_size(case_dir, tmp_path,
+                                                                     tiny_prior, capsys):
+    """A prior trained on voxels twice the case's: one warning naming both voxel sizes, before
+    any work; --resample-prior denoises on the prior's grid, without the warning."""
+    vz, vy, vx = read_case(case_dir).image_geometry.voxel_size_mm
+    prior = _prior_trained_at(tiny_prior, tmp_path / "coarse", (vz, 2 * vy, 2 * vx))
+    args = ("--method", "lisch", "--model", str(prior), "--steps", "2", "--samples", "1")
+    assert _reconstruct(case_dir, tmp_path / "a", *args) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warned) == 1 and "voxel size" in warned[0] and f"{2 * vy:g}" in warned[0]
+    assert _reconstruct(case_dir, tmp_path / "b", *args, "--resample-prior") == 0
+    assert "warning" not in capsys.readouterr().err
+    # a prior that records no voxel size cannot be resampled: refused up front, nothing written
+    assert _reconstruct(case_dir, tmp_path / "c", "--method", "lisch", "--model",
+                        str(tiny_prior), "--resample-prior") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "voxel size" in err[0] and not (tmp_path / "c").exists()
+    # and the flag is for the diffusion methods only
+    assert _reconstruct(case_dir, tmp_path / "d", "--method", "osem", "--resample-prior") == 2
+    assert "--resample-prior does not apply to method osem" in capsys.readouterr().err

@@ -11,6 +11,7 @@ files are).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ APPLIES_TO: dict[str, tuple[str, ...]] = {
     "seed": DIFFUSION,
     "mlem_iterations": ("lisch",),
     "zeta": ("dps",),
+    "resample_prior": DIFFUSION,
 }
 
 
@@ -96,6 +98,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zeta", metavar="Z", type=positive_float, default=None,
                    help="DPS: misfit-normalised step size; depends on the data (default: "
                         f"{d['dps']['step_size']:g})")
+    p.add_argument("--resample-prior", action="store_const", const=True, default=None,
+                   help="diffusion methods: denoise on the prior's training voxel size "
+                        "(value-preserving resampling at the prior boundary); for images whose "
+                        "voxel size differs from it by more than 10 %% (default: off, with a "
+                        "warning)")
     p.add_argument("--physics", choices=("torch", "stir", "sirf"), default="torch",
                    help="physics backend; stir/sirf need the toolkits (default: %(default)s)")
     p.add_argument("--seed", metavar="S", type=non_negative_int, default=None,
@@ -210,6 +217,7 @@ def _describe(method: str, config: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------- command
 def run(args: argparse.Namespace) -> int:
     """Run ``reconstruct`` (module docstring)."""
+    from ..diffusion.grid import check_prior_grid, fit_prior_to_grid
     from ..diffusion.loading import load_denoiser
     from ..io.atomic import write_json
     from ..io.interfile import write_image
@@ -230,6 +238,13 @@ def run(args: argparse.Namespace) -> int:
     if method in DIFFUSION:
         denoiser = _to_device(load_denoiser(args.model, shape[0]), device)
         check_prior_fits(denoiser, shape, args.model or "shipped with the package")
+        voxel = case.image_geometry.voxel_size_mm
+        if args.resample_prior:
+            denoiser = fit_prior_to_grid(denoiser, shape, voxel, resample=True, warn=False)
+        # a field of view larger than the prior's is handled by prepare (a window around the
+        # object); the voxel size is the user's to decide: say so, once, before any work
+        for message in check_prior_grid(denoiser, shape, voxel, field_of_view=False):
+            print(f"sirf-diffusion reconstruct: warning: {message}", file=sys.stderr)
 
     progress = not args.no_progress
     resolved: dict[str, Any] = {"command": "reconstruct", **vars(args)}

@@ -122,9 +122,13 @@ def _shape(image_shape: Sequence[int]) -> tuple[int, int, int]:
 
 def check_prior_grid(denoiser: Denoiser, image_shape: Sequence[int],
                      voxel_size_mm: Sequence[float], *,
-                     tolerance: float = VOXEL_SIZE_TOLERANCE) -> list[str]:
+                     tolerance: float = VOXEL_SIZE_TOLERANCE,
+                     field_of_view: bool = True) -> list[str]:
     """Check, without running the network, that ``denoiser`` can denoise images of
     ``image_shape`` ``(z, y, x)`` with voxels of ``voxel_size_mm`` ``(vz, vy, vx)``.
+
+    ``field_of_view=False`` leaves out the field-of-view message (for callers that window the
+    prior themselves, as :func:`~sirf_diffusion.samplers.run.prepare` does).
 
     Returns
     -------
@@ -183,7 +187,7 @@ def check_prior_grid(denoiser: Denoiser, image_shape: Sequence[int],
                 f"{'/'.join(_AXIS_NAMES[a] for a in off)} (more than {tolerance:.0%}): the "
                 "prior sees anatomy at the wrong scale; resample to the prior's voxel size at "
                 "the prior boundary (resample=True) or use a prior trained at this voxel size")
-        if o == "xy" and not windowed:
+        if o == "xy" and not windowed and field_of_view:
             image_fov = (shape[1] * image_voxel[1], shape[2] * image_voxel[2])
             prior_fov = _training_fov(model, trained)
             ratio = max(a / b for a, b in zip(image_fov, prior_fov))
@@ -237,7 +241,7 @@ def _min_window(denoiser: Denoiser, voxel: tuple[float, float, float]) -> tuple[
 def fit_prior_to_grid(denoiser: Denoiser, image_shape: Sequence[int],
                       voxel_size_mm: Sequence[float], *, resample: bool = False,
                       support: torch.Tensor | None = None,
-                      tolerance: float = VOXEL_SIZE_TOLERANCE) -> Denoiser:
+                      tolerance: float = VOXEL_SIZE_TOLERANCE, warn: bool = True) -> Denoiser:
     """The denoiser to use for images of ``image_shape`` / ``voxel_size_mm``.
 
     Parameters
@@ -256,6 +260,8 @@ def fit_prior_to_grid(denoiser: Denoiser, image_shape: Sequence[int],
         (:class:`~.window.WindowedDenoiser`, zero activity outside).
     tolerance
         Relative voxel-size difference tolerated without a warning.
+    warn
+        Issue the messages (``False``: the caller reports them, e.g. the command line).
 
     The messages of :func:`check_prior_grid` for the returned denoiser are issued as
     :func:`warnings.warn`.
@@ -284,6 +290,8 @@ def fit_prior_to_grid(denoiser: Denoiser, image_shape: Sequence[int],
         window = object_window(support, _min_window(denoiser, voxel))
         if window is not None:
             denoiser = WindowedDenoiser(denoiser, window)
-    for message in check_prior_grid(denoiser, image_shape, voxel_size_mm, tolerance=tolerance):
-        warnings.warn(message, stacklevel=2)
+    if warn:
+        for message in check_prior_grid(denoiser, image_shape, voxel_size_mm,
+                                        tolerance=tolerance):
+            warnings.warn(message, stacklevel=2)
     return denoiser

@@ -224,7 +224,7 @@ def _prior_window(denoiser: Denoiser, likelihood: Likelihood, image: torch.Tenso
         eligible = well_sampled(likelihood.sensitivity(None, like=image))
         mask = support_mask(image.reshape(likelihood.image_shape), eligible=eligible)
     return fit_prior_to_grid(denoiser, likelihood.image_shape, likelihood.voxel_size_mm,
-                             support=mask.to(torch.bool))
+                             support=mask.to(torch.bool), warn=False)
 
 
 @dataclass(frozen=True)
