@@ -75,3 +75,20 @@ def test_a_toy_denoiser_is_never_windowed_automatically():
     shape = (1, 285, 285)
     toy = lambda x, sigma: x  # noqa: E731
     assert _prior_window(toy, _Grid(shape), _head(shape, (140, 140), 40), None, None) is toy
+
+
+def test_bad_options_are_refused_before_the_initial_reconstruction():
+    """Increasing noise levels, or a forced window with nothing to centre it on, are refused
+    before any projection is spent."""
+    from conftest import gaussian_denoiser, poisson_problem
+
+    from sirf_diffusion.diffusion.normalisation import IntensityNormalisation
+    from sirf_diffusion.samplers.run import prepare
+
+    lik, _ = poisson_problem()
+    with pytest.raises(ValueError, match="decreasing"):
+        prepare("lisch", lik, gaussian_denoiser(), sigmas=torch.tensor([1.0, 2.0, 0.0]))
+    assert lik.num_forward == 0
+    with pytest.raises(ValueError, match="support_mask"):
+        prepare("dds", lik, gaussian_denoiser(), IntensityNormalisation(1.0), num_steps=2,
+                prior_window=True)

@@ -14,8 +14,12 @@ Rules (``docs/cli.md``):
   ``.sirf-diffusion-old-<pid>-<token>`` folder, the new ones into place (renames in one
   folder), and the old ones are deleted.  On any failure (including Ctrl-C) the staging folder
   and every folder the command created are removed: the output location is as before;
-* hidden folders left by a process that was killed (its pid no longer runs) are removed at the
-  next start; those of a running process make the command refuse the folder.
+* hidden folders left by a process that was killed (its pid no longer runs) are dealt with at
+  the next start: a staging folder is removed; a folder of previous contents is never deleted
+  (the kill may have come before the new result was in place): its entries move back when no
+  entry of the same name is there, else it is renamed to a visible
+  ``sirf-diffusion-recovered-<token>`` folder, with a warning.  Those of a running process make
+  the command refuse the folder.
 
 Folders are created with :func:`os.mkdir`, i.e. with the user's umask.
 """
@@ -78,9 +82,28 @@ def entries(folder: Path, flag: str, *, shared: bool = False) -> list[Path]:
         elif _running(pid):
             raise ValueError(f"{flag} {folder}: another sirf-diffusion process (pid {pid}) is "
                              f"writing into it ({e.name})")
+        elif e.name.startswith(TRASH_PREFIX) and e.is_dir():
+            out.extend(_recover(folder, e))
         else:
             shutil.rmtree(e, ignore_errors=True)
-    return out
+    return sorted(dict.fromkeys(p for p in out if p.exists()))
+
+
+def _recover(folder: Path, trash: Path) -> list[Path]:
+    """Previous contents left by a killed process: moved back, or kept visibly (``entries``)."""
+    moved = list(trash.iterdir())
+    if not any((folder / e.name).exists() for e in moved):
+        for e in moved:
+            e.rename(folder / e.name)
+        trash.rmdir()
+        warnings.warn(f"{folder}: a killed sirf-diffusion process left the previous contents "
+                      f"aside; they were put back ({preview(moved)})", stacklevel=3)
+        return [folder / e.name for e in moved]
+    kept = folder / f"sirf-diffusion-recovered-{secrets.token_hex(4)}"
+    trash.rename(kept)
+    warnings.warn(f"{folder}: a killed sirf-diffusion process left the previous contents "
+                  f"aside; they are kept in {kept}", stacklevel=3)
+    return [kept]
 
 
 def preview(items: Sequence[Path]) -> str:

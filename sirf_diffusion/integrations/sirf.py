@@ -451,8 +451,9 @@ class DiffusionReconstructor:
     Notes
     -----
     ``set_num_subsets(K)``: PET-DDS uses ``K`` subsets for its EM steps; PET-LiSch ignores it
-    (its steps use all data, as in the paper).  ``get_output()`` is the posterior mean (one
-    sample by default) as an ``ImageData`` like the current estimate; the full
+    (its steps use all data, as in the paper); without it PET-DDS takes the default of
+    :data:`~sirf_diffusion.samplers.defaults.METHOD_DEFAULTS`.  ``get_output()`` is the
+    posterior mean (of ``num_samples`` chains, default from the same table) as an ``ImageData`` like the current estimate; the full
     :class:`~sirf_diffusion.samplers.methods.ReconResult` is :attr:`result`.
     """
 
@@ -471,7 +472,7 @@ class DiffusionReconstructor:
         self._objective: Any = None
         self._acq_model: Any = None
         self._acq_data: Any = None
-        self._num_subsets = 1
+        self._num_subsets: int | None = None  # None: the method's default
         self._template: Any = None
         self._estimate: Any = None
         self._likelihood: Likelihood | None = None
@@ -499,7 +500,9 @@ class DiffusionReconstructor:
         self._num_subsets = int(num_subsets)
 
     def get_num_subsets(self) -> int:
-        return self._num_subsets
+        if self._num_subsets is not None:
+            return self._num_subsets
+        return int(METHOD_DEFAULTS[self.method].get("num_subsets", 1))
 
     def set_num_subiterations(self, num_subiterations: int) -> None:
         """Number of generative steps (each step is one data-consistent update)."""
@@ -520,13 +523,13 @@ class DiffusionReconstructor:
         self._template = image
         if self._acq_model is not None and self._acq_data is not None:
             self._likelihood = sirf_likelihood(self._acq_model, self._acq_data, image,
-                                               num_subsets=self._num_subsets)
+                                               num_subsets=self._num_subsets or 1)
         elif self._objective is not None:
             if self.method == "dps":
                 raise ValueError("DPS needs projections: call set_acquisition_model and "
                                  "set_acquisition_data instead of set_objective_function")
             self._likelihood = ObjectiveFunctionLikelihood(self._objective, image,
-                                                           num_subsets=self._num_subsets)
+                                                           num_subsets=self._num_subsets or 1)
         else:
             raise ValueError("call set_objective_function (or set_acquisition_model and "
                              "set_acquisition_data) before set_up")

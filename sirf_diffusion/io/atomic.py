@@ -14,6 +14,7 @@ would leave ``0o700``) and moved into place with :func:`os.replace`.
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -157,7 +158,7 @@ def remove_stale_temporaries(folder: PathLike, name: str | None = None) -> list[
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    pattern = f".{name}.*{TMP_SUFFIX}" if name else f".*{TMP_SUFFIX}"
+    pattern = f".{glob.escape(name)}.*{TMP_SUFFIX}" if name else f".*{TMP_SUFFIX}"
     removed = []
     for p in sorted(folder.glob(pattern)):
         if p.is_dir() and not p.is_symlink():

@@ -70,7 +70,7 @@ from .defaults import METHOD_DEFAULTS
 from .dps import PoissonDPSDC, require_projections
 from .em_steps import check_positive_float, check_positive_int
 from .lisch import LikelihoodScheduleDC, mlem_likelihood_schedule
-from .loop import DataConsistency, DiffusionStepper, step_to_end
+from .loop import DataConsistency, DiffusionStepper, check_sigmas, step_to_end
 from .posterior import summarise
 from .result import ReconResult
 
@@ -108,9 +108,7 @@ def _noise_levels(denoiser: Denoiser, num_steps: int | None, sigmas: Any,
                   default_num_steps: int) -> torch.Tensor:
     if sigmas is None:
         return default_sigmas(denoiser, default_num_steps if num_steps is None else num_steps)
-    sigmas = torch.as_tensor(sigmas)
-    if sigmas.ndim != 1 or sigmas.numel() < 2:
-        raise ValueError("sigmas must be a 1D tensor of at least 2 noise levels")
+    sigmas = check_sigmas(torch.as_tensor(sigmas))  # before the initial reconstruction
     if num_steps is not None and num_steps != sigmas.numel() - 1:
         raise ValueError(f"num_steps={num_steps} but sigmas gives {sigmas.numel() - 1} steps")
     return sigmas
@@ -214,6 +212,9 @@ def _prior_window(denoiser: Denoiser, likelihood: Likelihood, image: torch.Tenso
     """
     if option is not None and not isinstance(option, bool):
         raise ValueError(f"prior_window must be True, False or None (auto), got {option!r}")
+    if option is True and image is None and mask is None:
+        raise ValueError("prior_window=True needs the object: give support_mask (with a given "
+                         "normalisation there is no initial image to find it in)")
     if option is False or (image is None and mask is None):
         return denoiser
     ratio = field_of_view_ratio(denoiser, likelihood.image_shape, likelihood.voxel_size_mm)
