@@ -295,7 +295,7 @@ def test_cil_algorithm_on_sirf_physics_with_a_sirf_template(pet, case_dir):
 # ---------------------------------------------------------------------------- PSF (docs/physics.md)
 def _embedded(case_dir: Path, *, psf: bool, num_rays: int = 1):
     from sirf_diffusion.physics.model import AcquisitionModel
-    from sirf_diffusion.workflows import case_physics, load_case
+    from sirf_diffusion.commands.case import case_physics, load_case
 
     case, meta = load_case(case_dir)
     own = case_physics(case, meta, physics="torch")
@@ -310,7 +310,7 @@ def test_sirf_blurred_projection_equals_the_embedded_model(pet, case_dir):
     FWHM 0 on the single plane) and the embedded physics with the same PSF and rays per bin give
     the same projection: relative L2 < 1e-3 (the must-show of issue 10)."""
     from sirf_diffusion.integrations.sirf import sirf_case_likelihood
-    from sirf_diffusion.workflows import load_case
+    from sirf_diffusion.commands.case import load_case
 
     _, meta = load_case(case_dir)
     phys = sirf_case_likelihood(case_dir, psf_fwhm_mm=meta["psf_fwhm_mm"]).physics

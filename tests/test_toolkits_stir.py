@@ -132,7 +132,7 @@ def test_stir_gaussian_filter_equals_the_embedded_psf(stir, case_dir):
     the case's single plane) blurs as the embedded PSF."""
     from sirf_diffusion.physics.geometry import ImageGeometry
     from sirf_diffusion.physics.psf import GaussianPSF, psf_fwhms_zyx
-    from sirf_diffusion.workflows import load_case
+    from sirf_diffusion.commands.case import load_case
     from stir_wrappers import image_to_torch
 
     case, meta = load_case(case_dir)
@@ -153,7 +153,7 @@ def test_stir_mlem_without_psf_has_the_total_activity_of_the_package_mlem(stir, 
     """MLEM on STIR's projector without PSF and the package's MLEM with the case's PSF agree in
     total activity inside the field of view within 5 % (0.71 x before)."""
     from sirf_diffusion import PoissonLogLikelihood, mlem
-    from sirf_diffusion.workflows import case_physics, load_case
+    from sirf_diffusion.commands.case import case_physics, load_case
     from stir_wrappers import stir_case_physics
 
     case, meta = load_case(case_dir)
