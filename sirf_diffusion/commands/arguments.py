@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 __all__ = ["positive_int", "non_negative_int", "positive_float", "non_negative_float",
-           "unit_interval", "fraction", "flag_name", "check_applicable", "check_device"]
+           "unit_interval", "fraction", "flag_name", "check_applicable", "check_device",
+           "add_precision_argument"]
 
 
 def _int(text: str) -> int:
@@ -84,6 +85,16 @@ def check_applicable(args: argparse.Namespace, method: str,
         if getattr(args, dest, None) is not None and method not in methods:
             raise ValueError(f"{flag_name(dest)} does not apply to method {method} "
                              f"(only to {', '.join(methods)})")
+
+
+def add_precision_argument(p: argparse.ArgumentParser, default: str | None = "auto",
+                           default_text: str = "%(default)s") -> None:
+    """``--precision {auto,fp32,bf16}``: the score network's precision
+    (:mod:`sirf_diffusion.diffusion.precision`)."""
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=default,
+                   help="score-network precision: auto = bfloat16 autocast where the CPU/GPU "
+                        "runs it natively (AVX512-BF16/AMX, Ampere+), else float32; fp32 for "
+                        f"reference results (default: {default_text})")
 
 
 def check_device(name: str, flag: str = "--device") -> str:

@@ -20,6 +20,7 @@ import torch
 
 from ..samplers.defaults import METHOD_DEFAULTS
 from .arguments import (
+    add_precision_argument,
     check_applicable,
     check_device,
     non_negative_int,
@@ -109,6 +110,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="diffusion methods: seed of the sampler's randomness (default: 0)")
     p.add_argument("--device", metavar="DEVICE", default="cpu",
                    help="torch device, e.g. cpu or cuda (default: %(default)s)")
+    add_precision_argument(p)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -236,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
     shape = case.image_geometry.shape
     denoiser = None
     if method in DIFFUSION:
-        denoiser = _to_device(load_denoiser(args.model, shape[0]), device)
+        denoiser = _to_device(load_denoiser(args.model, shape[0], args.precision), device)
         check_prior_fits(denoiser, shape, args.model or "shipped with the package")
         voxel = case.image_geometry.voxel_size_mm
         if args.resample_prior:

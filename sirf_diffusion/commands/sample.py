@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .arguments import non_negative_int, positive_int, unit_interval
+from .arguments import add_precision_argument, non_negative_int, positive_int, unit_interval
 
 __all__ = ["add_arguments", "run"]
 
@@ -29,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "0 = deterministic DDIM (default: %(default)s)")
     p.add_argument("--seed", metavar="S", type=non_negative_int, default=0,
                    help="random seed (default: %(default)s)")
+    add_precision_argument(p)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {out} is a folder: give a .png file name")
     results = ResultSet(out.parent, overwrite=args.overwrite, names=(out.name, settings.name),
                         protect={"model folder": args.model}, shown=out)
-    model = load_slice_prior(args.model, "xy")
+    model = load_slice_prior(args.model, "xy", args.precision)
     with results as staging:
         sample_grid_png(model, staging / out.name, n=args.n, num_steps=args.steps,
                         generator=torch.Generator().manual_seed(args.seed), eta=args.eta,

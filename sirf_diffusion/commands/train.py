@@ -27,7 +27,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .arguments import check_device, positive_int
+from .arguments import add_precision_argument, check_device, positive_int
 
 __all__ = ["add_arguments", "run"]
 
@@ -51,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="replace what --out holds (all of it) with a new run")
     p.add_argument("--device", metavar="DEVICE", default=None,
                    help="torch device, e.g. cpu or cuda (default: the config's, else cpu)")
+    add_precision_argument(p, None, "the config's, else auto")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -113,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         changes["steps"] = args.steps
     if args.device is not None:
         changes["device"] = args.device
+    if args.precision is not None:
+        changes["precision"] = args.precision
     if changes.get("device", cfg.device) != "auto":
         check_device(changes.get("device", cfg.device),
                      "--device" if args.device is not None else f"--config {args.config}: device")

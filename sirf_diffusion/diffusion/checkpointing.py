@@ -42,7 +42,7 @@ __all__ = ["CheckpointError", "load_checkpoint", "list_checkpoints", "checkpoint
 _CKPT_FORMAT = "sirf_diffusion.train_checkpoint/1"
 #: Fields of a training config that may differ between an interrupted run and its resumption.
 _RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "keep_checkpoints", "device",
-                                "val_every"})
+                                "val_every", "precision"})
 
 
 class CheckpointError(RuntimeError):

@@ -26,7 +26,7 @@ def _default_prior_dir(orientation: str = "xy") -> Path:
 
 
 def load_slice_prior(model_dir: str | os.PathLike[str] | None = None,
-                     orientation: str = "xy") -> ScoreModel:
+                     orientation: str = "xy", precision: str = "auto") -> ScoreModel:
     """The 2D score model of ``orientation``, in evaluation mode.
 
     Parameters
@@ -37,6 +37,9 @@ def load_slice_prior(model_dir: str | os.PathLike[str] | None = None,
     orientation
         ``'xy'`` (axial slices), ``'yz'`` or ``'xz'``; used to pick the sub-folder of a prior
         folder.
+    precision
+        The network's run-time precision (:mod:`~.precision`): ``'auto'`` (bfloat16 where
+        the hardware runs it natively), ``'fp32'`` or ``'bf16'``.
 
     Raises
     ------
@@ -53,15 +56,16 @@ def load_slice_prior(model_dir: str | os.PathLike[str] | None = None,
     if not (d / "config.json").is_file():
         raise FileNotFoundError(f"no score model in {d}: train one with `sirf-diffusion train "
                                 "--out DIR` or pass --model")
-    return load_model(d).eval()
+    return load_model(d, precision=precision).eval()
 
 
-def load_denoiser(model_dir: str | os.PathLike[str] | None = None,
-                  num_slices: int = 1) -> ScoreModel | PerpendicularPrior3D:
+def load_denoiser(model_dir: str | os.PathLike[str] | None = None, num_slices: int = 1,
+                  precision: str = "auto") -> ScoreModel | PerpendicularPrior3D:
     """The denoiser for images of ``num_slices`` axial slices.
 
     One slice: the ``xy`` slice model.  More: a :class:`~.prior3d.PerpendicularPrior3D` of every
-    orientation found in ``model_dir`` (default: the shipped prior).
+    orientation found in ``model_dir`` (default: the shipped prior).  ``precision`` as for
+    :func:`load_slice_prior`.
 
     Raises
     ------
@@ -69,11 +73,11 @@ def load_denoiser(model_dir: str | os.PathLike[str] | None = None,
         No model at all (3D) or no ``xy`` model (2D) in ``model_dir``.
     """
     if num_slices == 1:
-        return load_slice_prior(model_dir, "xy")
+        return load_slice_prior(model_dir, "xy", precision)
     models = {}
     for o in ORIENTATIONS:
         try:
-            models[o] = load_slice_prior(model_dir, o)
+            models[o] = load_slice_prior(model_dir, o, precision)
         except FileNotFoundError:
             continue
     if not models:

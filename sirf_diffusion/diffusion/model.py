@@ -26,6 +26,8 @@ from torch import nn
 from .._version import __version__
 from .adapters import ADAPTERS, Parametrisation, batch_sigma, vp_inputs
 from .padding import denoise_padded
+from .recipe import LossRecipe
+from .precision import Precision, check_precision, network_autocast, resolve_precision
 from .schedules import ContinuousVP, DiscreteVP, schedule_from_dict
 from .unet import UNet, UNetConfig
 
@@ -115,32 +117,69 @@ class ScoreModel(nn.Module):
     config
         :class:`ScoreModelConfig` (default: the compact shipped architecture).
     channels_last
-        Use the channels-last memory format (can speed up convolutions on some CPUs/GPUs).
+        Memory format of the UNet's activations and weights: ``True`` channels-last, ``False``
+        contiguous, ``None`` (default) channels-last exactly when the network runs in bfloat16
+        in evaluation mode (where it pays on CPUs with AVX512-BF16/AMX; see
+        ``benchmarks/bench_denoiser.py``).
     compile
         Run the UNet through ``torch.compile`` (the parameters and the state-dict names are
         unchanged, so saving and loading are unaffected).  Off by default.
+    precision
+        ``'auto'`` (default): bfloat16 autocast for the network where the hardware runs it
+        natively, float32 elsewhere; ``'fp32'`` or ``'bf16'`` to force one
+        (:mod:`.precision`).  Only the network is affected: its output is cast back to the
+        iterate's dtype before the adapter map, so everything outside the UNet keeps its
+        precision.  May be changed at any time (``model.precision = 'fp32'``).
     """
 
-    def __init__(self, config: ScoreModelConfig | None = None, channels_last: bool = False,
-                 compile: bool = False) -> None:
+    def __init__(self, config: ScoreModelConfig | None = None, channels_last: bool | None = None,
+                 compile: bool = False, precision: Precision = "auto") -> None:
         super().__init__()
         self.config = config or ScoreModelConfig()
         self.schedule: ContinuousVP | DiscreteVP = schedule_from_dict(self.config.schedule)
         self.unet = UNet(self.config.unet)
         self._adapter = ADAPTERS[self.config.parametrisation]
         self.channels_last = channels_last
-        if channels_last:
-            self.unet.to(memory_format=torch.channels_last)
+        self.precision = precision
         # stored outside the module registry so that state_dict names stay "unet.*"
         self.__dict__["_compiled_unet"] = torch.compile(self.unet) if compile else None
 
+    @property
+    def precision(self) -> str:
+        """``'auto'``, ``'fp32'`` or ``'bf16'`` (see the class docstring)."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        self._precision = check_precision(value)
+
+    def network_dtype(self) -> torch.dtype:
+        """The dtype the UNet runs in now: ``torch.bfloat16`` or ``torch.float32``."""
+        return resolve_precision(self._precision, _device_of(self.unet))
+
+    def _memory_format(self, dtype: torch.dtype) -> torch.memory_format:
+        use = self.channels_last
+        if use is None:
+            use = dtype == torch.bfloat16 and not self.training
+        return torch.channels_last if use else torch.contiguous_format
+
     def _net(self, x_vp: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The UNet sees ``t / t_max`` in ``[0, 1]`` for every schedule (DDPM steps included)."""
+        """The UNet sees ``t / t_max`` in ``[0, 1]`` for every schedule (DDPM steps included).
+
+        Runs under the model's precision (:meth:`network_dtype`) and returns the iterate's
+        dtype.
+        """
         t = t / self.schedule.t_max
-        if self.channels_last:
-            x_vp = x_vp.contiguous(memory_format=torch.channels_last)
+        dtype = self.network_dtype()
+        fmt = self._memory_format(dtype)
+        if self.__dict__.get("_weights_format") is not fmt:
+            self.unet.to(memory_format=fmt)
+            self.__dict__["_weights_format"] = fmt
+        x_in = x_vp.contiguous(memory_format=fmt)
         net = self.__dict__["_compiled_unet"] or self.unet
-        return net(x_vp, t)
+        with network_autocast(dtype, x_vp.device):
+            out = net(x_in, t)
+        return out.to(x_vp.dtype).contiguous()
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         """Tweedie estimate ``x0_hat = D(x, sigma)`` for VE iterates ``x = x0 + sigma * eps``.
@@ -166,27 +205,41 @@ class ScoreModel(nn.Module):
         lo, hi = self.config.t_min, self.schedule.t_max
         return lo + (hi - lo) * torch.rand(batch, generator=generator, device=dev)
 
-    def training_loss(self, x0: torch.Tensor, generator: torch.Generator | None = None
-                      ) -> torch.Tensor:
+    def training_loss(self, x0: torch.Tensor, generator: torch.Generator | None = None,
+                      recipe: LossRecipe | None = None) -> torch.Tensor:
         """Denoising score-matching loss (module docstring) on a batch ``x0 [B, C, H, W]``.
 
         All randomness (``t`` and ``eps``) is drawn from ``generator``, so the same generator
-        state gives the same loss.  Returns a scalar: the mean squared error over all pixels.
+        state gives the same loss.  ``recipe`` (:class:`~.recipe.LossRecipe`, default the plain
+        loss) chooses the distribution of ``t`` and the per-sample weights.  Returns a scalar:
+        the (weighted) mean squared error over all pixels, in float32 whatever the network's
+        precision.
         """
         if x0.ndim != 4 or x0.shape[1] != self.config.unet.in_channels:
             raise ValueError(f"training_loss expects x0 of shape [B, {self.config.unet.in_channels}"
                              f", H, W] in the normalised space, got {tuple(x0.shape)}")
-        # 1. t ~ U(t_min, t_max), eps ~ N(0, I) — from the generator only
+        recipe = recipe or LossRecipe()
+        if recipe.time_sampling != "uniform_t" and isinstance(self.schedule, DiscreteVP):
+            raise ValueError("time_sampling other than 'uniform_t' needs a continuous schedule")
+        # 1. t ~ U(t_min, t_max) (or the recipe's law), eps ~ N(0, I) — from the generator only
         t = self.sample_t(x0.shape[0], generator).to(device=x0.device, dtype=x0.dtype)
         dev = generator.device if generator is not None else torch.device("cpu")
         eps = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype).to(x0.device)
+        t = recipe.sample_t(t, self.schedule, self.config.t_min, generator)
         # 2. alpha_bar(t) and x_t = sqrt(ab) x0 + sqrt(1 - ab) eps   (Ho et al. 2020, Eq. 4)
         ab = self.schedule.alpha_bar(t).reshape(-1, 1, 1, 1)
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-        # 3. regress the parametrisation's target (eps, v or score)
+        # 3. regress the parametrisation's target (eps, v or score), optionally weighted
         target = self._adapter.target(x0, eps, ab)
-        return torch.mean((self._net(x_t, t) - target) ** 2)
+        err = (self._net(x_t, t) - target) ** 2
+        w = recipe.weights(ab, self.config.parametrisation)
+        return torch.mean(err) if w is None else torch.mean(w * err)
 
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")

@@ -108,9 +108,12 @@ def _read_config(path: Path) -> dict[str, Any]:
     return meta
 
 
-def load_model(directory: str | os.PathLike[str], map_location: str | torch.device = "cpu"
-               ) -> ScoreModel:
+def load_model(directory: str | os.PathLike[str], map_location: str | torch.device = "cpu",
+               precision: str = "auto") -> ScoreModel:
     """Load a model saved by :func:`save_model` (float32, eval mode) without executing code.
+
+    ``precision`` is the network's run-time precision (:mod:`~.precision`; ``'auto'``:
+    bfloat16 autocast where the hardware runs it natively); the weights stay float32.
 
     Raises
     ------
@@ -145,7 +148,7 @@ def load_model(directory: str | os.PathLike[str], map_location: str | torch.devi
         sd = load(blob)
     except Exception as e:  # safetensors raises its own error types
         raise ValueError(f"{w_path}: not a readable safetensors file ({e})") from e
-    model = ScoreModel(config)
+    model = ScoreModel(config, precision=precision)
     ref = model.state_dict()
     missing, unexpected = sorted(set(ref) - set(sd)), sorted(set(sd) - set(ref))
     if missing or unexpected:

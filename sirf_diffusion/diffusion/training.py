@@ -104,6 +104,8 @@ from .datasets import (
     split_seeds,
 )
 from .ema import EMA
+from .precision import check_precision
+from .recipe import LossRecipe
 
 __all__ = ["TrainConfig", "CheckpointError", "OutputExistsError", "train", "load_checkpoint",
            "list_checkpoints", "plot_loss"]
@@ -208,6 +210,8 @@ class TrainConfig:
     device: str = "cpu"
     model: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None
+    precision: str = "auto"
+    recipe: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for key in ("betas", "voxel_size_mm", "scale_range"):
@@ -240,6 +244,13 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
         if not isinstance(self.model, dict):
             raise TypeError("TrainConfig.model must be a dict of ScoreModelConfig fields")
+        check_precision(self.precision, "TrainConfig.precision")
+        if not isinstance(self.recipe, dict):
+            raise TypeError("TrainConfig.recipe must be a dict of LossRecipe fields")
+        unknown = set(self.recipe) - set(LossRecipe.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig.recipe fields: {sorted(unknown)}")
+        LossRecipe(**self.recipe)  # validates
         clash = {"orientation", "image_size"} & set(self.model)
         if clash:
             raise ValueError(f"TrainConfig.model must not set {sorted(clash)}: they come from "
@@ -344,12 +355,15 @@ class _seeded_rng:
 class _LossModule(nn.Module):
     """``forward`` = ``model.training_loss`` (DDP synchronises gradients through ``forward``)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, recipe: LossRecipe | None = None) -> None:
         super().__init__()
         self.model = model
+        self.recipe = recipe if recipe is not None and not recipe.is_default else None
 
     def forward(self, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return self.model.training_loss(x0, generator)
+        if self.recipe is None:  # custom models need only training_loss(x0, generator)
+            return self.model.training_loss(x0, generator)
+        return self.model.training_loss(x0, generator, recipe=self.recipe)
 
 
 def _lr_at(cfg: TrainConfig, step: int) -> float:
@@ -714,6 +728,8 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
         if main:
             tqdm.write(f"warm start from {cfg.init_from}")
     model.to(device)
+    if hasattr(model, "precision"):
+        model.precision = cfg.precision
     ema = EMA(model, cfg.ema_decay, cfg.ema_warmup)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas,
                             weight_decay=cfg.weight_decay)
@@ -732,6 +748,7 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
         resolved = {**cfg_dict, "_world_size": dist_ctx.world_size,
                     "_torch": str(torch.__version__),
                     "_sirf_diffusion": __version__, "_dataset": train_ds.describe(),
+                    "_network_dtype": str(getattr(model, "network_dtype", lambda: None)()),
                     "_train_seeds": seeds, "_run_id": run_id}
         write_json(out / "train_config.json", resolved)
         for name in ("loss.csv", "val_loss.csv"):
@@ -740,7 +757,7 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
             else:
                 _truncate_csv(out / name, start)
 
-    loss_module: nn.Module = _LossModule(model)
+    loss_module: nn.Module = _LossModule(model, LossRecipe(**cfg.recipe))
     if dist_ctx.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
