@@ -241,7 +241,8 @@ def test_lesion_report_posterior_std_ratio_from_sample_stacks():
     bg = labels == 0
     s_bg = pattern[bg].mean()
     hot, cold = lesion_report(samples.mean(axis=0), ref, labels, bg, std)
-    assert hot.std_ratio == pytest.approx(3.0 / s_bg) and cold.std_ratio == pytest.approx(0.5 / s_bg)
+    assert hot.std_ratio == pytest.approx(3.0 / s_bg)
+    assert cold.std_ratio == pytest.approx(0.5 / s_bg)
     # per-lesion backgrounds: the shells only see pattern 1
     shells = lesion_backgrounds(labels, np.ones(labels.shape, bool), gap=1, width=2)
     hot, cold = lesion_report(samples.mean(axis=0), ref, labels, shells, std)
