@@ -8,10 +8,11 @@ at most ``SHELL_GAP + SHELL_WIDTH`` voxels from the lesion, clear of every lesio
 bias of the lesion mean and, for the diffusion methods with two or more chains, the ratio of
 the mean posterior standard deviation (std over the chains of one scan) in the lesion to that in
 its shell.  The kind (hot / cold) comes from the reference's contrast against the same shell; a
-lesion within :data:`MIN_CONTRAST` of 1 gets no CRC.  :func:`~sirf_diffusion.metrics.
-lesion_verdict` turns the CRC (mean over realisations, at each method's best parameter) into a
-word, and :func:`lesion_section` writes the table and says in plain words where a diffusion
-method erases, fills or exaggerates a lesion.  :func:`plot_lesions` draws zoomed crops.
+lesion within :data:`MIN_CONTRAST` of 1 gets no CRC.
+:func:`~sirf_diffusion.metrics.lesion_verdict` turns the CRC (mean over realisations, at each
+method's best parameter) into a word, and :func:`lesion_section` writes the table and says in
+plain words where a diffusion method erases, fills or exaggerates a lesion.
+:func:`plot_lesions` draws zoomed crops.  Described in ``docs/evaluation/README.md``.
 """
 
 from __future__ import annotations
