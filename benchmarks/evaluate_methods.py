@@ -33,6 +33,10 @@ standard deviation over realisations of the grey-matter ROI mean
 (:func:`~sirf_diffusion.metrics.roi_bias_std`) and of the voxels in the brain
 (:func:`~sirf_diffusion.metrics.bias_variance`), wall time and the numbers of network and
 likelihood evaluations (full-data forward projections, initial reconstructions included).
+Per lesion (``--lesions`` per scan, alternately hot and cold; :mod:`evaluation_lesions`): the CRC
+against a local background, the bias of the lesion mean and, for the diffusion methods with two
+or more chains, the posterior standard deviation in the lesion relative to its background, with
+a plain verdict (recovered, partly erased, filled, exaggerated, ...).
 
 For each subject and count level the best parameter of each method is the one with the lowest
 NRMSE averaged over the realisations (an oracle choice using the ground truth, as in the
@@ -40,8 +44,9 @@ literature; it favours every method equally).  The tables report mean ± standar
 all subjects and realisations at those parameters.
 
 Outputs in ``--out`` (default ``docs/evaluation``): ``evaluation.md``, ``results.json``,
-``bias_variance.png``, ``nrmse_vs_parameter.png``, ``examples.png`` and
-``reconstructions.npz`` (every image, saved before the analysis).  Examples::
+``bias_variance.png``, ``nrmse_vs_parameter.png``, ``examples.png``, ``lesions.png`` and
+``reconstructions.npz`` (every image, and the posterior std of every diffusion run with two or
+more chains as ``<key>/std``, saved before the analysis).  Examples::
 
     python benchmarks/evaluate_methods.py --subjects 2 --realisations 3 --steps 50 --workers 2
     python benchmarks/evaluate_methods.py --quick --out /tmp/eval
@@ -65,6 +70,9 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import evaluation_lesions as lesions_eval  # noqa: E402  (a sibling script, not a package)
 
 METHODS = ("osem", "mapem-rdp", "dps", "dds", "lisch")
 LABELS = {"osem": "OSEM", "mapem-rdp": "MAP-EM-RDP", "dps": "DPS", "dds": "PET-DDS",
@@ -110,6 +118,7 @@ class Job:
     threads: int
     samples: int = 1
     dps_samples: int = 1
+    lesions: int = 2
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -163,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "except DPS (--dps-samples)")
     p.add_argument("--dps-samples", type=int, default=None,
                    help="chains per DPS reconstruction (default: --samples)")
+    p.add_argument("--lesions", type=int, default=2,
+                   help="lesions per simulated scan, alternately hot and cold (the simulation's "
+                        "default 2; more lesions keep the first ones and add smaller ones)")
     p.add_argument("--seed", type=int, default=0, help="base seed of the noise and the samplers")
     p.add_argument("--workers", type=int, default=1,
                    help="parallel worker processes (one scan each)")
@@ -190,6 +202,8 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("--samples and --dps-samples must be >= 1")
     if args.map_init_epochs < 1 or args.map_init_epochs > s["osem_epochs"]:
         raise SystemExit("--map-init-epochs must be in [1, --osem-epochs]")
+    if args.lesions < 0:
+        raise SystemExit("--lesions must be >= 0")
     return s
 
 
@@ -238,8 +252,9 @@ def _denoiser(model: str | None) -> Any:
 def run_job(job: Job) -> dict[str, Any]:
     """Simulate one scan and run every method and parameter on it.
 
-    Returns ``{"reference", "masks", "info", "runs": {method: {param: {"image", "time_s",
-    "net_evals", "lik_evals", ...}}}}`` (images ``[1, y, x]`` float32 numpy).
+    Returns ``{"reference", "masks", "lesion_labels", "info", "runs": {method: {param: {"image",
+    "time_s", "net_evals", "lik_evals", ...}}}}`` (images ``[1, y, x]`` float32 numpy; diffusion
+    runs of two or more chains also have ``"std"``, the voxel-wise std over the chains).
     """
     from sirf_diffusion.data.simulate import SimulationConfig, simulate_scan
     from sirf_diffusion.diffusion.normalisation import support_mean
@@ -249,7 +264,7 @@ def run_job(job: Job) -> dict[str, Any]:
 
     torch.set_num_threads(job.threads)
     cfg = SimulationConfig(seed=job.subject, counts_per_mm3=job.counts, noise_seed=job.noise_seed,
-                           num_views=job.num_views)
+                           num_views=job.num_views, lesions=job.lesions)
     scan = simulate_scan(cfg, progress=False)
     model = scan.acquisition_model(job.subsets)
     lik = PoissonLogLikelihood(model, scan.prompts)
@@ -309,7 +324,10 @@ def run_job(job: Job) -> dict[str, Any]:
                 "net_evals": res.num_network_evaluations,
                 "lik_evals": res.num_likelihood_evaluations + res.num_init_evaluations,
                 "options": {k: float(v) for k, v in options.items()}}
+            if res.sample.shape[0] > 1:
+                runs[method][value]["std"] = img(res.std)
     return {"reference": scan.reference.numpy().astype(np.float64), "masks": scan.masks,
+            "lesion_labels": scan.lesion_labels,
             "info": {k: scan.info[k] for k in ("prompt_counts", "true_counts")}, "runs": runs}
 
 
@@ -371,10 +389,14 @@ def analyse(jobs: list[Job], outputs: list[dict[str, Any]]) -> dict[str, Any]:
         gm, wm_rois = grey_matter_roi(masks), white_matter_rois(masks)
         brain = np.asarray(masks["brain"]) > 0.5
         ref_mean = np.mean([o["reference"] for o in outs], axis=0)
+        les_setup = lesions_eval.lesion_setup(outs[0].get("lesion_labels"), masks)
         case: dict[str, Any] = {"subject": subject, "counts": counts,
                                 "prompts": float(np.mean([o["info"]["prompt_counts"]
                                                           for o in outs])),
                                 "num_wm_rois": len(wm_rois), "methods": {}}
+        if les_setup is not None:
+            case["lesions"] = lesions_eval.scan_lesions(outs[0]["reference"],
+                                                        outs[0]["reference"], les_setup)
         for method in outs[0]["runs"]:
             sweep = {}
             for value in outs[0]["runs"][method]:
@@ -394,6 +416,10 @@ def analyse(jobs: list[Job], outputs: list[dict[str, Any]]) -> dict[str, Any]:
                 }
                 if "options" in rs[0]:
                     sweep[value]["options"] = [r["options"] for r in rs]
+                if les_setup is not None:
+                    sweep[value]["lesions"] = lesions_eval.over_realisations(
+                        [lesions_eval.scan_lesions(r["image"], o["reference"], les_setup,
+                                                   r.get("std")) for r, o in zip(rs, outs)])
             best = min(sweep, key=lambda v: float(np.mean(sweep[v]["metrics"]["nrmse"])))
             case["methods"][method] = {"best": best, "sweep": sweep}
         per_case[f"{counts:g}/{subject}"] = case
@@ -422,6 +448,7 @@ def summarise(per_case: dict[str, Any], counts_levels: list[float],
             for k in ("gm_bias", "gm_std", "voxel_bias", "voxel_std", "time_s", "net_evals",
                       "lik_evals"):
                 row[k] = float(np.mean([e[k] for e in entries]))
+            row["lesions"] = lesions_eval.summary_rows(cases, method, best)
             rows[method] = row
         summary[f"{c:g}"] = rows
     return summary
@@ -577,7 +604,8 @@ def write_markdown(path: Path, command: str, settings: dict[str, Any], summary: 
         f"Machine: {machine_line(workers, threads)}; total wall time {wall / 60:.1f} min.", "",
         f"Test-split subjects {settings['subject_seeds']} (2D FDG slice, 128 x 128, mMR geometry, "
         f"{settings['num_views_used']} views, 4.5 mm PSF, attenuation, normalisation, randoms, "
-        f"scatter, 2 lesions), {settings['realisations']} noise realisations per subject and count "
+        f"scatter, {settings['lesions']} lesions), {settings['realisations']} noise realisations "
+        "per subject and count "
         f"level. Prior: `{settings['model']}` ({settings['model_parameters']:,} parameters). "
         f"Diffusion methods: {settings['steps']} steps, "
         + ("one chain" if settings['samples'] == 1 else
@@ -630,8 +658,11 @@ def write_markdown(path: Path, command: str, settings: dict[str, Any], summary: 
                     "voxel NRMS bias (%)": f"{100 * cur['voxel_bias'][k]:.2f}",
                     "voxel NRMS std (%)": f"{100 * cur['voxel_std'][k]:.2f}"}
         lines += [metrics_table(sweep_rows, first_column="method, parameter"), ""]
+        lines += lesions_eval.lesion_section(rows, methods, LABELS, DIFFUSION)
     lines += ["![bias vs variance](bias_variance.png)", "",
               "![NRMSE vs parameter](nrmse_vs_parameter.png)", "", "![examples](examples.png)", ""]
+    if settings["lesions"]:
+        lines += ["![lesions](lesions.png)", ""]
     path.write_text("\n".join(lines))
     return path
 
@@ -680,7 +711,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 dds_epochs=args.dds_epochs, lisch_k=[int(k) for k in s["lisch_k"]],
                 lisch_max_steps=args.lisch_max_steps, steps=s["steps"], methods=methods,
                 model=args.model, threads=args.threads, samples=args.samples,
-                dps_samples=args.dps_samples)
+                dps_samples=args.dps_samples, lesions=args.lesions)
             for c in s["counts"] for sub in seeds for r in range(s["realisations"])]
     print(f"[evaluate] {len(jobs)} scans (subjects {seeds}, counts {s['counts']}, "
           f"{s['realisations']} realisations), methods {methods}")
@@ -690,6 +721,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # without executing code: images as arrays, the rest as JSON
     raw = {f"{i}/{m}/{v}": r["image"] for i, o in enumerate(outputs)
            for m, runs in o["runs"].items() for v, r in runs.items()}
+    raw.update({f"{i}/{m}/{v}/std": r["std"] for i, o in enumerate(outputs)
+                for m, runs in o["runs"].items() for v, r in runs.items() if "std" in r})
     np.savez_compressed(out / "reconstructions.npz", **raw)
     per_case = analyse(jobs, outputs)
     summary = summarise(per_case, s["counts"], methods)
@@ -705,12 +738,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "lisch_max_steps": args.lisch_max_steps, "num_views_used": views,
                 "seed": args.seed, "workers": args.workers, "threads": args.threads,
                 "quick": args.quick, "methods": methods, "samples": args.samples,
-                "dps_samples": args.dps_samples}
+                "dps_samples": args.dps_samples, "lesions": args.lesions}
     write_markdown(out / "evaluation.md", command, settings, summary, per_case, methods, wall,
                    args.workers, args.threads)
     plot_bias_variance(out / "bias_variance.png", per_case, summary, s["counts"], methods)
     plot_nrmse(out / "nrmse_vs_parameter.png", per_case, s["counts"], methods)
     plot_examples(out / "examples.png", jobs, outputs, per_case, s["counts"], methods)
+    lesions_eval.plot_lesions(out / "lesions.png", jobs, outputs, per_case, s["counts"], methods,
+                              LABELS, DIFFUSION)
     results = _jsonable({
         "command": command, "machine": machine_line(args.workers, args.threads),
         "settings": settings, "summary": summary, "cases": per_case,

@@ -14,12 +14,22 @@ Definitions (``M`` the mask, ``|M|`` its number of voxels):
 * CRC :math:`= (\\bar x_L / \\bar x_B - 1) / (r_{true} - 1)` (NEMA NU 2 hot-contrast recovery).
 * BV (NEMA NU 2): standard deviation (ddof=1) of the background ROI means over their mean.
 
+Per lesion (:func:`lesion_report`, one integer label per lesion, each with its own local
+background from :func:`lesion_backgrounds`): the true contrast :math:`r_{true} = \\bar r_L / \\bar
+r_B` of the reference decides hot (> 1) or cold (< 1); the CRC formula above holds for both (for a
+cold lesion it is NEMA's cold-contrast recovery :math:`(1 - \\bar x_L/\\bar x_B) / (1 - r_{true})`
+written the same way: 1 = recovered, 0 = filled to the background level); the relative bias of the
+lesion mean; and, given a posterior standard deviation map :math:`s`, the ratio
+:math:`\\bar s_L / \\bar s_B`.  :func:`lesion_verdict` turns a CRC into a plain word
+("recovered", "partly erased", "filled", ...).
+
 :func:`image_metrics` is the summary every front end reports (command line, demo, benchmarks).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
@@ -37,6 +47,10 @@ __all__ = [
     "roi_bias_std",
     "metrics_table",
     "image_metrics",
+    "LesionMetrics",
+    "lesion_backgrounds",
+    "lesion_report",
+    "lesion_verdict",
 ]
 
 
@@ -368,3 +382,250 @@ def image_metrics(x: Any, reference: Any, masks: dict[str, Any]) -> dict[str, fl
             out[f"crc_{name.split('_')[1]}"] = (
                 float(crc(x, les, background, true_ratio)) if bg_mean != 0.0 else float("nan"))
     return out
+
+
+# ----------------------------------------------------------------------------- per lesion
+LesionKind = Literal["hot", "cold", "none"]
+
+
+@dataclass(frozen=True)
+class LesionMetrics:
+    """Metrics of one lesion of one image (:func:`lesion_report`).
+
+    Attributes
+    ----------
+    label
+        The lesion's value in the label image.
+    kind
+        ``"hot"`` / ``"cold"``: true contrast above / below 1 (``"none"`` within
+        ``min_contrast`` of 1: no CRC).
+    voxels
+        Number of lesion voxels.
+    true_contrast
+        :math:`r_{true} = \\bar r_L / \\bar r_B`, lesion over background mean of the reference.
+    contrast
+        :math:`\\bar x_L / \\bar x_B` of the image (NaN if the image is 0 over the background).
+    crc
+        :math:`(\\bar x_L/\\bar x_B - 1) / (r_{true} - 1)`; 1 = full recovery, 0 = the lesion
+        has the background's level (NaN for ``kind == "none"``).
+    bias
+        Relative bias of the lesion mean, :math:`(\\bar x_L - \\bar r_L) / \\bar r_L` (NaN if
+        the reference lesion mean is 0).
+    std_ratio
+        :math:`\\bar s_L / \\bar s_B` of the posterior standard deviation ``s`` (``None``
+        without one; NaN if ``s`` is 0 over the background, e.g. a single sample).  Above 1: the
+        posterior is less certain inside the lesion than around it.
+    """
+
+    label: int
+    kind: LesionKind
+    voxels: int
+    true_contrast: float
+    contrast: float
+    crc: float
+    bias: float
+    std_ratio: float | None = None
+
+
+def _labels(lesion_labels: Any, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Validated integer label image (0 = no lesion, k > 0 = lesion k)."""
+    if hasattr(lesion_labels, "detach") and hasattr(lesion_labels, "cpu"):
+        lesion_labels = lesion_labels.detach().cpu().numpy()
+    a = np.asarray(lesion_labels)
+    if a.dtype == bool:
+        raise ValueError("lesion_labels must be an integer label image (0 = no lesion, one label "
+                         "> 0 per lesion), not a boolean mask; for one lesion pass "
+                         "mask.astype(int)")
+    if not np.issubdtype(a.dtype, np.number):
+        raise ValueError(f"lesion_labels must be numeric, got dtype {a.dtype}")
+    if not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
+        raise ValueError("lesion_labels must hold whole numbers (and no NaN)")
+    if np.any(a < 0):
+        raise ValueError("lesion_labels must be >= 0 (0 = no lesion)")
+    if shape is not None and a.shape != tuple(shape):
+        raise ValueError(f"lesion_labels has shape {a.shape}, expected the reference's shape "
+                         f"{tuple(shape)}")
+    a = a.astype(np.int64)
+    if not np.any(a > 0):
+        raise ValueError("lesion_labels has no lesion (no voxel labelled > 0)")
+    return a
+
+
+def lesion_backgrounds(lesion_labels: Any, region: Any, *, gap: float = 2.0,
+                       width: float = 3.0) -> dict[int, np.ndarray]:
+    """A local background shell around each lesion.
+
+    The background of lesion ``k`` is the set of voxels of ``region`` whose (Euclidean, voxel
+    units) distance to lesion ``k`` lies in ``(gap, gap + width]`` and whose distance to every
+    lesion is more than ``gap``: ``gap`` keeps out the partial-volume edge and the resolution
+    spill-over of the lesion, ``width`` sets the shell's thickness.  A local background compares
+    the lesion with the tissue around it; a whole-brain background can have nearly the lesion's
+    level (e.g. an FDG lesion at twice white matter, against a brain mean dominated by grey
+    matter at four times white matter), which makes the CRC meaningless.
+
+    Parameters
+    ----------
+    lesion_labels
+        Integer label image, one label ``> 0`` per lesion.
+    region
+        Boolean mask the shells are restricted to (e.g. the brain).
+    gap, width
+        In voxels (``gap >= 0``, ``width > 0``).
+
+    Returns
+    -------
+    dict
+        Label -> boolean mask, for every label of ``lesion_labels``, in increasing order.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    labels = _labels(lesion_labels)
+    reg = _mask(region, labels.shape, "region")
+    if not (math.isfinite(gap) and gap >= 0):
+        raise ValueError(f"gap must be finite and >= 0 voxels, got {gap}")
+    if not (math.isfinite(width) and width > 0):
+        raise ValueError(f"width must be finite and > 0 voxels, got {width}")
+    clear = distance_transform_edt(labels == 0) > gap  # further than gap from every lesion
+    out: dict[int, np.ndarray] = {}
+    for k in np.unique(labels[labels > 0]).tolist():
+        d = distance_transform_edt(labels != k)
+        shell = (d <= gap + width) & clear & reg
+        if not shell.any():
+            raise ValueError(f"the background shell of lesion {k} is empty (gap {gap}, width "
+                             f"{width} voxels, inside region): widen it or check region")
+        out[int(k)] = shell
+    return out
+
+
+def lesion_report(image: Any, reference: Any, lesion_labels: Any,
+                  background: Any | Mapping[int, Any], posterior_std: Any = None, *,
+                  min_contrast: float = 1e-3) -> list[LesionMetrics]:
+    """Per-lesion contrast recovery, bias and posterior uncertainty of one image.
+
+    For lesion ``L`` with background ``B`` (means :math:`\\bar x` of ``image``, :math:`\\bar r`
+    of ``reference``, :math:`\\bar s` of ``posterior_std``):
+
+    .. math::
+
+        r_{true} = \\frac{\\bar r_L}{\\bar r_B}, \\qquad
+        \\mathrm{CRC} = \\frac{\\bar x_L / \\bar x_B - 1}{r_{true} - 1}, \\qquad
+        \\mathrm{bias} = \\frac{\\bar x_L - \\bar r_L}{\\bar r_L}, \\qquad
+        \\mathrm{std\\ ratio} = \\frac{\\bar s_L}{\\bar s_B}.
+
+    The CRC is NEMA NU 2's hot-contrast recovery; for a cold lesion (:math:`r_{true} < 1`) the
+    same formula equals :math:`(1 - \\bar x_L/\\bar x_B) / (1 - r_{true})`, NEMA's cold
+    contrast normalised by the true one, so that for both kinds 1 is full recovery, 0 a lesion
+    at the background's level, negative a lesion of the wrong sign and above 1 exaggerated
+    contrast.  The reference's CRC is exactly 1.
+
+    Parameters
+    ----------
+    image, reference
+        Images of the same shape ``S`` (numpy or torch).
+    lesion_labels
+        Integer label image of shape ``S``: 0 outside lesions, one label ``> 0`` per lesion
+        (float arrays holding whole numbers, as read from a case folder, are accepted).
+    background
+        One boolean mask shared by all lesions, or a mapping label -> mask (one per lesion, e.g.
+        :func:`lesion_backgrounds`).  A background must not overlap its lesion.
+    posterior_std
+        Optional voxel-wise posterior standard deviation of shape ``S`` (e.g. the std of the
+        samples, :attr:`~sirf_diffusion.samplers.result.ReconResult.std`); gives ``std_ratio``.
+    min_contrast
+        A lesion with :math:`|r_{true} - 1| \\le` ``min_contrast`` has kind ``"none"`` and no
+        CRC.
+
+    Returns
+    -------
+    list of LesionMetrics
+        One per label, in increasing label order.
+
+    Raises
+    ------
+    ValueError
+        Naming the argument: mismatched shapes, NaN or infinite values, a boolean or negative
+        ``lesion_labels``, no lesion, an empty or overlapping background, a background mapping
+        whose labels differ from the lesions', a negative ``posterior_std``, a reference that is
+        not positive over a background.
+    """
+    r = _np(reference, "reference")
+    x = _np(image, "image")
+    if x.shape != r.shape:
+        raise ValueError(f"image has shape {x.shape}, expected the reference's shape {r.shape}")
+    labels = _labels(lesion_labels, r.shape)
+    s = None
+    if posterior_std is not None:
+        s = _np(posterior_std, "posterior_std")
+        if s.shape != r.shape:
+            raise ValueError(f"posterior_std has shape {s.shape}, expected the reference's "
+                             f"shape {r.shape}")
+        if np.any(s < 0):
+            raise ValueError("posterior_std has negative values")
+    if not (math.isfinite(min_contrast) and 0 <= min_contrast < 1):
+        raise ValueError(f"min_contrast must be in [0, 1), got {min_contrast}")
+    ks = [int(k) for k in np.unique(labels[labels > 0])]
+    if isinstance(background, Mapping):
+        keys = {int(k) for k in background}
+        if keys != set(ks):
+            raise ValueError(f"background has masks for lesions {sorted(keys)}, but "
+                             f"lesion_labels has lesions {ks}")
+        bgs = {int(k): _mask(v, r.shape, f"background[{k}]") for k, v in background.items()}
+    else:
+        shared = _mask(background, r.shape, "background")
+        bgs = {k: shared for k in ks}
+    out: list[LesionMetrics] = []
+    for k in ks:
+        les, bg = labels == k, bgs[k]
+        if (les & bg).any():
+            raise ValueError(f"background overlaps lesion {k} of lesion_labels")
+        r_l, r_b = float(r[les].mean()), float(r[bg].mean())
+        if not r_b > 0:
+            raise ValueError(f"the reference mean over the background of lesion {k} is {r_b}, "
+                             "not > 0: no contrast is defined")
+        true = r_l / r_b
+        kind: LesionKind = ("hot" if true > 1 + min_contrast else
+                            "cold" if true < 1 - min_contrast else "none")
+        x_l, x_b = float(x[les].mean()), float(x[bg].mean())
+        contrast = x_l / x_b if x_b != 0 else math.nan
+        std_ratio = None
+        if s is not None:
+            s_b = float(s[bg].mean())
+            std_ratio = float(s[les].mean()) / s_b if s_b > 0 else math.nan
+        out.append(LesionMetrics(
+            label=k, kind=kind, voxels=int(les.sum()), true_contrast=true, contrast=contrast,
+            crc=(contrast - 1) / (true - 1) if kind != "none" else math.nan,
+            bias=(x_l - r_l) / r_l if r_l != 0 else math.nan, std_ratio=std_ratio))
+    return out
+
+
+def lesion_verdict(kind: str, crc_value: float, *, partial: float = 0.5, lost: float = 0.1,
+                   exaggerated: float = 1.5) -> str:
+    """A plain word for a lesion's contrast recovery.
+
+    ======================  =================  =================
+    CRC                     hot lesion         cold lesion
+    ======================  =================  =================
+    ``< lost`` (0.1)        ``erased``         ``filled``
+    ``< partial`` (0.5)     ``partly erased``  ``partly filled``
+    ``> exaggerated`` (1.5) ``exaggerated``    ``exaggerated``
+    otherwise               ``recovered``      ``recovered``
+    ======================  =================  =================
+
+    "Filled" means the cold lesion is (close to) the surrounding tissue's level: the prior has
+    painted tissue over it; "exaggerated" means the image invents more contrast than the truth
+    has.  ``kind == "none"`` or a NaN CRC gives ``"undefined"``.
+    """
+    if kind not in ("hot", "cold", "none"):
+        raise ValueError(f"kind must be 'hot', 'cold' or 'none', got {kind!r}")
+    if not 0 <= lost <= partial <= 1 <= exaggerated:
+        raise ValueError("thresholds must satisfy 0 <= lost <= partial <= 1 <= exaggerated, got "
+                         f"lost={lost}, partial={partial}, exaggerated={exaggerated}")
+    c = float(crc_value)
+    if kind == "none" or not math.isfinite(c):
+        return "undefined"
+    if c > exaggerated:
+        return "exaggerated"
+    if c < partial:
+        word = "erased" if kind == "hot" else "filled"
+        return word if c < lost else f"partly {word}"
+    return "recovered"

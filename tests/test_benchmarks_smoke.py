@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 import torch
 from conftest import load_script
@@ -74,9 +75,9 @@ def test_evaluate_methods_quick(tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "evaluation"
     mod, res = _run_quick("evaluate_methods", tiny_model, out)
     for name in ("evaluation.md", "results.json", "bias_variance.png", "nrmse_vs_parameter.png",
-                 "examples.png"):
+                 "examples.png", "lesions.png"):
         assert (out / name).is_file(), name
-    for name in ("bias_variance.png", "nrmse_vs_parameter.png", "examples.png"):
+    for name in ("bias_variance.png", "nrmse_vs_parameter.png", "examples.png", "lesions.png"):
         assert _is_png(out / name), name
 
     md = (out / "evaluation.md").read_text()
@@ -108,6 +109,34 @@ def test_evaluate_methods_quick(tiny_model: Path, tmp_path: Path) -> None:
     case = data["cases"]["2.5/0"]
     assert list(case["methods"]["osem"]["sweep"]) == ["1", "2", "3", "4"]
     assert len(case["methods"]["lisch"]["sweep"]) == len(mod.QUICK["lisch_k"])
+
+    # per lesion: the reference's own report (CRC 1), every method's rows at its best parameter
+    assert set(case["lesions"]) == {"1", "2"}
+    assert all(r["crc"] == pytest.approx(1.0) and r["kind"] in ("hot", "cold")
+               for r in case["lesions"].values())
+    verdicts = {"recovered", "partly erased", "erased", "partly filled", "filled", "exaggerated"}
+    for method, row in summary.items():
+        assert [(r["subject"], r["label"]) for r in row["lesions"]] == [(0, 1), (0, 2)], method
+        for r in row["lesions"]:
+            assert r["kind"] == case["lesions"][str(r["label"])]["kind"]
+            for key in ("crc", "bias") + (("std_ratio",) if method in mod.DIFFUSION else ()):
+                assert all(math.isfinite(v) for v in r[key]), (method, key)
+            assert ("std_ratio" in r) == (method in mod.DIFFUSION)
+            assert r["verdict"] in verdicts
+    lesion_md = md.split("### Per lesion: contrast recovery and posterior uncertainty", 1)[1]
+    lesion_rows = _table_rows(lesion_md)
+    assert [r[0] for r in lesion_rows] == [f"0/{k}, {mod.LABELS[m]}" for k in (1, 2)
+                                           for m in mod.METHODS]
+    for r in lesion_rows:  # CRC, verdict, bias filled in; std ratio for diffusion methods only
+        assert r[4] != "-" and r[5] in verdicts and r[6] != "-"
+        assert (r[7] != "") == any(r[0].endswith(mod.LABELS[m]) for m in mod.DIFFUSION)
+    assert "Where the diffusion methods erase, fill or exaggerate a lesion:" in lesion_md
+    assert "![lesions](lesions.png)" in md
+    with np.load(out / "reconstructions.npz") as raw:
+        sweeps = {"dps": "dps_zeta", "dds": "dds_beta", "lisch": "lisch_k"}
+        assert {k for k in raw.files if k.endswith("/std")} == {
+            f"{i}/{m}/{v}/std" for i in range(2) for m in mod.DIFFUSION
+            for v in mod.QUICK[sweeps[m]]}
 
 
 def test_speed_accuracy_quick(tiny_model: Path, tmp_path: Path) -> None:
@@ -158,8 +187,6 @@ def test_speed_accuracy_comparison_rule() -> None:
 
 
 def test_evaluate_methods_regions() -> None:
-    import numpy as np
-
     mod = _load("evaluate_methods")
     wm = np.zeros((1, 32, 32), bool)
     wm[0, 4:28, 4:28] = True
@@ -207,3 +234,39 @@ def test_bench_prior_denoising_quick(tiny_model: Path, tmp_path: Path) -> None:
     # the tuned width is the best of the grid on the validation slices
     for t in data["tuning"].values():
         assert t["val_mse_support"] == min(t["grid_mse_support"])
+
+
+def test_lesion_section_says_where_a_lesion_is_lost() -> None:
+    """The plain-words findings of the per-lesion table, on constructed summary rows."""
+    from sirf_diffusion.metrics import lesion_verdict
+
+    mod = _load("evaluation_lesions")
+    labels = {"osem": "OSEM", "lisch": "PET-LiSch"}
+
+    def row(label, kind, crc, std_ratio=None, true=0.4):
+        r = {"subject": 3, "label": label, "kind": kind, "true_contrast": true, "voxels": 50,
+             "crc": [crc, 0.05], "bias": [0.1, 0.02]}
+        if std_ratio is not None:
+            r["std_ratio"] = [std_ratio, 0.1]
+        r["verdict"] = lesion_verdict(kind, crc)
+        return r
+
+    rows = {"osem": {"lesions": [row(1, "hot", 0.9, true=3.0), row(2, "cold", 0.8)]},
+            "lisch": {"lesions": [row(1, "hot", 1.0, 1.4, true=3.0), row(2, "cold", 0.3, 0.7)]}}
+    text = "\n".join(mod.lesion_section(rows, ["osem", "lisch"], labels, ["lisch"]))
+    assert ("- PET-LiSch **partly filled** the cold lesion 3/2 (true contrast 0.4, 50 voxels): "
+            "CRC 0.3 ± 0.05 against OSEM 0.8 ± 0.05; posterior std in the lesion 0.7 x its "
+            "background's (no more uncertain than around it).") in text
+    assert "3/1" not in text.split("erase, fill or exaggerate a lesion:")[1]  # recovered
+    table = _table_rows(text.split("### Per lesion")[1])
+    assert [r[0] for r in table] == ["3/1, OSEM", "3/1, PET-LiSch", "3/2, OSEM", "3/2, PET-LiSch"]
+    assert [r[5] for r in table] == ["recovered", "recovered", "recovered", "partly filled"]
+    assert [r[7] for r in table] == ["", "1.4 ± 0.1", "", "0.7 ± 0.1"]
+    # nothing lost: one sentence says so; a lesion without contrast is not judged
+    rows["lisch"]["lesions"][1] = row(2, "cold", 0.9, 1.1)
+    rows["osem"]["lesions"].append(row(4, "none", float("nan"), true=1.02))
+    text = "\n".join(mod.lesion_section(rows, ["osem", "lisch"], labels, ["lisch"]))
+    assert ("- no diffusion method (PET-LiSch) erased, filled or exaggerated a lesion: every "
+            "judged CRC in [0.5, 1.5].") in text
+    assert "- lesion 3/4: true contrast 1.02 against its surroundings, too low for a CRC" in text
+    assert mod.lesion_section({"osem": {"lesions": []}}, ["osem"], labels, ["lisch"]) == []

@@ -11,6 +11,9 @@ from sirf_diffusion.metrics import (
     bias_variance,
     coefficient_of_variation,
     crc,
+    lesion_backgrounds,
+    lesion_report,
+    lesion_verdict,
     metrics_table,
     nrmse,
     psnr,
@@ -187,3 +190,157 @@ def test_image_metrics_of_a_zero_image_has_nan_crc_not_an_error():
     m = image_metrics(np.zeros_like(ref), ref, masks)
     assert np.isnan(m["crc_hot"]) and m["nrmse"] == pytest.approx(1.0)
     assert image_metrics(ref, ref, masks)["crc_hot"] == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------- per lesion
+def _two_lesions():
+    """Background 2, a hot lesion (label 1, true 6 = 3x) and a cold one (label 3, true 0.5)."""
+    labels = np.zeros((1, 24, 24), dtype=np.int64)
+    labels[0, 4:8, 4:8] = 1
+    labels[0, 14:18, 14:20] = 3
+    ref = np.full(labels.shape, 2.0)
+    ref[labels == 1] = 6.0
+    ref[labels == 3] = 0.5
+    return labels, ref
+
+
+def test_lesion_report_exact_crc_hot_and_cold():
+    labels, ref = _two_lesions()
+    bg = labels == 0
+    # reference: CRC 1, zero bias, true contrasts 3 and 0.25
+    hot, cold = lesion_report(ref, ref, labels, bg)
+    assert (hot.label, hot.kind, hot.voxels) == (1, "hot", 16)
+    assert (cold.label, cold.kind, cold.voxels) == (3, "cold", 24)
+    assert hot.true_contrast == pytest.approx(3.0) and cold.true_contrast == pytest.approx(0.25)
+    assert hot.crc == pytest.approx(1.0) and cold.crc == pytest.approx(1.0)
+    assert hot.bias == 0.0 and cold.bias == 0.0 and hot.std_ratio is None
+    # an image with background 4, hot lesion 8 (ratio 2: CRC (2-1)/(3-1) = 0.5) and cold lesion
+    # 3.25 (ratio 0.8125: CRC (0.8125-1)/(0.25-1) = 0.25, i.e. (1 - 0.8125)/(1 - 0.25))
+    img = np.where(labels == 1, 8.0, np.where(labels == 3, 3.25, 4.0))
+    hot, cold = lesion_report(torch.from_numpy(img), ref, labels, bg)
+    assert hot.contrast == pytest.approx(2.0) and hot.crc == pytest.approx(0.5)
+    assert cold.contrast == pytest.approx(0.8125) and cold.crc == pytest.approx(0.25)
+    assert hot.bias == pytest.approx(8.0 / 6.0 - 1) and cold.bias == pytest.approx(5.5)
+    # a filled cold lesion (background level: CRC 0), a hot lesion gone cold (negative CRC)
+    img = np.where(labels == 1, 1.0, 2.0)
+    hot, cold = lesion_report(img, ref, labels, bg)
+    assert cold.crc == pytest.approx(0.0) and hot.crc == pytest.approx(-0.25)
+    assert (lesion_verdict(hot.kind, hot.crc), lesion_verdict(cold.kind, cold.crc)) == (
+        "erased", "filled")
+
+
+def test_lesion_report_posterior_std_ratio_from_sample_stacks():
+    labels, ref = _two_lesions()
+    rng = np.random.default_rng(7)
+    z = rng.standard_normal(16)
+    # samples = mean + z_n * pattern: the std over samples is |pattern| * std(z) voxel by voxel
+    pattern = np.where(labels == 1, 3.0, np.where(labels == 3, 0.5, 1.0))
+    pattern[0, 0, :] = 2.0  # background std not uniform: its mean over bg enters the ratio
+    samples = ref + z[:, None, None, None] * pattern
+    std = samples.std(axis=0, ddof=1)
+    bg = labels == 0
+    s_bg = pattern[bg].mean()
+    hot, cold = lesion_report(samples.mean(axis=0), ref, labels, bg, std)
+    assert hot.std_ratio == pytest.approx(3.0 / s_bg)
+    assert cold.std_ratio == pytest.approx(0.5 / s_bg)
+    # per-lesion backgrounds: the shells only see pattern 1
+    shells = lesion_backgrounds(labels, np.ones(labels.shape, bool), gap=1, width=2)
+    hot, cold = lesion_report(samples.mean(axis=0), ref, labels, shells, std)
+    assert hot.std_ratio == pytest.approx(3.0) and cold.std_ratio == pytest.approx(0.5)
+    # one sample: zero std, the ratio is undefined (NaN), the CRC is still there
+    (hot, _) = lesion_report(samples[0], ref, labels, bg, np.zeros(ref.shape))
+    assert math.isnan(hot.std_ratio) and math.isfinite(hot.crc)
+
+
+def test_lesion_backgrounds_are_local_shells():
+    labels, _ = _two_lesions()
+    region = np.ones(labels.shape, bool)
+    region[0, :, 22:] = False
+    shells = lesion_backgrounds(labels, region, gap=1, width=2)
+    assert list(shells) == [1, 3]
+    from scipy.ndimage import distance_transform_edt
+
+    for k, shell in shells.items():
+        d = distance_transform_edt(labels != k)
+        assert ((d[shell] > 1) & (d[shell] <= 3)).all()
+        assert not (shell & ~region).any() and not (shell & (labels > 0)).any()
+        # every voxel of the region in the distance band (and clear of lesions) is in the shell
+        clear = distance_transform_edt(labels == 0) > 1
+        assert (shell == ((d > 1) & (d <= 3) & clear & region)).all()
+    # a whole-image background would be dominated by grey matter: shells see the neighbourhood
+    assert shells[1].sum() < 100 and shells[3].sum() < 120
+
+
+def test_lesion_report_on_a_simulated_phantom():
+    from sirf_diffusion.data.phantoms import brain_phantom
+
+    # test subject 10: a hot lesion in grey matter, a cold one in white matter.  (Subject 0's
+    # "hot" lesion, twice its white-matter host, is darker than the grey matter around it: the
+    # kind comes from the reference, not from the phantom's label.)
+    p = brain_phantom(10, dims=2, lesions=2)
+    labels = p.lesion_labels()
+    shells = lesion_backgrounds(labels, p.masks["brain"])
+    rep = lesion_report(p.activity, p.activity, labels, shells)
+    assert [r.kind for r in rep] == [les.kind for les in p.lesions] == ["hot", "cold"]
+    assert rep[0].true_contrast > 2 and rep[1].true_contrast < 0.5
+    assert all(r.crc == pytest.approx(1.0) and r.bias == 0 for r in rep)
+
+
+def test_lesion_verdict_rule():
+    cases = {("hot", 0.05): "erased", ("hot", 0.3): "partly erased", ("hot", 0.5): "recovered",
+             ("cold", -0.2): "filled", ("cold", 0.49): "partly filled", ("cold", 1.2): "recovered",
+             ("hot", 1.6): "exaggerated", ("cold", 2.0): "exaggerated",
+             ("none", 1.0): "undefined", ("hot", float("nan")): "undefined"}
+    for (kind, c), word in cases.items():
+        assert lesion_verdict(kind, c) == word, (kind, c)
+    assert lesion_verdict("hot", 0.6, partial=0.7) == "partly erased"
+    with pytest.raises(ValueError, match="kind"):
+        lesion_verdict("warm", 1.0)
+    with pytest.raises(ValueError, match="thresholds"):
+        lesion_verdict("hot", 1.0, partial=1.2)
+
+
+def test_lesion_report_bad_input_is_named():
+    labels, ref = _two_lesions()
+    bg = labels == 0
+    with pytest.raises(ValueError, match="image has shape"):
+        lesion_report(ref[0], ref, labels, bg)
+    with pytest.raises(ValueError, match="lesion_labels has shape"):
+        lesion_report(ref, ref, labels[0], bg)
+    with pytest.raises(ValueError, match="background has shape"):
+        lesion_report(ref, ref, labels, bg[0])
+    with pytest.raises(ValueError, match="posterior_std has shape"):
+        lesion_report(ref, ref, labels, bg, np.ones((2, 2)))
+    with pytest.raises(ValueError, match="image contains NaN"):
+        lesion_report(np.where(labels == 1, np.nan, ref), ref, labels, bg)
+    with pytest.raises(ValueError, match="reference contains NaN"):
+        lesion_report(ref, ref * np.nan, labels, bg)
+    with pytest.raises(ValueError, match="posterior_std contains NaN"):
+        lesion_report(ref, ref, labels, bg, ref * np.nan)
+    with pytest.raises(ValueError, match="posterior_std has negative"):
+        lesion_report(ref, ref, labels, bg, -ref)
+    with pytest.raises(ValueError, match="lesion_labels has no lesion"):
+        lesion_report(ref, ref, np.zeros_like(labels), bg)
+    with pytest.raises(ValueError, match="lesion_labels must be an integer label image"):
+        lesion_report(ref, ref, labels > 0, bg)
+    with pytest.raises(ValueError, match="lesion_labels must hold whole numbers"):
+        lesion_report(ref, ref, labels * 0.5, bg)
+    with pytest.raises(ValueError, match="lesion_labels must be >= 0"):
+        lesion_report(ref, ref, -labels, bg)
+    with pytest.raises(ValueError, match="background is empty"):
+        lesion_report(ref, ref, labels, np.zeros_like(bg))
+    with pytest.raises(ValueError, match="background overlaps lesion 3"):
+        lesion_report(ref, ref, labels, bg | (labels == 3))
+    # an empty lesion: a background for a label the label image does not have
+    with pytest.raises(ValueError, match=r"background has masks for lesions \[1, 2, 3\]"):
+        lesion_report(ref, ref, labels, {1: bg, 2: bg, 3: bg})
+    with pytest.raises(ValueError, match=r"background\[3\] is empty"):
+        lesion_report(ref, ref, labels, {1: bg, 3: np.zeros_like(bg)})
+    with pytest.raises(ValueError, match="reference mean over the background of lesion 1"):
+        lesion_report(ref, np.where(bg, 0.0, ref), labels, bg)
+    with pytest.raises(ValueError, match="region"):
+        lesion_backgrounds(labels, np.zeros(labels.shape, bool))
+    with pytest.raises(ValueError, match="shell of lesion 1 is empty"):
+        lesion_backgrounds(labels, labels == 1)
+    with pytest.raises(ValueError, match="width"):
+        lesion_backgrounds(labels, bg, width=0)

@@ -171,6 +171,13 @@ def test_lesions_inside_brain_with_contrast(p3):
         gm, wm, _ = _fit_levels(p, shell)
         local = gm if les.host == "gm" else wm
         assert les.background == pytest.approx(local, rel=0.3)
+    # one label per lesion, in the order of p.lesions, matching the hot / cold masks
+    labels = p.lesion_labels()
+    assert labels.dtype == np.int16 and set(np.unique(labels)) == {0, 1, 2}
+    for i, les in enumerate(p.lesions):
+        assert ((labels == i + 1) == (p.lesion_fraction(i) >= 0.5)).all()
+    assert ((labels == 1) == p.masks["lesion_hot"]).all()
+    assert ((labels == 2) == p.masks["lesion_cold"]).all()
 
 
 def test_lesion_in_2d_slice():

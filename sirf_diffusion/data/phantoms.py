@@ -285,6 +285,14 @@ class BrainPhantom:
         les = self.lesions[index]
         return les.fraction_at(pts, _edge_mm(self.geometry)).reshape(self.geometry.shape)
 
+    def lesion_labels(self) -> np.ndarray:
+        """Label image (int16): ``k + 1`` where lesion ``k``'s fraction is >= 0.5 (the rule of
+        the ``lesion_hot`` / ``lesion_cold`` masks), 0 elsewhere; lesions never overlap."""
+        out = np.zeros(self.geometry.shape, dtype=np.int16)
+        for k in range(len(self.lesions)):
+            out[self.lesion_fraction(k) >= 0.5] = k + 1
+        return out
+
 
 # ----------------------------------------------------------------------------- geometry
 def default_geometry(dims: Literal[2, 3] = 3, shape: tuple[int, ...] | None = None,

@@ -70,6 +70,8 @@ class SimulatedScan:
     mu_map: np.ndarray | None = None
     t1: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    #: One label per lesion (``k + 1`` for ``info["lesions"][k]``, 0 elsewhere), or ``None``.
+    lesion_labels: np.ndarray | None = None
 
     def acquisition_model(self, num_subsets: int = 1):
         """The embedded physics that generated the data (same PSF, factors and background)."""
@@ -151,7 +153,8 @@ def simulate_scan(config: SimulationConfig, *, progress: bool = True) -> Simulat
                          "semi_axes_mm": list(map(float, les.semi_axes_mm)),
                          "contrast": float(les.contrast)} for les in phantom.lesions]}
     return SimulatedScan(config, prompts, mult, additive, reference, sino_geom, img_geom, masks,
-                         phantom.mu_map, phantom.t1, info)
+                         phantom.mu_map, phantom.t1, info,
+                         phantom.lesion_labels() if phantom.lesions else None)
 
 
 def write_simulated_case(folder: str | Path, scan: SimulatedScan, *,
