@@ -400,6 +400,33 @@ def test_warm_start_from_a_model_folder(tmp_path):
         train(bad, tmp_path / "d", progress=False, volume_source=blob_volume)
 
 
+def test_exports_record_their_stages_and_the_warm_start_lineage(tmp_path):
+    """Each export lists the stages of its starting model plus its own (config essentials,
+    steps, wall time, where it ran) and the sha256 of the starting weights; a resumed run keeps
+    the lineage read when it started, even if ``init_from`` was replaced since."""
+    unet = {"base_channels": 8, "channel_mults": [1, 2], "attention_resolutions": [],
+            "groupnorm_groups": 4}
+    first = train(tiny_config(steps=2, checkpoint_every=2, model={"unet": unet}), tmp_path / "a",
+                  progress=False, volume_source=blob_volume)
+    meta1 = json.loads((first / "config.json").read_text())
+    (stage1,) = meta1["extra"]["stages"]
+    assert stage1["steps"] == 2 and stage1["resumed_at"] == 0 and stage1["wall_s"] >= 0
+    assert stage1["config"]["init_from"] is None and "torch thread" in stage1["where"]
+    cfg = tiny_config(steps=4, checkpoint_every=2, init_from=str(first),
+                      model={"unet": unet}, recipe={"time_sampling": "mixture"})
+    with pytest.raises(Crash):
+        train(cfg, tmp_path / "b", progress=False, volume_source=blob_volume,
+              callback=crash_at(2))
+    (first / "config.json").write_text(json.dumps({**meta1, "weights": {
+        **meta1["weights"], "sha256": "0" * 64}}))  # the starting folder changes meanwhile
+    second = train(cfg, tmp_path / "b", progress=False, volume_source=blob_volume, resume=True)
+    extra = json.loads((second / "config.json").read_text())["extra"]
+    assert extra["init_from_weights_sha256"] == meta1["weights"]["sha256"]
+    assert extra["stages"][0] == stage1
+    assert extra["stages"][1]["config"]["recipe"] == {"time_sampling": "mixture"}
+    assert extra["stages"][1]["steps"] == 4 and extra["stages"][1]["resumed_at"] == 2
+
+
 def test_cosine_learning_rate_schedule_and_old_checkpoints_resume():
     from sirf_diffusion.diffusion.training import TrainConfig, _check_resumable, _lr_at
 

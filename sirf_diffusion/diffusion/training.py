@@ -438,6 +438,33 @@ def _export_ema(model: nn.Module, ema: EMA, target: Path, extra: dict[str, Any])
     return target
 
 
+_STAGE_FIELDS = ("orientation", "steps", "batch_size", "lr", "lr_decay", "min_lr", "seed",
+                 "recipe", "precision", "init_from")
+
+
+def lineage(init_from: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """What a warm start inherits from its starting model: the sha256 of its weights and the
+    training stages recorded in its ``config.json`` (``extra.stages``)."""
+    if not init_from:
+        return {}
+    meta = json.loads((Path(init_from) / "config.json").read_text())
+    stages = (meta.get("extra") or {}).get("stages") or []
+    return {"init_from_weights_sha256": meta["weights"]["sha256"], "stages": list(stages)}
+
+
+def stage_record(cfg_dict: dict[str, Any], step: int, start: int, wall_s: float,
+                 device: torch.device, network_dtype: Any) -> dict[str, Any]:
+    """One entry of ``extra.stages``: the run's config essentials, its steps, wall time and
+    where it ran (``wall_s`` counts this process only; ``resumed_at`` is its first step)."""
+    import platform
+
+    return {"config": {k: cfg_dict.get(k) for k in _STAGE_FIELDS}, "steps": step,
+            "resumed_at": start, "wall_s": round(wall_s, 1),
+            "where": (f"{platform.machine()} {os.cpu_count()} CPUs, "
+                      f"{torch.get_num_threads()} torch thread(s), device {device}, network "
+                      f"{network_dtype}, torch {torch.__version__}")}
+
+
 def _previous_export(target: Path) -> Path:
     """Where :func:`_export_ema` parks the previous export while swapping in the new one."""
     return target.parent / (target.name + ".old")
@@ -744,8 +771,14 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
             tqdm.write(f"resuming from {ckpt_path.name} (step {start})")
         del ckpt
 
+    run_lineage: dict[str, Any] = {}
     if main:
-        resolved = {**cfg_dict, "_world_size": dist_ctx.world_size,
+        # the starting model's lineage, read when the run started (init_from may change later)
+        if start > 0 and (out / "train_config.json").is_file():
+            run_lineage = json.loads((out / "train_config.json").read_text()).get("_lineage", {})
+        elif cfg.init_from:
+            run_lineage = lineage(cfg.init_from)
+        resolved = {**cfg_dict, "_world_size": dist_ctx.world_size, "_lineage": run_lineage,
                     "_torch": str(torch.__version__),
                     "_sirf_diffusion": __version__, "_dataset": train_ds.describe(),
                     "_network_dtype": str(getattr(model, "network_dtype", lambda: None)()),
@@ -764,11 +797,17 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
         loss_module = DistributedDataParallel(
             loss_module, device_ids=[device.index] if device.type == "cuda" else None)
     extra = {"train_config": cfg_dict, "dataset": train_ds.describe(), "run_id": run_id}
+    inherited = run_lineage if main else {}
+    dtype = getattr(model, "network_dtype", lambda: None)()
+    t_start = time.perf_counter()
 
     def export(step: int) -> None:
         if main:
-            _export_ema(model, ema, export_dir, {**extra, "train_step": step,
-                                          "ema_num_updates": ema.num_updates})
+            stage = stage_record(cfg_dict, step, start, time.perf_counter() - t_start, device,
+                                 dtype)
+            _export_ema(model, ema, export_dir, {
+                **extra, "train_step": step, "ema_num_updates": ema.num_updates, **inherited,
+                "stages": inherited.get("stages", []) + [stage]})
 
     def checkpoint(step: int) -> Path | None:
         path = None
