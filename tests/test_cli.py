@@ -193,6 +193,25 @@ def test_sample_writes_a_grid_and_its_settings(tmp_path, eta):
     assert settings["eta"] == float(eta) and settings["n"] == 3 and settings["steps"] == 4
 
 
+def test_sample_takes_the_orientation_of_a_prior_folder(tmp_path, capsys):
+    from sirf_diffusion.diffusion import ScoreModel, ScoreModelConfig, UNetConfig, save_model
+
+    unet = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+                      attention_resolutions=())
+    save_model(tmp_path / "prior" / "yz", ScoreModel(ScoreModelConfig(
+        unet=unet, orientation="yz", image_size=(12, 16))))
+    png = tmp_path / "grid.png"
+    assert main(["sample", "--model", str(tmp_path / "prior"), "--orientation", "yz", "--out",
+                 str(png), "--n", "2", "--steps", "2", "--no-progress"]) == 0
+    _check_png(png)
+    assert json.loads(png.with_suffix(".json").read_text())["orientation"] == "yz"
+    # the folder has no xy model: the default orientation is refused with one line
+    assert main(["sample", "--model", str(tmp_path / "prior"), "--out",
+                 str(tmp_path / "xy.png"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "no score model" in err and len(err.strip().splitlines()) == 1
+
+
 def test_sample_rejects_eta_outside_0_1(tmp_path, capsys):
     assert main(["sample", "--out", str(tmp_path / "g.png"), "--eta", "1.5",
                  "--no-progress"]) == 2

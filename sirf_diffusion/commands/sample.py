@@ -15,8 +15,11 @@ __all__ = ["add_arguments", "run"]
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of ``sample``."""
     p.add_argument("--model", metavar="DIR", default=None,
-                   help="model folder, or prior folder (its xy model) (default: the shipped "
-                        "prior, xy)")
+                   help="model folder, or prior folder (its --orientation model) (default: the "
+                        "shipped prior)")
+    p.add_argument("--orientation", choices=("xy", "yz", "xz"), default="xy",
+                   help="slice model of a prior folder: xy axial, yz sagittal, xz coronal "
+                        "(default: %(default)s)")
     p.add_argument("--out", metavar="PNG", required=True,
                    help="PNG file to write; its settings go to the same name with .json")
     p.add_argument("--overwrite", action="store_true", help="replace --out and its .json")
@@ -48,13 +51,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {out} is a folder: give a .png file name")
     results = ResultSet(out.parent, overwrite=args.overwrite, names=(out.name, settings.name),
                         protect={"model folder": args.model}, shown=out)
-    model = load_slice_prior(args.model, "xy", args.precision)
+    model = load_slice_prior(args.model, args.orientation, args.precision)
     with results as staging:
         sample_grid_png(model, staging / out.name, n=args.n, num_steps=args.steps,
                         generator=torch.Generator().manual_seed(args.seed), eta=args.eta,
                         progress=not args.no_progress)
         write_json(staging / settings.name,
                    {"command": "sample", **vars(args),
-                    "model": str(args.model) if args.model else "shipped prior (xy)"})
+                    "model": str(args.model) if args.model
+                    else f"shipped prior ({args.orientation})"})
     print(f"sample: wrote {out} and {settings.name}")
     return 0
