@@ -220,6 +220,28 @@ def test_channels_last_only_in_eval_with_bf16():
             torch.testing.assert_close(m(x, s), ref(x, s), rtol=1e-5, atol=1e-5)
 
 
+def test_a_compiled_network_is_called_without_asking_its_truth_value():
+    """``compile=True`` keeps a ``torch.compile`` wrapper of the UNet, which refuses
+    ``bool()`` (it forwards ``len()`` to the UNet): the model must call it, under autocast."""
+    m = tiny_score_model(precision="bf16")
+    calls = []
+
+    class Compiled:
+        def __len__(self):
+            raise TypeError("UNet does not support len()")
+
+        def __call__(self, x, t):
+            calls.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu")
+                         else None)
+            return m.unet(x, t)
+
+    m.__dict__["_compiled_unet"] = Compiled()
+    x, s = _x(2), torch.tensor([0.5, 1.0])
+    with torch.no_grad():
+        out = m(x, s)
+    assert calls == [torch.bfloat16] and out.dtype == torch.float32
+
+
 # --------------------------------------------------------------------------- training loss
 def test_training_loss_is_float32_and_backward_works_under_bf16():
     x0 = _x(6, seed=2)

@@ -171,7 +171,8 @@ class ScoreModel(nn.Module):
         float64 iterate would otherwise meet bfloat16 or float32 weights).
         """
         t = t / self.schedule.t_max
-        net = self.__dict__["_compiled_unet"] or self.unet
+        compiled = self.__dict__["_compiled_unet"]  # no `or`: compiled modules refuse bool()
+        net = compiled if compiled is not None else self.unet
         weights_format = self.__dict__.get("_weights_format", torch.contiguous_format)
         if _functorch_active():
             # Inside torch.func transforms (the jvp of Hessian-vector products) the network
