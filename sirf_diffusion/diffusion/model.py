@@ -26,8 +26,8 @@ from torch import nn
 from .._version import __version__
 from .adapters import ADAPTERS, Parametrisation, batch_sigma, vp_inputs
 from .padding import denoise_padded
-from .recipe import LossRecipe
 from .precision import Precision, check_precision, network_autocast, resolve_precision
+from .recipe import LossRecipe
 from .schedules import ContinuousVP, DiscreteVP, schedule_from_dict
 from .unet import UNet, UNetConfig
 
