@@ -14,8 +14,12 @@ times, with a verdict whether compiling pays.  Prints Markdown tables.  Examples
     python benchmarks/bench_denoiser.py --volume 32 112 112 --chunk-size 16
     PYTHONPATH=/path/to/diffusers python benchmarks/bench_denoiser.py --diffusers
 
-Timings are medians over ``--repeats`` after one warm-up.  "peak mem" is the process's maximum
-resident set size so far (CPU; it only grows) and ``torch.cuda.max_memory_allocated`` on CUDA.
+Timings are medians over ``--repeats`` after one warm-up, of the wall clock or, with
+``--clock cpu``, of the process's CPU time: with ``--threads 1`` on a shared machine the CPU
+time is the cost of the computation itself, which the wall clock inflates by whatever else runs
+(compile times are always wall clock: the compiler runs in other processes).  "peak mem" is the
+process's maximum resident set size so far (CPU; it only grows) and
+``torch.cuda.max_memory_allocated`` on CUDA.
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ VARIANTS: dict[str, tuple[str, bool]] = {
 COMPILED = ("fp32", "bf16 + channels-last")
 #: A compiled variant "pays" when its steady-state call is at least this much faster.
 PAYS = 0.9
+#: The clocks of the timings (``--clock``): wall or process CPU time.
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+Clock = Callable[[], float]
 
 
 def _sync(device: torch.device) -> None:
@@ -59,17 +66,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(fn: Callable[[], object], device: torch.device) -> float:
-    t0 = time.perf_counter()
+def _timed(fn: Callable[[], object], device: torch.device, clock: Clock) -> float:
+    """Seconds of one call on ``clock``."""
+    t0 = clock()
     fn()
     _sync(device)
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
-def _median_time(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+def _median_time(fn: Callable[[], object], repeats: int, device: torch.device,
+                 clock: Clock) -> float:
     """Median seconds of ``repeats`` calls after one warm-up call."""
-    _timed(fn, device)
-    return statistics.median(_timed(fn, device) for _ in range(repeats))
+    _timed(fn, device, clock)
+    return statistics.median(_timed(fn, device, clock) for _ in range(repeats))
 
 
 def _peak_mib(device: torch.device) -> float:
@@ -81,7 +90,7 @@ def _peak_mib(device: torch.device) -> float:
 
 def bench_training(net_loss: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
                    params: list[torch.nn.Parameter], batch: int, hw: tuple[int, int],
-                   repeats: int, device: torch.device) -> float:
+                   repeats: int, device: torch.device, clock: Clock) -> float:
     """Seconds per forward + backward + AdamW step."""
     opt = torch.optim.AdamW(params, lr=1e-4)
     x0 = torch.randn(batch, 1, *hw, device=device)
@@ -92,7 +101,7 @@ def bench_training(net_loss: Callable[[torch.Tensor, torch.Generator], torch.Ten
         net_loss(x0, g).backward()
         opt.step()
 
-    return _median_time(step, repeats, device)
+    return _median_time(step, repeats, device, clock)
 
 
 def _input(batch: int, hw: tuple[int, int], device: torch.device) -> torch.Tensor:
@@ -100,19 +109,19 @@ def _input(batch: int, hw: tuple[int, int], device: torch.device) -> torch.Tenso
 
 
 def bench_inference(fn: Callable[[torch.Tensor], torch.Tensor], batch: int, hw: tuple[int, int],
-                    repeats: int, device: torch.device) -> float:
+                    repeats: int, device: torch.device, clock: Clock) -> float:
     """Median seconds of ``fn(x)`` for a batch of ``batch`` slices (no autograd)."""
     x = _input(batch, hw, device)
     with torch.inference_mode():
-        return _median_time(lambda: fn(x), repeats, device)
+        return _median_time(lambda: fn(x), repeats, device, clock)
 
 
 def _first_call(fn: Callable[[torch.Tensor], torch.Tensor], batch: int, hw: tuple[int, int],
                 device: torch.device) -> float:
-    """Seconds of the first call at this batch size (a compiled network compiles here)."""
+    """Wall seconds of the first call at this batch size (a compiled network compiles here)."""
     x = _input(batch, hw, device)
     with torch.inference_mode():
-        return _timed(lambda: fn(x), device)
+        return _timed(lambda: fn(x), device, CLOCKS["wall"])
 
 
 def _denoise(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -148,7 +157,7 @@ def _x(ref: float, t: float) -> str:
 def bench_size(name: str, cfg: UNetConfig, args: argparse.Namespace, hw: tuple[int, int],
                dev: torch.device) -> dict[str, dict[str, float]]:
     """Table of every variant of one UNet size; returns the times per variant."""
-    nb = args.infer_batch
+    nb, clock = args.infer_batch, CLOCKS[args.clock]
     n_params = ScoreModel(ScoreModelConfig(unet=cfg, image_size=hw)).num_parameters
     print(f"\n### {name} ({n_params / 1e6:.2f} M parameters)\n")
     print(f"| precision | train step, batch {args.batch} (s) | x fp32 | train img/s "
@@ -159,10 +168,10 @@ def bench_size(name: str, cfg: UNetConfig, args: argparse.Namespace, hw: tuple[i
         model = _model(cfg, hw, label, dev)
         model.train()
         ts = bench_training(model.training_loss, list(model.parameters()), args.batch, hw,
-                            args.repeats, dev)
+                            args.repeats, dev, clock)
         model.eval()
-        t1 = bench_inference(_denoise(model), 1, hw, args.repeats, dev)
-        tb = bench_inference(_denoise(model), nb, hw, args.repeats, dev)
+        t1 = bench_inference(_denoise(model), 1, hw, args.repeats, dev, clock)
+        tb = bench_inference(_denoise(model), nb, hw, args.repeats, dev, clock)
         times[label] = {"train": ts, "one": t1, "batch": tb}
         ref = times["fp32"]
         print(f"| {label} | {ts:.3f} | {_x(ref['train'], ts)} | {args.batch / ts:.1f} "
@@ -191,10 +200,11 @@ def bench_diffusers(name: str, cfg: UNetConfig, args: argparse.Namespace, hw: tu
     def infer(x: torch.Tensor) -> torch.Tensor:
         return net(x, torch.full((x.shape[0],), 500, device=x.device)).sample
 
-    ts = bench_training(loss, list(net.parameters()), args.batch, hw, args.repeats, dev)
+    clock = CLOCKS[args.clock]
+    ts = bench_training(loss, list(net.parameters()), args.batch, hw, args.repeats, dev, clock)
     net.eval()
-    t1 = bench_inference(infer, 1, hw, args.repeats, dev)
-    tb = bench_inference(infer, args.infer_batch, hw, args.repeats, dev)
+    t1 = bench_inference(infer, 1, hw, args.repeats, dev, clock)
+    tb = bench_inference(infer, args.infer_batch, hw, args.repeats, dev, clock)
     print(f"| diffusers-{name} (fp32) | {ts:.3f} | | {args.batch / ts:.1f} | {1e3 * t1:.1f} | "
           f"| {1e3 * tb:.1f} | | {_peak_mib(dev):.0f} |")
 
@@ -202,7 +212,7 @@ def bench_diffusers(name: str, cfg: UNetConfig, args: argparse.Namespace, hw: tu
 def bench_compile(name: str, cfg: UNetConfig, args: argparse.Namespace, hw: tuple[int, int],
                   dev: torch.device, eager: dict[str, dict[str, float]]) -> list[str]:
     """``torch.compile`` of the UNet for inference; prints a table, returns the verdicts."""
-    nb = args.infer_batch
+    nb, clock = args.infer_batch, CLOCKS[args.clock]
     print(f"\n### torch.compile, {name}, inference (evaluation mode)\n")
     print(f"| precision | first call, 1 slice (s) | first call, {nb} slices (s) | 1 slice (ms) "
           f"| x eager | {nb} slices (ms) | x eager | calls to repay compiling |")
@@ -213,8 +223,8 @@ def bench_compile(name: str, cfg: UNetConfig, args: argparse.Namespace, hw: tupl
             model = _model(cfg, hw, label, dev, compile=True).eval()
             c1 = _first_call(_denoise(model), 1, hw, dev)
             cb = _first_call(_denoise(model), nb, hw, dev)
-            t1 = bench_inference(_denoise(model), 1, hw, args.repeats, dev)
-            tb = bench_inference(_denoise(model), nb, hw, args.repeats, dev)
+            t1 = bench_inference(_denoise(model), 1, hw, args.repeats, dev, clock)
+            tb = bench_inference(_denoise(model), nb, hw, args.repeats, dev, clock)
         except Exception as e:  # noqa: BLE001  (report any compiler failure, keep going)
             msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
             print(f"| {label} + compile | failed | | | | | | |")
@@ -243,6 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hw", type=int, nargs=2, default=[112, 112], help="slice height and width")
     p.add_argument("--infer-batch", type=int, default=16, help="slices per denoiser call")
     p.add_argument("--repeats", type=int, default=3, help="timed repetitions (median)")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall clock, or the process's CPU time (CPU device; use --threads 1)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--no-compile", action="store_true",
@@ -256,10 +268,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
+    if args.clock == "cpu" and dev.type != "cpu":
+        p.error("--clock cpu times CPU work: use it with --device cpu")
     hw = tuple(args.hw)
     auto = resolve_precision("auto", dev)
     print(f"device {dev}, threads {torch.get_num_threads()}, torch {torch.__version__}, "
-          f"train batch {args.batch}, slices {hw[0]}x{hw[1]}; native bfloat16: "
+          f"train batch {args.batch}, slices {hw[0]}x{hw[1]}, {args.clock} clock (compile "
+          f"times: wall); native bfloat16: "
           f"{bf16_native(dev.type)}; precision='auto' here: "
           f"{'bf16 (+ channels-last in evaluation)' if auto == torch.bfloat16 else 'fp32'}")
     verdicts: list[str] = []
@@ -280,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
         vol = torch.randn(1, 1, z, y, x, device=dev)
         with torch.inference_mode():
             tv = _median_time(lambda: prior(vol, torch.ones(1, device=dev)), max(1, args.repeats),
-                              dev)
+                              dev, CLOCKS[args.clock])
         print(f"\n3D prior ({args.sizes[0]}, precision auto, 3 orientations, chunk "
               f"{args.chunk_size}) on {z}x{y}x{x}: {tv:.2f} s per denoiser call "
               f"({z + y + x} slices, {1e3 * tv / (z + y + x):.1f} ms/slice), peak mem "

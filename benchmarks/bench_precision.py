@@ -15,10 +15,15 @@ bfloat16 autocast, channels-last in evaluation), on the same inputs:
     evaluation scans of ``benchmarks/evaluate_methods.py`` (test-split subjects, ``--counts``
     true counts per mm^3, the noise and sampler seeds of its ``scan_seeds``), once per
     precision with the same sampler seed.  Per scan: the brain NRMSE of both and their
-    difference, the wall time of both, and the time spent in the network (forward hooks on the
-    model: the sampling cost the precision changes; the rest is likelihood work).  The two
+    difference, the time of the whole reconstruction and the time spent in the network
+    (forward hooks on the model: the sampling cost the precision changes; the rest is
+    likelihood work), each as the process's CPU time and as wall-clock time.  The two
     precisions alternate which runs first from scan to scan, so that a drift in the machine's
     load does not favour one.
+
+Run it with one thread: the CPU time of a one-thread process is the cost of the computation
+itself, while on a shared machine the wall clock also counts the time the process waits for a
+core (the project's 2-core development machine runs training jobs beside benchmarks).
 
 Outputs in ``--out`` (default ``docs/precision``): ``precision.md`` (command, machine, tables)
 and ``results.json``.  Example (about 10 minutes on one core)::
@@ -114,9 +119,10 @@ def tweedie_comparison(models: dict[str, Any], args: argparse.Namespace,
         y2 = bpd.noisy(test.x0, sigma, args.seed, _TAG_OTHER, k)
         est, secs = {}, {}
         for p, m in models.items():
-            t0 = time.perf_counter()
+            t0 = _clocks()
             est[p] = bpd.prior_denoise(m, y, sigma, 16, False, p)
-            secs[p] = (time.perf_counter() - t0) / y.shape[0]
+            wall, cpu = (_clocks() - t0) / y.shape[0]
+            secs[p] = {"wall": float(wall), "cpu": float(cpu)}
         other = bpd.prior_denoise(models["fp32"], y2, sigma, 16, False, "fp32")
         diff = _rms(est["bf16"] - est["fp32"], test.support) / scale
         draw = _rms(other - est["fp32"], test.support) / scale
@@ -124,26 +130,33 @@ def tweedie_comparison(models: dict[str, Any], args: argparse.Namespace,
         rows.append({"sigma": sigma, "rel_rms_bf16_vs_fp32": diff, "rel_rms_other_draw": draw,
                      "ratio": diff / draw, "mse_fp32": mse["fp32"], "mse_bf16": mse["bf16"],
                      "mse_change": mse["bf16"] / mse["fp32"] - 1,
-                     "seconds_per_slice": secs})
+                     "seconds_per_slice": secs,
+                     "cpu_speedup": secs["fp32"]["cpu"] / secs["bf16"]["cpu"]})
     return {"num_slices": int(test.x0.shape[0]),
             "subjects": sorted(set(test.seeds.tolist())), "data": settings,
             "clean_rms_support": scale, "rows": rows}
 
 
 # ---------------------------------------------------------------------- (b) reconstructions
+def _clocks() -> np.ndarray:
+    """``[wall, process CPU]`` seconds now."""
+    return np.array([time.perf_counter(), time.process_time()])
+
+
 class NetworkTimer:
-    """Seconds spent inside ``model.__call__`` (forward pre/post hooks) and the call count."""
+    """Wall and CPU seconds spent inside ``model.__call__`` (forward pre/post hooks) and the
+    number of calls."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        self.seconds, self.calls, self._t0 = 0.0, 0, 0.0
+        self.seconds, self.calls, self._t0 = np.zeros(2), 0, np.zeros(2)
         self._handles = [model.register_forward_pre_hook(self._start),
                          model.register_forward_hook(self._stop)]
 
     def _start(self, *_: Any) -> None:
-        self._t0 = time.perf_counter()
+        self._t0 = _clocks()
 
     def _stop(self, *_: Any) -> None:
-        self.seconds += time.perf_counter() - self._t0
+        self.seconds += _clocks() - self._t0
         self.calls += 1
 
     def remove(self) -> None:
@@ -170,16 +183,19 @@ def reconstruct_scan(models: dict[str, Any], subject: int, realisation: int, ord
     images = {}
     for p in order:
         timer = NetworkTimer(models[p])
+        t0 = _clocks()
         try:
             res = reconstruct("lisch", lik, models[p], progress=False,
                               generator=torch.Generator().manual_seed(seeds["sampler_seed"]),
                               **options)
         finally:
             timer.remove()
+        wall, cpu = _clocks() - t0
         images[p] = res.mean.detach().reshape(ref.shape).numpy().astype(np.float64)
         out[p] = {"nrmse": image_metrics(images[p], ref, scan.masks)["nrmse"],
-                  "wall_s": res.wall_time_s, "network_s": timer.seconds,
-                  "network_calls": timer.calls,
+                  "wall_s": float(wall), "cpu_s": float(cpu),
+                  "network_wall_s": float(timer.seconds[0]),
+                  "network_cpu_s": float(timer.seconds[1]), "network_calls": timer.calls,
                   "network_evaluations": res.num_network_evaluations}
     out["nrmse_difference"] = out["bf16"]["nrmse"] - out["fp32"]["nrmse"]
     brain = np.asarray(scan.masks["brain"]) > 0.5
@@ -195,54 +211,71 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
             *["| " + " | ".join(r) + " |" for r in rows]]
 
 
+def _speed(c: dict[str, Any], key: str) -> str:
+    return f"{c['fp32'][key] / c['bf16'][key]:.2f}x"
+
+
 def write_markdown(path: Path, results: dict[str, Any]) -> str:
     """``precision.md``: command, machine, the Tweedie table and the reconstruction table."""
     tw, rc, s = results["tweedie"], results["reconstruction"], results["settings"]
+    sm = rc["summary"]
     lines = [
         "# bfloat16 against float32: Tweedie estimates and reconstructions", "",
         f"Command: `{results['command']}`", "",
         f"Machine: {results['machine']}; total {results['wall_time_s'] / 60:.1f} min.", "",
         f"Model: `{results['model']}`. Both precisions load the same weights "
         "(`load_slice_prior(..., precision='fp32' | 'bf16')`; bf16 = autocast, channels-last "
-        "in evaluation).", "",
+        "in evaluation). Times: CPU = the process's CPU time (one thread: the cost of the "
+        "computation), wall = wall clock (also counts waiting for a core on a shared "
+        "machine).", "",
         f"## (a) Tweedie estimates, {tw['num_slices']} held-out slices of test subjects "
         f"{tw['subjects']}", "",
         "RMS inside the head support, relative to the RMS of the clean slices "
         f"({tw['clean_rms_support']:.3g}): bf16 - fp32 on the same noisy input, and fp32 on "
         "another noise draw - fp32 (the estimate's own variation with the noise, for scale); "
-        "denoising MSE against the clean slices (support).", "",
+        "denoising MSE against the clean slices (support); network time per slice in batches "
+        "of 16.", "",
         *_table(["sigma", "bf16 - fp32 (rel. RMS)", "other draw - fp32 (rel. RMS)", "ratio",
-                 "MSE fp32", "MSE bf16", "MSE change", "ms/slice fp32", "ms/slice bf16"],
+                 "MSE fp32", "MSE bf16", "MSE change", "CPU ms/slice fp32", "bf16", "x",
+                 "wall ms/slice fp32", "bf16"],
                 [[f"{r['sigma']:g}", f"{r['rel_rms_bf16_vs_fp32']:.2e}",
                   f"{r['rel_rms_other_draw']:.2e}", f"{r['ratio']:.3f}",
                   f"{r['mse_fp32']:.4g}", f"{r['mse_bf16']:.4g}",
                   f"{100 * r['mse_change']:+.2f} %",
-                  f"{1e3 * r['seconds_per_slice']['fp32']:.0f}",
-                  f"{1e3 * r['seconds_per_slice']['bf16']:.0f}"] for r in tw["rows"]]), "",
+                  f"{1e3 * r['seconds_per_slice']['fp32']['cpu']:.0f}",
+                  f"{1e3 * r['seconds_per_slice']['bf16']['cpu']:.0f}",
+                  f"{r['cpu_speedup']:.2f}x",
+                  f"{1e3 * r['seconds_per_slice']['fp32']['wall']:.0f}",
+                  f"{1e3 * r['seconds_per_slice']['bf16']['wall']:.0f}"] for r in tw["rows"]]),
+        "",
         f"## (b) PET-LiSch reconstructions, {s['counts']:g} counts/mm^3", "",
         f"PET-LiSch with {s['lisch_options']} (METHOD_DEFAULTS unless overridden), test-split "
         f"subjects {s['subject_seeds']} x {s['realisations']} noise realisations (the scans and "
         "sampler seeds of `benchmarks/evaluate_methods.py`), the same sampler seed for both "
-        "precisions. NRMSE in the brain; network time = time inside the model's calls "
-        "(the sampling cost), wall = the whole reconstruction (initial MLEM and likelihood "
-        "steps included); *order*: which precision ran first.", "",
+        "precisions. NRMSE in the brain; *network*: time inside the model's calls (the "
+        "sampling cost); *reconstruction*: the whole call (initial MLEM and likelihood steps "
+        "included); *order*: which precision ran first.", "",
         *_table(["subject", "realisation", "order", "NRMSE fp32", "NRMSE bf16", "difference",
-                 "image rel. RMS diff.", "wall fp32 (s)", "wall bf16 (s)", "network fp32 (s)",
-                 "network bf16 (s)", "network speed-up"],
+                 "image rel. RMS diff.", "network CPU s fp32", "bf16", "x",
+                 "reconstruction CPU s fp32", "bf16", "x", "network wall s fp32", "bf16",
+                 "reconstruction wall s fp32", "bf16"],
                 [[str(c["subject"]), str(c["realisation"]), " then ".join(c["order"]),
                   f"{c['fp32']['nrmse']:.4f}", f"{c['bf16']['nrmse']:.4f}",
                   f"{c['nrmse_difference']:+.4f}", f"{c['image_rel_rms_difference']:.2e}",
-                  f"{c['fp32']['wall_s']:.1f}", f"{c['bf16']['wall_s']:.1f}",
-                  f"{c['fp32']['network_s']:.1f}", f"{c['bf16']['network_s']:.1f}",
-                  f"{c['fp32']['network_s'] / c['bf16']['network_s']:.2f}x"]
+                  f"{c['fp32']['network_cpu_s']:.1f}", f"{c['bf16']['network_cpu_s']:.1f}",
+                  _speed(c, "network_cpu_s"), f"{c['fp32']['cpu_s']:.1f}",
+                  f"{c['bf16']['cpu_s']:.1f}", _speed(c, "cpu_s"),
+                  f"{c['fp32']['network_wall_s']:.1f}", f"{c['bf16']['network_wall_s']:.1f}",
+                  f"{c['fp32']['wall_s']:.1f}", f"{c['bf16']['wall_s']:.1f}"]
                  for c in rc["scans"]]), "",
-        f"Summary: mean NRMSE fp32 {rc['summary']['nrmse_fp32']:.4f}, bf16 "
-        f"{rc['summary']['nrmse_bf16']:.4f}; largest |difference| "
-        f"{rc['summary']['max_abs_nrmse_difference']:.4f}. Total network time "
-        f"{rc['summary']['network_s_fp32']:.1f} s (fp32) vs {rc['summary']['network_s_bf16']:.1f}"
-        f" s (bf16): {rc['summary']['network_speedup']:.2f}x; total wall time "
-        f"{rc['summary']['wall_s_fp32']:.1f} s vs {rc['summary']['wall_s_bf16']:.1f} s: "
-        f"{rc['summary']['wall_speedup']:.2f}x.", "",
+        f"Summary: mean NRMSE fp32 {sm['nrmse_fp32']:.4f}, bf16 {sm['nrmse_bf16']:.4f}; largest "
+        f"|difference| {sm['max_abs_nrmse_difference']:.4f}. Network time, all scans: CPU "
+        f"{sm['network_cpu_s_fp32']:.1f} s (fp32) vs {sm['network_cpu_s_bf16']:.1f} s (bf16), "
+        f"{sm['network_cpu_speedup']:.2f}x; wall {sm['network_wall_s_fp32']:.1f} s vs "
+        f"{sm['network_wall_s_bf16']:.1f} s, {sm['network_wall_speedup']:.2f}x. Whole "
+        f"reconstructions: CPU {sm['cpu_s_fp32']:.1f} s vs {sm['cpu_s_bf16']:.1f} s, "
+        f"{sm['cpu_speedup']:.2f}x; wall {sm['wall_s_fp32']:.1f} s vs {sm['wall_s_bf16']:.1f} "
+        f"s, {sm['wall_speedup']:.2f}x.", "",
     ]
     text = "\n".join(lines)
     path.write_text(text)
@@ -250,13 +283,14 @@ def write_markdown(path: Path, results: dict[str, Any]) -> str:
 
 
 def summarise(scans: list[dict[str, Any]]) -> dict[str, float]:
-    tot = {f"{k}_{p}": float(sum(c[p][k] for c in scans))
-           for k in ("network_s", "wall_s") for p in PRECISIONS}
+    """Mean NRMSEs, the largest difference, total times and speed-ups over the scans."""
+    keys = ("network_cpu_s", "network_wall_s", "cpu_s", "wall_s")
+    tot = {f"{k}_{p}": float(sum(c[p][k] for c in scans)) for k in keys for p in PRECISIONS}
+    speed = {f"{k[:-2]}_speedup": tot[f"{k}_fp32"] / tot[f"{k}_bf16"] for k in keys}
     return {"nrmse_fp32": float(np.mean([c["fp32"]["nrmse"] for c in scans])),
             "nrmse_bf16": float(np.mean([c["bf16"]["nrmse"] for c in scans])),
             "max_abs_nrmse_difference": float(max(abs(c["nrmse_difference"]) for c in scans)),
-            **tot, "network_speedup": tot["network_s_fp32"] / tot["network_s_bf16"],
-            "wall_speedup": tot["wall_s_fp32"] / tot["wall_s_bf16"]}
+            **tot, **speed}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -223,22 +223,31 @@ def test_bench_denoiser_prints_every_precision_side_by_side(capsys) -> None:
 
 
 def test_bench_training_prints_fp32_and_bf16(monkeypatch, capsys) -> None:
-    """The table logic on a stand-in for ``train`` (which writes ``loss.csv``)."""
+    """The table logic on a stand-in for ``train`` whose steps take known wall and CPU times."""
     mod = _load("bench_training")
+    clock = {"wall": 0.0, "cpu": 0.0}
     seen = []
 
-    def fake_train(cfg, out, progress=False):
+    class FakeTime:
+        perf_counter = staticmethod(lambda: clock["wall"])
+        process_time = staticmethod(lambda: clock["cpu"])
+
+    def fake_train(cfg, out, progress=False, callback=None):
         seen.append(cfg)
-        per_step = 2.0 if cfg.precision == "fp32" else 0.8
-        rows = "\n".join(f"{i},1.0,{per_step * i}" for i in range(cfg.steps))
-        (Path(out) / "loss.csv").write_text("step,loss,seconds\n" + rows + "\n")
+        cpu = 2.0 if cfg.precision == "fp32" else 0.8
+        for step in range(1, cfg.steps + 1):
+            clock["wall"] += 3 * cpu + (10.0 if step == 1 else 0.0)  # a slow first step
+            clock["cpu"] += cpu
+            callback({"step": step})
+        (Path(out) / "loss.csv").write_text("step,loss\n")
 
     monkeypatch.setattr(mod, "train", fake_train)
+    monkeypatch.setattr(mod, "time", FakeTime)
     mod.main(["--config", str(ROOT / "configs" / "default_prior.json"), "--steps", "4"])
     rows = _table_rows(capsys.readouterr().out)
     assert [r[1] for r in rows] == ["fp32 (float32)", "bf16 (bfloat16)"]
-    assert [r[5] for r in rows] == ["2.00", "0.80"] and [r[6] for r in rows] == ["1.00x",
-                                                                                   "2.50x"]
+    assert [r[5:9] for r in rows] == [["6.00", "1.00x", "2.00", "1.00x"],
+                                      ["2.40", "2.50x", "0.80", "2.50x"]]
     assert [c.precision for c in seen] == ["fp32", "bf16"]
     assert seen[0].cache_dir == seen[1].cache_dir and seen[0].steps == 4   # phantoms shared
 
@@ -259,7 +268,9 @@ def test_bench_precision_quick(tiny_model: Path, tmp_path: Path) -> None:
     for p in ("fp32", "bf16"):
         # the hooks see every network evaluation of the sampler (2 steps, 1 chain)
         assert scan[p]["network_calls"] == scan[p]["network_evaluations"] == 2
-        assert math.isfinite(scan[p]["nrmse"]) and scan[p]["wall_s"] >= scan[p]["network_s"] > 0
+        assert math.isfinite(scan[p]["nrmse"])
+        assert scan[p]["wall_s"] >= scan[p]["network_wall_s"] > 0
+        assert scan[p]["cpu_s"] >= scan[p]["network_cpu_s"] > 0
     # an untrained eps-network outputs 0 in any precision: identical images and estimates
     assert scan["nrmse_difference"] == 0.0 and scan["image_rel_rms_difference"] == 0.0
     (row,) = data["tweedie"]["rows"]
