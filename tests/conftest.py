@@ -3,7 +3,9 @@
 Helpers (import them with ``from conftest import ...``): :class:`GaussianDenoiser` (the exact
 Tweedie denoiser of a Gaussian prior, an analytic oracle), :func:`prior_layout`,
 :func:`gaussian_denoiser`, :func:`poisson_problem` (a small dense Poisson problem),
-:func:`simulated_case_with_osem` (a case folder for the toolkit tests), :func:`load_script`;
+:func:`randomise_parameters`, :func:`tiny_score_model` (a tiny slice model with non-zero
+weights), :func:`simulated_case_with_osem` (a case folder for the toolkit tests),
+:func:`load_script`;
 fixtures:
 ``one_thread``, ``one_thread_module``, ``fake_cil`` (:mod:`fake_cil` installed as ``cil``),
 ``stir_reference``.
@@ -188,6 +190,34 @@ def poisson_problem(image_shape=(1, 4, 4), num_views=8, num_tangential=6, seed=0
                               additive=torch.full(data_shape, 0.5, dtype=dtype))
     y = torch.poisson(phys.forward(truth.to(dtype)), generator=g)
     return PoissonLogLikelihood(phys, y), truth
+
+
+def randomise_parameters(module: torch.nn.Module, seed: int = 0, scale: float = 0.1
+                         ) -> torch.nn.Module:
+    """Overwrite every parameter of ``module`` with ``scale * N(0, 1)`` draws from ``seed`` (the
+    zero-initialised output layers included, so that a network's output is not 0); returns it."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return module
+
+
+def tiny_score_model(seed: int = 0, precision: str = "auto", parametrisation: str = "eps",
+                     image_size: tuple[int, int] = (16, 16), schedule: dict | None = None,
+                     channels_last: bool | None = None, trained: bool = True):
+    """A 2-level, 8-channel :class:`~sirf_diffusion.diffusion.model.ScoreModel` (attention at
+    the coarse level) in training mode; ``trained``: random non-zero weights
+    (:func:`randomise_parameters`), else the fresh network (zero output layer)."""
+    from sirf_diffusion.diffusion import ScoreModel, ScoreModelConfig, UNetConfig
+
+    extra = {} if schedule is None else {"schedule": schedule}
+    model = ScoreModel(ScoreModelConfig(
+        unet=UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+                        attention_resolutions=(2,), groupnorm_groups=4),
+        image_size=image_size, parametrisation=parametrisation, **extra),
+        precision=precision, channels_last=channels_last)
+    return randomise_parameters(model, seed) if trained else model
 
 
 def load_script(path: Path) -> ModuleType:

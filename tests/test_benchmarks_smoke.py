@@ -270,3 +270,73 @@ def test_lesion_section_says_where_a_lesion_is_lost() -> None:
             "judged CRC in [0.5, 1.5].") in text
     assert "- lesion 3/4: true contrast 1.02 against its surroundings, too low for a CRC" in text
     assert mod.lesion_section({"osem": {"lesions": []}}, ["osem"], labels, ["lisch"]) == []
+
+
+# ------------------------------------------------------- precision benchmarks (issue 12)
+def test_bench_denoiser_prints_every_precision_side_by_side(capsys) -> None:
+    mod = _load("bench_denoiser")
+    mod.main(["--sizes", "tiny", "--hw", "16", "16", "--batch", "2", "--infer-batch", "2",
+              "--repeats", "1", "--no-compile"])
+    out = capsys.readouterr().out
+    rows = _table_rows(out.split("###", 1)[1])
+    assert [r[0] for r in rows] == list(mod.VARIANTS)
+    assert rows[0][2] == rows[0][5] == rows[0][7] == "1.00x"   # fp32 is the reference
+    assert all(float(c) > 0 for r in rows for c in (r[1], r[4], r[6]))
+    assert "precision='auto' here:" in out
+
+
+def test_bench_training_prints_fp32_and_bf16(monkeypatch, capsys) -> None:
+    """The table logic on a stand-in for ``train`` whose steps take known wall and CPU times."""
+    mod = _load("bench_training")
+    clock = {"wall": 0.0, "cpu": 0.0}
+    seen = []
+
+    class FakeTime:
+        perf_counter = staticmethod(lambda: clock["wall"])
+        process_time = staticmethod(lambda: clock["cpu"])
+
+    def fake_train(cfg, out, progress=False, callback=None):
+        seen.append(cfg)
+        cpu = 2.0 if cfg.precision == "fp32" else 0.8
+        for step in range(1, cfg.steps + 1):
+            clock["wall"] += 3 * cpu + (10.0 if step == 1 else 0.0)  # a slow first step
+            clock["cpu"] += cpu
+            callback({"step": step})
+        (Path(out) / "loss.csv").write_text("step,loss\n")
+
+    monkeypatch.setattr(mod, "train", fake_train)
+    monkeypatch.setattr(mod, "time", FakeTime)
+    mod.main(["--config", str(ROOT / "configs" / "default_prior.json"), "--steps", "4"])
+    rows = _table_rows(capsys.readouterr().out)
+    assert [r[1] for r in rows] == ["fp32 (float32)", "bf16 (bfloat16)"]
+    assert [r[5:9] for r in rows] == [["6.00", "1.00x", "2.00", "1.00x"],
+                                      ["2.40", "2.50x", "0.80", "2.50x"]]
+    assert [c.precision for c in seen] == ["fp32", "bf16"]
+    assert seen[0].cache_dir == seen[1].cache_dir and seen[0].steps == 4   # phantoms shared
+
+
+def test_bench_precision_quick(tiny_model: Path, tmp_path: Path) -> None:
+    mod = _load("bench_precision")
+    out = tmp_path / "precision"
+    res = mod.main(["--model", str(tiny_model), "--subjects", "1", "--realisations", "1",
+                    "--steps", "2", "--samples", "1", "--lisch-k", "2", "--num-views", "84",
+                    "--sigmas", "0.5", "--slices-per-subject", "2", "--volume-shape", "6", "112",
+                    "112", "--out", str(out), "--no-progress"])
+    md = (out / "precision.md").read_text()
+    assert "Command: `python benchmarks/bench_precision.py --model" in md and "CPU cores" in md
+    data = json.loads((out / "results.json").read_text())
+    assert data == json.loads(json.dumps(res))
+    (scan,) = data["reconstruction"]["scans"]
+    assert scan["subject"] == 0 and scan["order"] == ["fp32", "bf16"]
+    for p in ("fp32", "bf16"):
+        # the hooks see every network evaluation of the sampler (2 steps, 1 chain)
+        assert scan[p]["network_calls"] == scan[p]["network_evaluations"] == 2
+        assert math.isfinite(scan[p]["nrmse"])
+        assert scan[p]["wall_s"] >= scan[p]["network_wall_s"] > 0
+        assert scan[p]["cpu_s"] >= scan[p]["network_cpu_s"] > 0
+    # an untrained eps-network outputs 0 in any precision: identical images and estimates
+    assert scan["nrmse_difference"] == 0.0 and scan["image_rel_rms_difference"] == 0.0
+    (row,) = data["tweedie"]["rows"]
+    assert row["sigma"] == 0.5 and row["rel_rms_bf16_vs_fp32"] == 0.0
+    assert row["rel_rms_other_draw"] > 0 and data["tweedie"]["num_slices"] == 2
+    assert data["settings"]["lisch_options"]["num_steps"] == 2

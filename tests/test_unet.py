@@ -94,6 +94,7 @@ def _model(parametrisation="eps"):
 
 def test_score_model_is_the_eps_adapter_of_its_unet():
     m = _model()
+    m.precision = "fp32"  # compared with the plain float32 UNet below
     _randomise(m)
     x, sigma = torch.randn(3, 1, 16, 16), torch.tensor([0.05, 1.0, 30.0])
     ref = EpsDenoiser(m.unet, ContinuousVP())(x, sigma)

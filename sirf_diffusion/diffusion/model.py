@@ -26,8 +26,8 @@ from torch import nn
 from .._version import __version__
 from .adapters import ADAPTERS, Parametrisation, batch_sigma, vp_inputs
 from .padding import denoise_padded
-from .recipe import LossRecipe
 from .precision import Precision, check_precision, network_autocast, resolve_precision
+from .recipe import LossRecipe
 from .schedules import ContinuousVP, DiscreteVP, schedule_from_dict
 from .unet import UNet, UNetConfig
 
@@ -167,16 +167,32 @@ class ScoreModel(nn.Module):
         """The UNet sees ``t / t_max`` in ``[0, 1]`` for every schedule (DDPM steps included).
 
         Runs under the model's precision (:meth:`network_dtype`) and returns the iterate's
-        dtype.
+        dtype.  The input enters in the weights' dtype (autocast leaves float64 alone, so a
+        float64 iterate would otherwise meet bfloat16 or float32 weights).
         """
         t = t / self.schedule.t_max
-        dtype = self.network_dtype()
-        fmt = self._memory_format(dtype)
-        if self.__dict__.get("_weights_format") is not fmt:
-            self.unet.to(memory_format=fmt)
-            self.__dict__["_weights_format"] = fmt
-        x_in = x_vp.contiguous(memory_format=fmt)
-        net = self.__dict__["_compiled_unet"] or self.unet
+        compiled = self.__dict__["_compiled_unet"]  # no `or`: compiled modules refuse bool()
+        net = compiled if compiled is not None else self.unet
+        weights_format = self.__dict__.get("_weights_format", torch.contiguous_format)
+        if _functorch_active():
+            # Inside torch.func transforms (the jvp of Hessian-vector products) the network
+            # runs float32 and contiguous: PyTorch's (2.13) forward-mode derivatives fail under
+            # CPU bfloat16 autocast (a convolution after GroupNorm) and for channels-last
+            # GroupNorm, and changing the weights' memory format inside a transform crashes,
+            # so channels-last weights are passed as contiguous copies.
+            dtype, fmt = torch.float32, torch.contiguous_format
+            if weights_format is not fmt:
+                weights = {k: v.clone(memory_format=torch.contiguous_format)
+                           for k, v in self.unet.state_dict(keep_vars=True).items()}
+                net = lambda x, tt: torch.func.functional_call(self.unet, weights, (x, tt))  # noqa: E731
+        else:
+            dtype = self.network_dtype()
+            fmt = self._memory_format(dtype)
+            if weights_format is not fmt:
+                self.unet.to(memory_format=fmt)
+                self.__dict__["_weights_format"] = fmt
+        w = next(self.unet.parameters())
+        x_in = x_vp.to(dtype=w.dtype, memory_format=fmt)
         with network_autocast(dtype, x_vp.device):
             out = net(x_in, t)
         return out.to(x_vp.dtype).contiguous()
@@ -238,6 +254,12 @@ class ScoreModel(nn.Module):
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _functorch_active() -> bool:
+    """Whether a :mod:`torch.func` transform (``jvp``, ``vmap``, ``grad``) is running."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(active()) if active is not None else False
 
 
 def _device_of(module: nn.Module) -> torch.device:

@@ -20,7 +20,12 @@ natively and float32 otherwise:
 On this project's development CPU (2 cores with AVX512-BF16) bfloat16 autocast with
 channels-last activations runs the shipped UNet about 2x faster than float32
 (``benchmarks/bench_denoiser.py``); the effect on the Tweedie estimate and on reconstructions
-is measured in docs/prior.md.
+is measured in docs/precision (``benchmarks/bench_precision.py``).
+
+Inside :mod:`torch.func` transforms (the ``jvp`` of
+:meth:`~sirf_diffusion.integrations.prior.DiffusionPrior.multiply_with_Hessian`) the network
+runs in float32 whatever the precision: PyTorch's forward-mode derivatives do not support CPU
+bfloat16 autocast through GroupNorm (:meth:`~.model.ScoreModel._net`).
 """
 
 from __future__ import annotations
