@@ -43,9 +43,10 @@ RUNS: dict[str, dict[str, Any]] = {
 
 def simulate(folder: Path, a: argparse.Namespace) -> Path:
     """The benchmark's case (module docstring) in ``folder``."""
-    scan = simulate_scan(SimulationConfig(
-        seed=3, dims=3, counts_per_mm3=2.5, rings=a.rings, max_ring_difference=a.max_ring_difference,
-        num_planes=a.planes, image_shape=(a.size, a.size), num_views=a.views), progress=False)
+    config = SimulationConfig(seed=3, dims=3, counts_per_mm3=2.5, rings=a.rings,
+                              max_ring_difference=a.max_ring_difference, num_planes=a.planes,
+                              image_shape=(a.size, a.size), num_views=a.views)
+    scan = simulate_scan(config, progress=False)
     return write_simulated_case(folder, scan)   # image grid: PETRIC/reference_image.hv
 
 

@@ -1,4 +1,4 @@
-"""Fully 3D on the real STIR and SIRF: oblique segments, the perpendicular prior, CLI, reconstructor.
+"""Fully 3D on the real STIR and SIRF: oblique segments, perpendicular prior, CLI, reconstructor.
 
 Skipped without the toolkit a test needs; failed instead with ``SIRF_DIFFUSION_REQUIRE_TOOLKITS=1``
 (:mod:`toolkits`).  One small 3D case with oblique segments (:func:`conftest.simulated_3d_case`:
@@ -23,14 +23,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import load_script, simulated_3d_case
+from conftest import simulated_3d_case
 from toolkits import require
 
 from sirf_diffusion.physics.model import AcquisitionModel
 
 pytestmark = pytest.mark.toolkit
 
-ROOT = Path(__file__).resolve().parents[1]
 TOOLKITS = ("stir", "sirf")
 #: Rays per bin of each toolkit's ray-tracing matrix: ``stir_wrappers`` asks STIR for 1, SIRF's
 #: ``AcquisitionModelUsingRayTracingMatrix`` traces 2.
@@ -147,7 +146,8 @@ def test_toolkit_physics_equals_the_embedded_model_3d(case_dir, case, toolkit, n
     assert _rel(y, y_own) < PHYSICS_TOL
     g = data.sinogram_geometry
     for s in g.segments:
-        rows = slice(g.sinogram_offset(s.number), g.sinogram_offset(s.number) + s.num_axial_positions)
+        first = g.sinogram_offset(s.number)
+        rows = slice(first, first + s.num_axial_positions)
         assert _rel(phys.forward_linear(x)[rows], own.forward_linear(x)[rows]) < PHYSICS_TOL, \
             f"segment {s.number}"
     for k in range(num_subsets if num_subsets > 1 else 0):
@@ -288,30 +288,25 @@ def test_cli_reconstructs_the_3d_case_on_toolkit_physics(case_dir, case, tiny_pr
 
 # ---------------------------------------------------------------------------- SIRF reconstructor
 def _sirf_objective(case_dir: Path):
-    """SIRF's Poisson log-likelihood of the case (``examples/sirf_diffusion_reconstructor.py``'s
-    set-up, no PSF) and its image template."""
+    """SIRF's Poisson log-likelihood of the case (the set-up of
+    ``examples/sirf_diffusion_reconstructor.py``, no PSF) and its image template."""
     _require("sirf")
     import sirf.STIR as pet
+    from test_toolkits_sirf import _sirf_model
+    from test_toolkits_sirf import _sirf_objective as objective
 
-    am, prompts, image = load_script(ROOT / "examples" / "sirf_diffusion_reconstructor.py"
-                                     ).sirf_model(case_dir)
-    obj = pet.make_Poisson_loglikelihood(prompts)
-    obj.set_acquisition_model(am)
-    return obj, am, prompts, image
+    am, prompts, image = _sirf_model(pet, case_dir)
+    return objective(pet, am, prompts), image
 
 
 def test_objective_route_equals_physics_route_3d(case_dir):
     """SIRF's objective function (gradients only) and SIRF's projector give the same (OS)EM
-    updates on the 3D case, subsets included."""
-    from sirf_diffusion.integrations.sirf import ObjectiveFunctionLikelihood, sirf_likelihood
+    updates on the 3D case, subsets included: the 2D test on the 3D case."""
+    _require("sirf")
+    import sirf.STIR as pet
+    from test_toolkits_sirf import test_objective_route_equals_physics_route as check
 
-    obj, am, prompts, image = _sirf_objective(case_dir)
-    obj.set_up(image)
-    via_obj = ObjectiveFunctionLikelihood(obj, image, num_subsets=4)
-    via_phys = sirf_likelihood(am, prompts, num_subsets=4)
-    x = torch.as_tensor(image.as_array()) + 0.01
-    for k in (None, 0, 3):
-        assert _rel(via_obj.em_update(x, k), via_phys.em_update(x, k)) < 1e-4
+    check(pet, case_dir)
 
 
 def test_sirf_reconstructor_uses_every_orientation_on_a_3d_acquisition(case_dir, tiny_prior_3d,
@@ -327,7 +322,7 @@ def test_sirf_reconstructor_uses_every_orientation_on_a_3d_acquisition(case_dir,
     from sirf_diffusion.integrations.sirf import DiffusionReconstructor
 
     monkeypatch.setenv("SIRF_DIFFUSION_PRECISION", "fp32")
-    obj, _, _, image = _sirf_objective(case_dir)
+    obj, image = _sirf_objective(case_dir)
     two = tmp_path / "two"
     for o in ("xy", "xz"):
         shutil.copytree(tiny_prior_3d / o, two / o)
