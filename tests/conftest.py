@@ -4,8 +4,8 @@ Helpers (import them with ``from conftest import ...``): :class:`GaussianDenoise
 Tweedie denoiser of a Gaussian prior, an analytic oracle), :func:`prior_layout`,
 :func:`gaussian_denoiser`, :func:`poisson_problem` (a small dense Poisson problem),
 :func:`randomise_parameters`, :func:`tiny_score_model` (a tiny slice model with non-zero
-weights), :func:`simulated_case_with_osem` (a case folder for the toolkit tests),
-:func:`load_script`;
+weights), :func:`tiny_orientation_model`, :func:`simulated_case_with_osem` and :func:`simulated_3d_case` (case folders for the
+toolkit tests), :func:`load_script`;
 fixtures:
 ``one_thread``, ``one_thread_module``, ``fake_cil`` (:mod:`fake_cil` installed as ``cil``),
 ``stir_reference``.
@@ -234,6 +234,42 @@ def load_script(path: Path) -> ModuleType:
     return mod
 
 
+def simulated_3d_case(folder: Path, seed: int, *, num_tangential: int = 64) -> Path:
+    """A small fully 3D mMR case with oblique segments for the toolkit tests, written in the
+    PETRIC layout to ``folder`` with a 2-epoch, 4-subset OSEM image as ``OSEM_image.hv``.
+
+    4 rings with ring differences up to 2 (span 1: segments 0, +-1, +-2, 14 sinograms), 7
+    planes of half the ring spacing, 34 x 34 voxels of 2.09 mm, all 252 views (STIR keeps its
+    projector symmetries only without view mashing), 2.5 counts/mm^3, subject ``seed``.  Only the
+    central ``num_tangential`` of the 344 tangential bins are kept: they cover the 71 mm field
+    of view (64 bins reach 66 mm), and the toolkits' projections cost less.  34 (not 32)
+    voxels: with 32, the cylindrical field of view of STIR's ray tracer (15 voxels) ends the
+    central ray of the 30, 60 and 150 degree views exactly on a voxel boundary, a tie that STIR
+    (float32) and the embedded tracer (float64) break differently.
+    """
+    from dataclasses import replace
+
+    from sirf_diffusion import PoissonLogLikelihood, osem
+    from sirf_diffusion.data.simulate import SimulationConfig, simulate_scan, write_simulated_case
+    from sirf_diffusion.physics.geometry import SinogramGeometry
+
+    scan = simulate_scan(SimulationConfig(seed=seed, dims=3, counts_per_mm3=2.5, rings=4,
+                                          max_ring_difference=2, num_planes=7,
+                                          image_shape=(34, 34), num_views=252), progress=False)
+    g = scan.sinogram_geometry
+    first = int(g.num_tangential) // 2 - num_tangential // 2
+    keep = slice(first, first + num_tangential)
+    cropped = SinogramGeometry(g.scanner, g.num_views, num_tangential, g.arc_corrected, g.span,
+                               g.max_ring_difference)
+    assert (cropped.tangential_indices() == g.tangential_indices()[keep]).all()
+    scan = replace(scan, sinogram_geometry=cropped,
+                   **{k: getattr(scan, k)[..., keep].contiguous()
+                      for k in ("prompts", "multiplicative", "additive")})
+    lik = PoissonLogLikelihood(scan.acquisition_model(num_subsets=4), scan.prompts)
+    x = osem(lik, num_subsets=4, num_epochs=2, progress=False)
+    return write_simulated_case(folder, scan, osem_image=x)
+
+
 def simulated_case_with_osem(folder: Path, seed: int) -> Path:
     """A simulated 2D mMR case (2.5 counts/mm^3, random ``seed``) written in the PETRIC layout to
     ``folder`` with a 2-epoch, 4-subset OSEM image as ``OSEM_image.hv`` (toolkit tests)."""
@@ -259,17 +295,44 @@ def cli_case(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def tiny_prior(tmp_path_factory) -> Path:
-    """A prior folder (``xy``) with an untrained 2-level UNet of 8 channels: fast, any grid
-    divisible by 2."""
-    from sirf_diffusion.diffusion import ScoreModel, ScoreModelConfig, UNetConfig, save_model
+def tiny_orientation_model(orientation: str = "xy", weights_seed: int | None = None):
+    """A 2-level UNet of 8 channels for ``orientation``: fast, any grid divisible by 2.
+
+    Untrained (``weights_seed=None``), its zero-initialised output layer makes it the identity
+    ``D(x, sigma) = x``; with a seed every weight is drawn as ``0.2 N(0, 1)``, so that models of
+    different seeds denoise differently.
+    """
+    from sirf_diffusion.diffusion import ScoreModel, ScoreModelConfig, UNetConfig
 
     torch.manual_seed(0)
     model = ScoreModel(ScoreModelConfig(
         unet=UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
                         attention_resolutions=()),
-        orientation="xy", image_size=(16, 16)))
+        orientation=orientation, image_size=(16, 16)))
+    if weights_seed is not None:
+        g = torch.Generator().manual_seed(weights_seed)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_prior(tmp_path_factory) -> Path:
+    """A prior folder (``xy``) with an untrained :func:`tiny_score_model`."""
+    from sirf_diffusion.diffusion import save_model
+
     folder = tmp_path_factory.mktemp("prior") / "tiny"
-    save_model(folder / "xy", model)
+    save_model(folder / "xy", tiny_orientation_model("xy"))
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_prior_3d(tmp_path_factory) -> Path:
+    """A prior folder with all three orientations (``xy``, ``yz``, ``xz``), each a
+    :func:`tiny_score_model` with its own random weights (seeds 0, 1, 2)."""
+    from sirf_diffusion.diffusion import save_prior
+
+    folder = tmp_path_factory.mktemp("prior") / "tiny3d"
+    return save_prior(folder, {o: tiny_orientation_model(o, weights_seed=i)
+                               for i, o in enumerate(("xy", "yz", "xz"))})

@@ -455,6 +455,11 @@ class DiffusionReconstructor:
     :data:`~sirf_diffusion.samplers.defaults.METHOD_DEFAULTS`.  ``get_output()`` is the
     posterior mean (of ``num_samples`` chains, default from the same table) as an ``ImageData`` like the current estimate; the full
     :class:`~sirf_diffusion.samplers.methods.ReconResult` is :attr:`result`.
+
+    ``set_up(image)`` also resolves the prior into :attr:`denoiser`, so that a missing or
+    unusable prior folder fails there, before any projection: for an image of more than one
+    plane a :class:`~sirf_diffusion.diffusion.PerpendicularPrior3D` of every orientation
+    (``xy``, ``yz``, ``xz``) the folder holds (:func:`~sirf_diffusion.diffusion.load_denoiser`).
     """
 
     def __init__(self, method: str = "lisch", prior: Any = None, *, num_steps: int | None = None,
@@ -477,6 +482,8 @@ class DiffusionReconstructor:
         self._estimate: Any = None
         self._likelihood: Likelihood | None = None
         self.result: Any = None
+        #: The denoiser the reconstruction runs with (resolved by :meth:`set_up`).
+        self.denoiser: Any = None
         self._callback: Callable[[dict[str, Any]], None] | None = None
 
     # SIRF's setters
@@ -519,7 +526,8 @@ class DiffusionReconstructor:
         self._callback = callback
 
     def set_up(self, image: Any) -> None:
-        """Prepare the likelihood on the geometry of ``image`` (a SIRF ``ImageData``)."""
+        """Prepare the likelihood on the geometry of ``image`` (a SIRF ``ImageData``) and
+        resolve the prior (:attr:`denoiser`; class docstring)."""
         self._template = image
         if self._acq_model is not None and self._acq_data is not None:
             self._likelihood = sirf_likelihood(self._acq_model, self._acq_data, image,
@@ -533,6 +541,7 @@ class DiffusionReconstructor:
         else:
             raise ValueError("call set_objective_function (or set_acquisition_model and "
                              "set_acquisition_data) before set_up")
+        self.denoiser = self._denoiser(int(self._likelihood.image_shape[0]))
 
     def set_current_estimate(self, image: Any) -> None:
         """The image whose geometry and type the output takes (its values are not used: the
@@ -564,7 +573,7 @@ class DiffusionReconstructor:
         if self.method == "dds":
             opts.setdefault("num_subsets", self._num_subsets)
         g = torch.Generator().manual_seed(self.seed)
-        self.result = reconstruct(self.method, lik, self._denoiser(lik.image_shape[0]),
+        self.result = reconstruct(self.method, lik, self.denoiser,
                                   num_steps=self.num_steps, generator=g, progress=self.progress,
                                   callback=self._callback, **opts)
         mean = self.result.mean.reshape(lik.image_shape)
