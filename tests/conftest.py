@@ -243,3 +243,21 @@ def tiny_prior(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("prior") / "tiny"
     save_model(folder / "xy", model)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_prior_3d(tmp_path_factory) -> Path:
+    """A prior folder with ``xy``, ``yz`` and ``xz`` untrained 3-level UNets of 8 channels (the
+    perpendicular 3D prior; any grid, padded to a multiple of 4; the middle block's attention at
+    a quarter of the resolution keeps 128 x 128 slices cheap)."""
+    from sirf_diffusion.diffusion import ScoreModel, ScoreModelConfig, UNetConfig, save_model
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("prior3d") / "tiny"
+    for orientation in ("xy", "yz", "xz"):
+        model = ScoreModel(ScoreModelConfig(
+            unet=UNetConfig(base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1,
+                            attention_resolutions=()),
+            orientation=orientation, image_size=(16, 16)))
+        save_model(folder / orientation, model)
+    return folder
