@@ -34,7 +34,9 @@ brain outside the lesions; wall and CPU time (CPU time is less sensitive to othe
 shared machine), time per generative step, network and likelihood evaluations.
 
 Subjects: the first ``--subjects`` test-split subjects whose lesions all lie inside the axial
-field of view (so that every lesion has a CRC), or the test-split seeds ``--seeds``.
+field of view (so that every lesion has a CRC), or the test-split seeds ``--seeds``.  A volume
+of fewer planes than the head's (96 planes cover it) is a slab: sagittal (``yz``) and coronal
+(``xz``) models trained on slices of whole heads then see the head cut at both ends.
 
 Outputs in ``--out`` (default ``docs/evaluation/3d``; a non-empty folder is refused unless
 ``--overwrite``, which replaces all of it): ``evaluation_3d.md``, ``results.json`` and
@@ -49,7 +51,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
 import sys
 import time
@@ -332,7 +333,6 @@ def run_scan(s: dict[str, Any], subject: int, realisation: int, denoiser: Any,
             record("mapem-rdp", f"{beta:g}", x, cost)
         bar.update()
 
-    full_lik = PoissonLogLikelihood(scan.acquisition_model(), scan.prompts)
     common = {"num_steps": s["steps"], "num_samples": s["samples"]}
     settings: list[tuple[str, str, dict[str, Any]]] = []
     if "lisch" in runs:
@@ -347,7 +347,7 @@ def run_scan(s: dict[str, Any], subject: int, realisation: int, denoiser: Any,
     for method, key, options in settings:
         stage(method)
         clock = _Clock()
-        run = prepare(method, full_lik, denoiser,  # type: ignore[arg-type]
+        run = prepare(method, lik, denoiser,  # type: ignore[arg-type]
                       generator=torch.Generator().manual_seed(seeds["sampler_seed"]),
                       progress=False, **options)
         prepared = clock.read()
@@ -607,7 +607,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     try:
         s = resolve(args)
-        results = ResultSet(args.out, overwrite=args.overwrite, protect={"model folder": args.model})
+        results = ResultSet(args.out, overwrite=args.overwrite,
+                            protect={"model folder": args.model})
     except ValueError as exc:
         raise SystemExit(f"evaluate_3d: {exc}") from None
     torch.set_num_threads(s["threads"])
