@@ -19,10 +19,13 @@ axial RDP of weight ``--dds-axial-penalty``) through the 3D perpendicular prior
 * the estimated full run: initial reconstruction + number of steps x mean step time (PET-LiSch's
   data consistency varies from step to step: up to ``max_likelihood_steps`` ascent steps).
 
-Prints a Markdown table (and writes the rows to ``--json`` when given)::
+``--case DIR`` benchmarks a PETRIC-layout case folder instead (e.g. one written by
+``sirf-diffusion simulate --dims 3``; the embedded physics with its PSF): no simulation.
+
+Prints a Markdown table (and writes the rows to ``--json`` when given, after every row)::
 
     python benchmarks/bench_3d.py --planes 48 127 --steps 2 --threads 2
-    python benchmarks/bench_3d.py --planes 8 --image-size 128 --num-views 42 --samples 1 --steps 1
+    python benchmarks/bench_3d.py --case CASE --methods lisch --samples 1 --steps 1
 """
 
 from __future__ import annotations
@@ -174,6 +177,18 @@ def _measure(method: str, likelihood: Any, prior: Any, options: dict[str, Any],
     }
 
 
+def case_likelihood(folder: str) -> tuple[Any, float]:
+    """The likelihood of a PETRIC-layout case (embedded physics) and the seconds it took."""
+    from sirf_diffusion.commands.case import case_physics, load_case
+    from sirf_diffusion.likelihood import PoissonLogLikelihood
+
+    t0 = time.perf_counter()
+    case, meta = load_case(folder)
+    prompts = torch.as_tensor(case.prompts, dtype=torch.float32)
+    lik = PoissonLogLikelihood(case_physics(case, meta), prompts)
+    return lik, time.perf_counter() - t0
+
+
 def simulate(planes: int, args: argparse.Namespace) -> tuple[Any, float]:
     """The scan of ``args.subject`` with ``planes`` planes (:mod:`evaluate_3d`'s first noise
     realisation of it at 2.5 counts/mm^3) and the seconds it took."""
@@ -193,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--planes", type=int, nargs="+", default=[48, 127],
                    help="image planes, one case each (default 48 127: 127 is the mMR's full "
                         "axial size)")
+    p.add_argument("--case", default=None, metavar="DIR",
+                   help="benchmark this PETRIC-layout case instead of simulated ones (--planes, "
+                        "--image-size, --max-ring-difference, --num-views, --subject unused)")
     p.add_argument("--image-size", type=int, default=128,
                    help="in-plane voxels per side, 2.09 mm (default 128)")
     p.add_argument("--max-ring-difference", type=int, default=None,
@@ -241,8 +259,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         return "" if v is None else f"{v / 1024:.2f}"
 
     out = ["| method | grid (z x y x x) | orientations | chunk | chains | initial recon s | "
-           "step s | network s / step | data consistency s / step | RSS before steps GiB | "
-           "peak RSS in steps GiB | estimated full run min (steps) |",
+           "step s | network s / step | data consistency s / step (ascent steps) | RSS before "
+           "steps GiB | peak RSS in steps GiB | estimated full run min (steps) |",
            "|" + "---|" * 12]
     for r in rows:
         out.append(
@@ -251,7 +269,9 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{r['init_s']:.1f} ({r['init_cpu_s']:.1f}) | "
             f"{r['step_s']:.1f} ({r['step_cpu_s']:.1f}) | "
             f"{r['network_s']:.1f} ({r['network_cpu_s']:.1f}) | "
-            f"{r['dc_s']:.1f} ({r['dc_cpu_s']:.1f}) | "
+            f"{r['dc_s']:.1f} ({r['dc_cpu_s']:.1f})"
+            + (f" ({sum(r['ascent_steps']) / len(r['ascent_steps']):.1f})"
+               if r["ascent_steps"] else "") + " | "
             f"{gib(r['rss_before_mib'])} | {gib(r['peak_rss_mib'])} | "
             f"{r['estimated_full_run_s'] / 60:.1f} ({r['estimated_full_run_cpu_s'] / 60:.1f}) "
             f"({r['steps_total']}) |")
@@ -267,12 +287,19 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     _check(args)
     torch.set_num_threads(args.threads)
     rows = []
-    for planes in args.planes:
+    for planes in ([None] if args.case else args.planes):
+        if args.case:
+            lik, sim_s = case_likelihood(args.case)
+            planes = lik.image_shape[0]
+            what = f"read {args.case}"
+        else:
+            scan, sim_s = simulate(planes, args)
+            lik = PoissonLogLikelihood(scan.acquisition_model(), scan.prompts)
+            what = "simulated"
+            del scan
         prior = ev3.load_prior(args.model, planes, args.chunk_size)
-        scan, sim_s = simulate(planes, args)
-        print(f"[bench_3d] {planes} planes: simulated in {sim_s:.0f} s "
-              f"({scan.prompts.shape[0]} sinograms), RSS {rss_mib() / 1024:.2f} GiB", flush=True)
-        lik = PoissonLogLikelihood(scan.acquisition_model(), scan.prompts)
+        print(f"[bench_3d] {planes} planes: {what} in {sim_s:.0f} s "
+              f"({lik.data.shape[0]} sinograms), RSS {rss_mib() / 1024:.2f} GiB", flush=True)
         for method in args.methods:
             r = measure(method, lik, prior, args, planes)
             r["simulation_s"] = sim_s
@@ -283,7 +310,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                   flush=True)
             if args.json:  # after every row: a long run keeps what it measured
                 write_json(args.json, rows)
-        del scan, lik
+        del lik
     print(f"\nTorch threads: {args.threads}; timed steps per method: {args.steps}; times: wall "
           "(CPU seconds of the process, every thread, in brackets).\n")
     print(table(rows))

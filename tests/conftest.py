@@ -246,6 +246,18 @@ def tiny_prior(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def cli_case_3d(tmp_path_factory) -> Path:
+    """A simulated 3D FDG case (``simulate --dims 3 --rings 2``: 3 planes of 128 x 128, ring
+    differences up to 1, test subject 10), written once per session; tests must not change it."""
+    from sirf_diffusion.cli import main
+
+    folder = tmp_path_factory.mktemp("cli3d") / "case"
+    assert main(["simulate", "--dims", "3", "--rings", "2", "--seed", "10", "--out", str(folder),
+                 "--no-progress"]) == 0
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_prior_3d(tmp_path_factory) -> Path:
     """A prior folder with ``xy``, ``yz`` and ``xz`` untrained 3-level UNets of 8 channels (the
     perpendicular 3D prior; any grid, padded to a multiple of 4; the middle block's attention at

@@ -25,11 +25,9 @@ PLANES = 2 * RINGS - 1
 
 
 @pytest.fixture(scope="module")
-def case_3d(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("cli3d") / "case"
-    assert main(["simulate", "--dims", "3", "--rings", str(RINGS), "--seed", "10",
-                 "--out", str(folder), "--no-progress"]) == 0
-    return folder
+def case_3d(cli_case_3d) -> Path:
+    """``conftest.cli_case_3d``: ``simulate --dims 3 --rings 2``."""
+    return cli_case_3d
 
 
 def test_simulate_3d_images_the_planes_of_its_rings(case_3d):

@@ -119,3 +119,12 @@ def test_bench_3d_small(tiny_prior_3d: Path, tmp_path: Path, capsys) -> None:
     assert json.loads((tmp_path / "rows.json").read_text()) == json.loads(json.dumps(rows))
     table = capsys.readouterr().out.split("| method |", 1)[1]
     assert table.count("| PET-LiSch-3D |") == 1 and table.count("| PET-DDS-3D |") == 1
+
+
+def test_bench_3d_on_a_case_folder(tiny_prior_3d: Path, cli_case_3d: Path) -> None:
+    mod = _script("bench_3d")
+    (row,) = mod.main(["--case", str(cli_case_3d), "--methods", "dds", "--samples", "1",
+                       "--steps", "1", "--steps-total", "2", "--model", str(tiny_prior_3d),
+                       "--threads", "1"])
+    assert row["grid"] == [3, 128, 128] and row["planes"] == 3 and row["ascent_steps"] == []
+    assert 0 < row["network_s"] <= row["step_s"]
