@@ -319,7 +319,7 @@ def tiny_orientation_model(orientation: str = "xy", weights_seed: int | None = N
 
 @pytest.fixture(scope="session")
 def tiny_prior(tmp_path_factory) -> Path:
-    """A prior folder (``xy``) with an untrained :func:`tiny_score_model`."""
+    """A prior folder (``xy``) with an untrained :func:`tiny_orientation_model`."""
     from sirf_diffusion.diffusion import save_model
 
     folder = tmp_path_factory.mktemp("prior") / "tiny"
@@ -328,11 +328,41 @@ def tiny_prior(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_prior_3d(tmp_path_factory) -> Path:
+def tiny_random_prior_3d(tmp_path_factory) -> Path:
     """A prior folder with all three orientations (``xy``, ``yz``, ``xz``), each a
-    :func:`tiny_score_model` with its own random weights (seeds 0, 1, 2)."""
+    :func:`tiny_orientation_model` with its own random weights (seeds 0, 1, 2)."""
     from sirf_diffusion.diffusion import save_prior
 
     folder = tmp_path_factory.mktemp("prior") / "tiny3d"
     return save_prior(folder, {o: tiny_orientation_model(o, weights_seed=i)
                                for i, o in enumerate(("xy", "yz", "xz"))})
+
+
+@pytest.fixture(scope="session")
+def cli_case_3d(tmp_path_factory) -> Path:
+    """A simulated 3D FDG case (``simulate --dims 3 --rings 2``: 3 planes of 128 x 128, ring
+    differences up to 1, test subject 10), written once per session; tests must not change it."""
+    from sirf_diffusion.cli import main
+
+    folder = tmp_path_factory.mktemp("cli3d") / "case"
+    assert main(["simulate", "--dims", "3", "--rings", "2", "--seed", "10", "--out", str(folder),
+                 "--no-progress"]) == 0
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_prior_3d(tmp_path_factory) -> Path:
+    """A prior folder with ``xy``, ``yz`` and ``xz`` untrained 3-level UNets of 8 channels (the
+    perpendicular 3D prior; any grid, padded to a multiple of 4; the middle block's attention at
+    a quarter of the resolution keeps 128 x 128 slices cheap)."""
+    from sirf_diffusion.diffusion import ScoreModel, ScoreModelConfig, UNetConfig, save_model
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("prior3d") / "tiny"
+    for orientation in ("xy", "yz", "xz"):
+        model = ScoreModel(ScoreModelConfig(
+            unet=UNetConfig(base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1,
+                            attention_resolutions=()),
+            orientation=orientation, image_size=(16, 16)))
+        save_model(folder / orientation, model)
+    return folder

@@ -125,3 +125,20 @@ def test_bad_inputs_refused():
         PerpendicularPrior3D({"xy": lambda x, s: x}, chunk_size=0)
     with pytest.raises(ValueError, match=r"\[B, 1, Z, Y, X\]"):
         PerpendicularPrior3D({"xy": lambda x, s: x})(torch.zeros(1, 4, 4, 4), 1.0)
+
+
+def test_gradient_recomputes_chunks_and_matches_one_chunk(volume):
+    """With a gradient recorded (DPS) each chunk is recomputed in the backward pass, in chunks
+    of at most ``chunk_size`` (activations are not kept), and the gradient is unchanged."""
+    x, sigma = volume
+    xr = x.clone().requires_grad_(True)
+    (PerpendicularPrior3D(_models(), chunk_size=10_000)(xr, sigma) ** 2).sum().backward()
+    models = _models()
+    xc = x.clone().requires_grad_(True)
+    out = PerpendicularPrior3D(models, chunk_size=3)(xc, sigma)
+    forward = {o: list(m.batches) for o, m in models.items()}
+    (out ** 2).sum().backward()
+    assert torch.allclose(xc.grad, xr.grad, rtol=1e-12, atol=1e-12)
+    for o, m in models.items():
+        recomputed = m.batches[len(forward[o]):]
+        assert sorted(recomputed) == sorted(forward[o]) and max(recomputed) <= 3

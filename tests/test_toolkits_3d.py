@@ -228,7 +228,7 @@ def _run(method: str, physics, prompts, prior: Path, seed: int = 0):
 
 @pytest.mark.parametrize("method", ["lisch", "dds"])
 @pytest.mark.parametrize("toolkit", TOOLKITS)
-def test_3d_methods_give_the_embedded_image_on_toolkit_physics(case_dir, case, tiny_prior_3d,
+def test_3d_methods_give_the_embedded_image_on_toolkit_physics(case_dir, case, tiny_random_prior_3d,
                                                                toolkit, method):
     """PET-LiSch-3D and PET-DDS-3D with its axial RDP, through the perpendicular prior of three
     tiny models (random weights, one per orientation), on STIR's/SIRF's physics and on the
@@ -242,14 +242,14 @@ def test_3d_methods_give_the_embedded_image_on_toolkit_physics(case_dir, case, t
     from sirf_diffusion.diffusion import PerpendicularPrior3D, load_denoiser
 
     data, meta = case
-    prior = load_denoiser(tiny_prior_3d, 7, "fp32")
+    prior = load_denoiser(tiny_random_prior_3d, 7, "fp32")
     assert isinstance(prior, PerpendicularPrior3D) and prior.orientations == ("xy", "yz", "xz")
     y = torch.as_tensor(data.prompts, dtype=torch.float32)
     phys = _toolkit_physics(toolkit, case_dir, meta)
     own = _embedded(data, meta, toolkit, subsets_of=phys)
-    theirs = _run(method, phys, y, tiny_prior_3d)
-    ours = _run(method, own, y, tiny_prior_3d)
-    other_seed = _run(method, own, y, tiny_prior_3d, seed=1)
+    theirs = _run(method, phys, y, tiny_random_prior_3d)
+    ours = _run(method, own, y, tiny_random_prior_3d)
+    other_seed = _run(method, own, y, tiny_random_prior_3d, seed=1)
     diff = _rel(theirs.mean, ours.mean)
     print(f"\n{method} on {toolkit} physics vs embedded: relative L2 {diff:.2e}")
     assert torch.isfinite(theirs.mean).all() and theirs.mean.shape == (7, 34, 34)
@@ -264,7 +264,7 @@ def test_3d_methods_give_the_embedded_image_on_toolkit_physics(case_dir, case, t
 
 # ---------------------------------------------------------------------------- command line
 @pytest.mark.parametrize("toolkit", TOOLKITS)
-def test_cli_reconstructs_the_3d_case_on_toolkit_physics(case_dir, case, tiny_prior_3d, toolkit,
+def test_cli_reconstructs_the_3d_case_on_toolkit_physics(case_dir, case, tiny_random_prior_3d, toolkit,
                                                         tmp_path):
     """``reconstruct --method lisch --physics stir|sirf --model PRIOR`` on the 3D case folder
     with a prior folder of three orientations gives, bit for bit, the library's PET-LiSch-3D on
@@ -275,13 +275,13 @@ def test_cli_reconstructs_the_3d_case_on_toolkit_physics(case_dir, case, tiny_pr
     _require(toolkit)
     out = tmp_path / toolkit
     assert main(["reconstruct", str(case_dir), "--method", "lisch", "--physics", toolkit,
-                 "--model", str(tiny_prior_3d), "--steps", "2", "--mlem-iterations", "2",
+                 "--model", str(tiny_random_prior_3d), "--steps", "2", "--mlem-iterations", "2",
                  "--samples", "1", "--precision", "fp32", "--out", str(out),
                  "--no-progress"]) == 0
     image = read_image(out / "image.hv")[0]
     data, meta = case
     lib = _run("lisch", _toolkit_physics(toolkit, case_dir, meta),
-               torch.as_tensor(data.prompts, dtype=torch.float32), tiny_prior_3d)
+               torch.as_tensor(data.prompts, dtype=torch.float32), tiny_random_prior_3d)
     np.testing.assert_array_equal(image, lib.mean.numpy())
     config = json.loads((out / "config.json").read_text())
     assert config["physics"] == toolkit and config["sampler"]["num_steps"] == 2
@@ -311,7 +311,7 @@ def test_objective_route_equals_physics_route_3d(case_dir):
     check(pet, case_dir)
 
 
-def test_sirf_reconstructor_uses_every_orientation_on_a_3d_acquisition(case_dir, tiny_prior_3d,
+def test_sirf_reconstructor_uses_every_orientation_on_a_3d_acquisition(case_dir, tiny_random_prior_3d,
                                                                        tmp_path, monkeypatch):
     """``DiffusionReconstructor`` on a 3D SIRF objective resolves a prior folder into a
     ``PerpendicularPrior3D`` of every orientation the folder holds (at ``set_up``), and runs
@@ -327,8 +327,8 @@ def test_sirf_reconstructor_uses_every_orientation_on_a_3d_acquisition(case_dir,
     monkeypatch.setenv("SIRF_DIFFUSION_PRECISION", "fp32")
     two = tmp_path / "two"
     for o in ("xy", "xz"):
-        shutil.copytree(tiny_prior_3d / o, two / o)
-    for prior, orientations in ((two, ("xy", "xz")), (tiny_prior_3d, ("xy", "yz", "xz"))):
+        shutil.copytree(tiny_random_prior_3d / o, two / o)
+    for prior, orientations in ((two, ("xy", "xz")), (tiny_random_prior_3d, ("xy", "yz", "xz"))):
         recon = DiffusionReconstructor("lisch", prior, num_mlem_iterations=2, num_samples=1,
                                        progress=False, seed=0)
         recon.set_num_subiterations(2)
@@ -344,7 +344,7 @@ def test_sirf_reconstructor_uses_every_orientation_on_a_3d_acquisition(case_dir,
     assert recon.result.num_network_evaluations == 2
     # the three orientations denoise differently: the prior is their mean, not any one of them
     x = torch.rand(1, 1, 7, 34, 34, generator=torch.Generator().manual_seed(0))
-    full = load_denoiser(tiny_prior_3d, 7, "fp32")
+    full = load_denoiser(tiny_random_prior_3d, 7, "fp32")
     with torch.no_grad():
         est = {o: full.denoise_orientation(o, x, torch.tensor([0.5])) for o in full.orientations}
         mean = recon.denoiser(x, torch.tensor([0.5]))

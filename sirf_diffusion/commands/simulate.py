@@ -32,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scanner", choices=tuple(SCANNERS), default="mMR",
                    help="scanner (default: %(default)s)")
     p.add_argument("--rings", metavar="N", type=positive_int, default=None,
-                   help="--dims 3 only: rings simulated (default: enough to cover the volume)")
+                   help="--dims 3 only: rings simulated; the volume is the 2N - 1 planes they "
+                        "image (default: 48 rings, 96 planes)")
     p.add_argument("--max-ring-difference", metavar="N", type=non_negative_int, default=None,
                    help="--dims 3 only: largest ring difference (default: min(rings - 1, 4))")
     p.add_argument("--lesions", metavar="N", type=non_negative_int, default=2,

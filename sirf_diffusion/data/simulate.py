@@ -117,7 +117,10 @@ def simulate_scan(config: SimulationConfig, *, progress: bool = True) -> Simulat
         shape = (1, ny, nx)
         vox = (scanner.ring_spacing_mm, DEFAULT_VOXEL_SIZE_MM[1], DEFAULT_VOXEL_SIZE_MM[2])
     else:
-        shape = (config.num_planes or 96, ny, nx)
+        # default: the 2 R - 1 planes that R rings image (span 1), else 96; a volume with more
+        # planes than the rings see would have its counts put into the planes they see
+        planes = config.num_planes or (2 * config.rings - 1 if config.rings else 96)
+        shape = (planes, ny, nx)
         vox = (scanner.ring_spacing_mm / 2, DEFAULT_VOXEL_SIZE_MM[1], DEFAULT_VOXEL_SIZE_MM[2])
     phantom = brain_phantom(config.seed, tracer=config.tracer, dims=config.dims, shape=shape,
                             voxel_size_mm=vox, lesions=config.lesions)

@@ -27,7 +27,10 @@ Tweedie's formula the score of the average is the average of the orientation sco
 score of the normalised geometric mean :math:`\\prod_o p_{o,\\sigma}^{1/|\\mathcal O|}` (a
 product of experts).  A method that prefers alternation can build one single-orientation prior
 per orientation and switch between them.  Slices are denoised in chunks of ``chunk_size`` to
-bound memory; chunking does not change the result.
+bound memory; chunking does not change the result.  When a gradient flows through the prior
+(DPS differentiates the data misfit through the denoiser) each chunk is recomputed in the
+backward pass instead of keeping its activations (:func:`torch.utils.checkpoint.checkpoint`), so
+memory stays bounded by ``chunk_size`` there too, for one extra network pass per chunk.
 
 Any volume size works: slices whose sides are not a multiple of a
 :class:`~.model.ScoreModel`'s UNet (e.g. the 127 planes of a ``yz`` or ``xz`` slice of a
@@ -38,6 +41,7 @@ cropped back by the model itself (:mod:`.padding`), with the same padding for ev
 from __future__ import annotations
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from .adapters import batch_sigma
 from .denoiser import Denoiser
@@ -114,13 +118,18 @@ class PerpendicularPrior3D:
 
     def denoise_orientation(self, orientation: str, x: torch.Tensor, sigma: torch.Tensor
                             ) -> torch.Tensor:
-        """``P_o^{-1} D_o(P_o x, sigma)`` for one orientation, in chunks of slices."""
+        """``P_o^{-1} D_o(P_o x, sigma)`` for one orientation, in chunks of slices (recomputed
+        in the backward pass when a gradient is recorded: module docstring)."""
         slices = to_slices(x, orientation)
         n = slices.shape[0] // x.shape[0]
         s = batch_sigma(x, sigma).repeat_interleave(n)
         D = self.models[orientation]
-        out = [D(slices[i:i + self.chunk_size], s[i:i + self.chunk_size])
-               for i in range(0, slices.shape[0], self.chunk_size)]
+        chunks = [(slices[i:i + self.chunk_size], s[i:i + self.chunk_size])
+                  for i in range(0, slices.shape[0], self.chunk_size)]
+        if torch.is_grad_enabled() and slices.requires_grad and len(chunks) > 1:
+            out = [checkpoint(D, xs, ss, use_reentrant=False) for xs, ss in chunks]
+        else:
+            out = [D(xs, ss) for xs, ss in chunks]
         return from_slices(torch.cat(out), orientation, batch=x.shape[0])
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
