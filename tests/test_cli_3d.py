@@ -52,8 +52,8 @@ def test_reconstruct_3d_uses_every_orientation_in_chunks(case_3d, tiny_prior_3d,
     chunk: list[int] = []
     real = loading.load_denoiser
 
-    def spy(model_dir, num_slices):
-        prior = real(model_dir, num_slices)
+    def spy(model_dir, num_slices, *args):
+        prior = real(model_dir, num_slices, *args)
         assert isinstance(prior, PerpendicularPrior3D)
         chunk.append(prior.chunk_size)
         for o, m in prior.models.items():
@@ -81,3 +81,27 @@ def test_reconstruct_3d_uses_every_orientation_in_chunks(case_3d, tiny_prior_3d,
         sizes = [b for oo, b in calls if oo == o]
         assert sum(sizes) == 1 + steps * samples * n, o
         assert max(sizes) <= chunk[0], o
+
+
+def test_dds_takes_the_axial_penalty_on_a_3d_case_only(case_3d, tiny_prior_3d, tmp_path,
+                                                       cli_case, capsys):
+    common = ["--method", "dds", "--model", str(tiny_prior_3d), "--steps", "2", "--samples", "1",
+              "--no-progress"]
+    assert main(["reconstruct", str(case_3d), *common, "--out", str(tmp_path / "plain")]) == 0
+    assert main(["reconstruct", str(case_3d), *common, "--axial-penalty", "2",
+                 "--out", str(tmp_path / "rdp")]) == 0
+    sampler = json.loads((tmp_path / "rdp" / "config.json").read_text())["sampler"]
+    assert sampler["axial_penalty"] == 2.0 and sampler["penalty"] == "RelativeDifferencePrior"
+    plain = json.loads((tmp_path / "plain" / "config.json").read_text())["sampler"]
+    assert plain["axial_penalty"] is None
+    a = read_image(tmp_path / "plain" / "image.hv")[0]
+    b = read_image(tmp_path / "rdp" / "image.hv")[0]
+    assert not np.allclose(a, b)
+    capsys.readouterr()
+    # one plane: refused before any work; another method: refused by name
+    assert main(["reconstruct", str(cli_case), *common, "--axial-penalty", "2",
+                 "--out", str(tmp_path / "2d")]) == 2
+    assert "--axial-penalty" in capsys.readouterr().err and not (tmp_path / "2d").exists()
+    assert main(["reconstruct", str(case_3d), "--method", "lisch", "--axial-penalty", "2",
+                 "--out", str(tmp_path / "l"), "--no-progress"]) == 2
+    assert "--axial-penalty does not apply to method lisch" in capsys.readouterr().err

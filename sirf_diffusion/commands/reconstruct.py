@@ -56,6 +56,7 @@ APPLIES_TO: dict[str, tuple[str, ...]] = {
     "seed": DIFFUSION,
     "mlem_iterations": ("lisch",),
     "zeta": ("dps",),
+    "axial_penalty": ("dds",),
     "resample_prior": DIFFUSION,
 }
 
@@ -99,6 +100,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zeta", metavar="Z", type=positive_float, default=None,
                    help="DPS: misfit-normalised step size; depends on the data (default: "
                         f"{d['dps']['step_size']:g})")
+    p.add_argument("--axial-penalty", metavar="W", type=positive_float, default=None,
+                   help="PET-DDS on a 3D case: weight of the axial relative difference prior "
+                        "between neighbouring planes (PET-DDS's 3D regulariser, Singh et al. "
+                        "2024; default: none)")
     p.add_argument("--resample-prior", action="store_const", const=True, default=None,
                    help="diffusion methods: denoise on the prior's training voxel size "
                         "(value-preserving resampling at the prior boundary); for images whose "
@@ -183,7 +188,8 @@ def check_prior_fits(denoiser: Any, image_shape: tuple[int, int, int], where: st
 def run_diffusion_method(method: str, likelihood: Any, denoiser: Any, *,
                          num_steps: int | None = None, num_mlem_iterations: int | None = None,
                          num_samples: int | None = None, step_size: float | None = None,
-                         seed: int = 0, progress: bool = True) -> Any:
+                         axial_penalty: float | None = None, seed: int = 0,
+                         progress: bool = True) -> Any:
     """PET-LiSch / PET-DDS / DPS of ``likelihood`` with ``denoiser``.
 
     ``None`` means the method's default (steps, samples, ``K``, DPS's misfit-normalised
@@ -199,6 +205,8 @@ def run_diffusion_method(method: str, likelihood: Any, denoiser: Any, *,
                                           else num_mlem_iterations)
     if method == "dps":
         options["step_size"] = d["step_size"] if step_size is None else step_size
+    if axial_penalty is not None:
+        options["axial_penalty"] = axial_penalty
     return reconstruct(method, likelihood, denoiser,
                        num_steps=d["num_steps"] if num_steps is None else num_steps,
                        num_samples=d["num_samples"] if num_samples is None else num_samples,
@@ -236,6 +244,9 @@ def run(args: argparse.Namespace) -> int:
                         protect={"case folder": args.case, "model folder": args.model})
     case, meta = load_case(args.case)
     shape = case.image_geometry.shape
+    if args.axial_penalty is not None and shape[0] < 2:
+        raise ValueError(f"--axial-penalty: case {args.case} has a single plane; the axial "
+                         "prior needs a 3D case")
     denoiser = None
     if method in DIFFUSION:
         denoiser = _to_device(load_denoiser(args.model, shape[0], args.precision), device)
@@ -260,7 +271,8 @@ def run(args: argparse.Namespace) -> int:
             result = run_diffusion_method(
                 method, lik, denoiser, num_steps=args.steps,
                 num_mlem_iterations=args.mlem_iterations, num_samples=args.samples,
-                step_size=args.zeta, seed=args.seed or 0, progress=progress)
+                step_size=args.zeta, axial_penalty=args.axial_penalty, seed=args.seed or 0,
+                progress=progress)
             x = result.mean
             resolved["sampler"] = result.config
             resolved.update(num_network_evaluations=result.num_network_evaluations,
