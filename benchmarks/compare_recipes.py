@@ -22,7 +22,6 @@ report from ``results.json``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -120,18 +119,11 @@ def variant_config(base: dict[str, Any], overrides: dict[str, Any], init_from: s
 
 def prepare_cache(config: dict[str, Any]) -> None:
     """Generate the cached training volumes once, before the parallel runs read them."""
-    from sirf_diffusion.diffusion.datasets import (
-        build_volume_pool,
-        phantom_volume_source,
-        split_seeds,
-    )
-    from sirf_diffusion.diffusion.training import TrainConfig
+    from sirf_diffusion.diffusion.datasets import build_volume_pool, split_seeds
+    from sirf_diffusion.diffusion.training import TrainConfig, phantom_source
 
     cfg = TrainConfig.from_dict(config)
-    source = phantom_volume_source(cfg.tracer, cfg.volume_shape, cfg.voxel_size_mm)
-    meta = json.loads(json.dumps({"source": "brain_phantom", "tracer": cfg.tracer,
-                                  "volume_shape": cfg.volume_shape,
-                                  "voxel_size_mm": list(cfg.voxel_size_mm)}))
+    source, meta = phantom_source(cfg)
     build_volume_pool(split_seeds("train", cfg.num_subjects), source,
                       cache_path=Path(cfg.cache_dir) / "volumes_train.npz", meta=meta,
                       progress=True)
@@ -199,29 +191,12 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    from sirf_diffusion.plotting import save_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from sirf_diffusion.io.atomic import atomic_write_bytes
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, r in results["variants"].items():
-        ax.plot(results["sigmas"], r["mse_ratio"], "o-", label=name)
-    ax.axhline(1.0, color="k", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel("sigma (normalised units)")
-    ax.set_ylabel("support MSE / start model's")
-    ax.set_title(f"{results['minutes']} min per recipe")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_curves({name: (results["sigmas"], r["mse_ratio"])
+                 for name, r in results["variants"].items()},
+                path, xlabel="sigma (normalised units)", ylabel="support MSE / start model's",
+                title=f"{results['minutes']} min per recipe", logx=True)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -4,8 +4,8 @@ Helpers (import them with ``from conftest import ...``): :class:`GaussianDenoise
 Tweedie denoiser of a Gaussian prior, an analytic oracle), :func:`prior_layout`,
 :func:`gaussian_denoiser`, :func:`poisson_problem` (a small dense Poisson problem),
 :func:`randomise_parameters`, :func:`tiny_score_model` (a tiny slice model with non-zero
-weights), :func:`tiny_orientation_model`, :func:`simulated_case_with_osem` and :func:`simulated_3d_case` (case folders for the
-toolkit tests), :func:`load_script`;
+weights), :func:`tiny_orientation_model`, :func:`simulated_case_with_osem` and
+:func:`simulated_3d_case` (case folders for the toolkit tests), :func:`load_script`;
 fixtures:
 ``one_thread``, ``one_thread_module``, ``fake_cil`` (:mod:`fake_cil` installed as ``cil``),
 ``stir_reference``.
@@ -310,10 +310,7 @@ def tiny_orientation_model(orientation: str = "xy", weights_seed: int | None = N
                         attention_resolutions=()),
         orientation=orientation, image_size=(16, 16)))
     if weights_seed is not None:
-        g = torch.Generator().manual_seed(weights_seed)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+        randomise_parameters(model, weights_seed, scale=0.2)
     return model.eval()
 
 

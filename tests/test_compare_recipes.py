@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import load_script
+
 from sirf_diffusion.diffusion.recipe import LossRecipe
 from sirf_diffusion.diffusion.training import TrainConfig
 

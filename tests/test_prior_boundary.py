@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import randomise_parameters
 
 from sirf_diffusion.diffusion import (
     PerpendicularPrior3D,
@@ -30,10 +31,7 @@ def tiny_model(orientation: str = "xy", seed: int = 0, trained: bool = True,
     m = ScoreModel(ScoreModelConfig(unet=TINY, image_size=(8, 8), orientation=orientation,
                                     training_data=data))
     if trained:
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for p in m.parameters():
-                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+        randomise_parameters(m, seed, scale=0.2)
     return m.eval()
 
 

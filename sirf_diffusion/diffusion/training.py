@@ -531,17 +531,24 @@ def _remove_stale_files(out: Path, export_dir: Path, cache_in_run: bool) -> None
 
 
 # ------------------------------------------------------------------------------------- data
+def phantom_source(cfg: TrainConfig) -> tuple[VolumeSource, dict[str, Any]]:
+    """The brain-phantom volume source of ``cfg`` and the metadata its volume cache is keyed by
+    (a cache written with other metadata is regenerated)."""
+    source = phantom_volume_source(cfg.tracer, cfg.volume_shape, cfg.voxel_size_mm)
+    meta = {"source": "brain_phantom", "tracer": cfg.tracer,
+            "volume_shape": cfg.volume_shape, "voxel_size_mm": list(cfg.voxel_size_mm)}
+    return source, json.loads(json.dumps(meta))
+
+
 def _datasets(cfg: TrainConfig, out_dir: Path, dist_ctx: _Dist, source: VolumeSource | None,
               progress: bool) -> tuple[SliceDataset, SliceDataset | None, list[int]]:
     cache = Path(cfg.cache_dir) if cfg.cache_dir else out_dir / "data"
     if source is None:
-        source = phantom_volume_source(cfg.tracer, cfg.volume_shape, cfg.voxel_size_mm)
-        meta = {"source": "brain_phantom", "tracer": cfg.tracer,
-                "volume_shape": cfg.volume_shape, "voxel_size_mm": list(cfg.voxel_size_mm)}
+        source, meta = phantom_source(cfg)
     else:
-        meta = {"source": getattr(source, "__qualname__", type(source).__name__),
-                "voxel_size_mm": list(cfg.voxel_size_mm)}
-    meta = json.loads(json.dumps(meta))
+        meta = json.loads(json.dumps({
+            "source": getattr(source, "__qualname__", type(source).__name__),
+            "voxel_size_mm": list(cfg.voxel_size_mm)}))
 
     def pool(split: str, n: int) -> tuple[Any, list[int]]:
         seeds = split_seeds(split, n)  # type: ignore[arg-type]
@@ -772,6 +779,7 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
         del ckpt
 
     run_lineage: dict[str, Any] = {}
+    dtype = getattr(model, "network_dtype", lambda: None)()
     if main:
         # the starting model's lineage, read when the run started (init_from may change later)
         if start > 0 and (out / "train_config.json").is_file():
@@ -781,7 +789,7 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
         resolved = {**cfg_dict, "_world_size": dist_ctx.world_size, "_lineage": run_lineage,
                     "_torch": str(torch.__version__),
                     "_sirf_diffusion": __version__, "_dataset": train_ds.describe(),
-                    "_network_dtype": str(getattr(model, "network_dtype", lambda: None)()),
+                    "_network_dtype": str(dtype),
                     "_train_seeds": seeds, "_run_id": run_id}
         write_json(out / "train_config.json", resolved)
         for name in ("loss.csv", "val_loss.csv"):
@@ -797,8 +805,6 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
         loss_module = DistributedDataParallel(
             loss_module, device_ids=[device.index] if device.type == "cuda" else None)
     extra = {"train_config": cfg_dict, "dataset": train_ds.describe(), "run_id": run_id}
-    inherited = run_lineage if main else {}
-    dtype = getattr(model, "network_dtype", lambda: None)()
     t_start = time.perf_counter()
 
     def export(step: int) -> None:
@@ -806,8 +812,8 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
             stage = stage_record(cfg_dict, step, start, time.perf_counter() - t_start, device,
                                  dtype)
             _export_ema(model, ema, export_dir, {
-                **extra, "train_step": step, "ema_num_updates": ema.num_updates, **inherited,
-                "stages": inherited.get("stages", []) + [stage]})
+                **extra, "train_step": step, "ema_num_updates": ema.num_updates, **run_lineage,
+                "stages": run_lineage.get("stages", []) + [stage]})
 
     def checkpoint(step: int) -> Path | None:
         path = None
