@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data preparation when the model's config.json has no train config")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", default="docs/precision", help="output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a report already in --out (refused otherwise)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 
@@ -306,6 +308,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     progress = not args.no_progress
     t_start = time.perf_counter()
     out = Path(args.out)
+    if (out / "results.json").exists() and not args.overwrite:
+        raise SystemExit(f"--out {out} holds a report: pass --overwrite to replace it")
     out.mkdir(parents=True, exist_ok=True)
     models = _models(args.model)
 

@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the added noise")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", default="docs/prior_denoising", help="output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a report already in --out (refused otherwise)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 
@@ -304,6 +306,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     progress = not args.no_progress
     t_start = time.perf_counter()
     out = Path(args.out)
+    if (out / "results.json").exists() and not args.overwrite:
+        raise SystemExit(f"--out {out} holds a report: pass --overwrite to replace it")
     out.mkdir(parents=True, exist_ok=True)
 
     model = load_slice_prior(args.model, args.orientation)
