@@ -1,0 +1,410 @@
+"""Personalised priors on held-out subjects: registration accuracy, cost, and reconstructions.
+
+Stages (``--stages``, run in order; each writes into ``--out`` and later stages read it):
+
+``registration``
+    For each test subject (``subject_seeds('test', --subjects)``) the first ``--reg-subjects``
+    training subjects' T1 are registered to the subject's T1 by every kind of
+    :func:`~sirf_diffusion.data.registration.register_t1` (none, affine, affine + B-spline,
+    affine + demons); grey-matter Dice after warping (warped GM fraction >= 1/2 against the
+    target's GM mask), T1 mean squared difference and time per registration.
+``personalise``
+    For each test subject and variant (``--variants``: ``demons`` = affine + demons with
+    ``--num-subjects`` subjects; ``affine`` = affine only; ``demonsN`` = demons with N
+    subjects) :func:`~sirf_diffusion.diffusion.personalise.personalise_prior` fine-tunes the
+    shipped xy prior for ``--finetune-steps`` steps; the models go to ``--models``
+    (an existing one is resumed, not redone) and the time of every step is recorded.
+``reconstruct``
+    For each test subject and ``--realisations`` noise realisations at ``--counts``
+    counts/mm^3 (the scans of ``evaluate_methods.py``: same noise seeds) the methods OSEM
+    (``--osem-epochs``), MAP-EM with the RDP, MAP-EM with the Bowsher-weighted quadratic and RDP
+    penalties (the subject's T1, ``--bowsher-neighbours``) for each ``--beta`` and PET-DDS
+    (``METHOD_DEFAULTS``, ``--samples`` chains) with the generic and every personalised prior.
+``report``
+    ``results.json``, ``personalised.md`` (tables) and ``personalised.png`` (figure) in
+    ``--out``.  Classical methods are reported at their best parameter (lowest mean NRMSE over
+    the scans: an oracle choice, as in ``evaluate_methods.py``).
+
+The simulated subjects all derive from one template by smooth deformations, so a registration
+can undo them almost exactly: the personalised gain measured here is an upper bound.
+
+Example (the small run of docs/personalised.md)::
+
+    python benchmarks/evaluate_personalised.py --subjects 2 --realisations 2 \\
+        --finetune-steps 300 --out docs/personalised --models runs/personalised
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+KINDS = ("none", "affine", "bspline", "demons")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--stages", nargs="+", default=["registration", "personalise", "reconstruct",
+                                                   "report"],
+                   choices=("registration", "personalise", "reconstruct", "report"))
+    p.add_argument("--subjects", type=int, default=2, help="held-out test subjects")
+    p.add_argument("--reg-subjects", type=int, default=8,
+                   help="training subjects per target in the registration table")
+    p.add_argument("--variants", nargs="+", default=["demons"],
+                   help="personalised priors: demons, affine, demonsN (N subjects)")
+    p.add_argument("--num-subjects", type=int, default=16,
+                   help="training subjects per personalised prior")
+    p.add_argument("--num-pseudo", type=int, default=64, help="pseudo-PET images")
+    p.add_argument("--finetune-steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--counts", type=float, default=2.5)
+    p.add_argument("--realisations", type=int, default=2)
+    p.add_argument("--osem-epochs", type=int, nargs="+", default=[2, 3, 4, 6])
+    p.add_argument("--rdp-beta", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0])
+    p.add_argument("--bowsher-beta", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
+    p.add_argument("--quadratic-beta", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.4])
+    p.add_argument("--bowsher-neighbours", type=int, default=4)
+    p.add_argument("--map-iterations", type=int, default=10)
+    p.add_argument("--subsets", type=int, default=12)
+    p.add_argument("--samples", type=int, default=2, help="PET-DDS chains averaged")
+    p.add_argument("--steps", type=int, default=None, help="PET-DDS steps (default: METHOD_DEFAULTS)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--models", default="runs/personalised", help="folder of the personalised "
+                                                                 "priors")
+    p.add_argument("--out", default="docs/personalised", help="output folder")
+    return p
+
+
+# ----------------------------------------------------------------------------- helpers
+def _target(seed: int) -> Any:
+    """The 2D test subject as ``sirf-diffusion simulate`` makes it (grid of its cases)."""
+    from sirf_diffusion.data.phantoms import DEFAULT_VOXEL_SIZE_MM, brain_phantom
+    from sirf_diffusion.physics.geometry import get_scanner
+
+    vox = (get_scanner("mMR").ring_spacing_mm, DEFAULT_VOXEL_SIZE_MM[1], DEFAULT_VOXEL_SIZE_MM[2])
+    return brain_phantom(seed, dims=2, shape=(1, 128, 128), voxel_size_mm=vox)
+
+
+def _variant(name: str, default_n: int) -> tuple[str, int]:
+    if name == "affine":
+        return "affine", default_n
+    if name.startswith("demons"):
+        return "demons", int(name[6:]) if name[6:] else default_n
+    raise ValueError(f"unknown variant {name!r}: demons, affine or demonsN")
+
+
+def _load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _save(path: Path, data: dict[str, Any]) -> None:
+    from sirf_diffusion.io.atomic import write_json
+
+    write_json(path, data)
+
+
+# ----------------------------------------------------------------------------- stages
+def stage_registration(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    from sirf_diffusion.data.phantoms import brain_phantom
+    from sirf_diffusion.data.registration import dice, register_t1
+    from sirf_diffusion.data.splits import subject_seeds
+
+    rows: dict[str, list[dict[str, float]]] = {k: [] for k in KINDS}
+    for t in subject_seeds("test", args.subjects):
+        tgt = _target(t)
+        vox = tgt.geometry.voxel_size_mm
+        for s in subject_seeds("train", args.reg_subjects):
+            mv = brain_phantom(s, dims=2, shape=tgt.geometry.shape, voxel_size_mm=vox)
+            for kind in KINDS:
+                r = register_t1(tgt.t1, mv.t1, vox, kind=kind)
+                rows[kind].append({"target": t, "subject": s, "time_s": r.time_s,
+                                   "t1_mse": r.metric,
+                                   "gm_dice": dice(r.warp(mv.fractions["gm"]) >= 0.5,
+                                                   tgt.masks["gm"]),
+                                   "wm_dice": dice(r.warp(mv.fractions["wm"]) >= 0.5,
+                                                   tgt.masks["wm"])})
+                print(f"registration target {t} subject {s} {kind}: "
+                      f"GM Dice {rows[kind][-1]['gm_dice']:.3f} in {r.time_s:.2f} s", flush=True)
+    summary = {k: {m: [float(np.mean([r[m] for r in v])), float(np.std([r[m] for r in v]))]
+                   for m in ("gm_dice", "wm_dice", "t1_mse", "time_s")} for k, v in rows.items()}
+    result = {"rows": rows, "summary": summary, "pairs": len(rows["none"])}
+    _save(out / "registration.json", result)
+    return result
+
+
+def stage_personalise(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    from sirf_diffusion.data.splits import subject_seeds
+    from sirf_diffusion.diffusion.personalise import PersonaliseConfig, personalise_prior
+
+    record = _load(out / "personalise.json")
+    for t in subject_seeds("test", args.subjects):
+        tgt = _target(t)
+        for name in args.variants:
+            kind, n = _variant(name, args.num_subjects)
+            folder = Path(args.models) / f"subject{t}_{name}"
+            cfg = PersonaliseConfig(num_subjects=n, registration=kind, num_pseudo=args.num_pseudo,
+                                    steps=args.finetune_steps, batch_size=args.batch_size,
+                                    lr=args.lr, seed=args.seed)
+            done = (folder / "xy" / "config.json").is_file() and \
+                f"{t}/{name}" in record and record[f"{t}/{name}"]["config"]["steps"] == cfg.steps
+            if done:
+                continue
+            t0 = time.perf_counter()
+            res = personalise_prior(tgt.t1, tgt.geometry, folder, tracer="fdg", config=cfg,
+                                    target_gm=tgt.masks["gm"], target_name=f"test subject {t}",
+                                    resume=folder.is_dir(), progress=False)
+            rec = dict(res.record)
+            rec["wall_s_this_call"] = time.perf_counter() - t0
+            record[f"{t}/{name}"] = rec
+            _save(out / "personalise.json", record)
+            print(f"personalised subject {t} ({name}): {res.record['timings_s']}", flush=True)
+    return record
+
+
+def _bowsher(kind: str, beta: float, t1: Any, vox: Any, b: int) -> Any:
+    from sirf_diffusion.recon.bowsher import bowsher_prior
+
+    extra = {"epsilon": 1e-3} if kind == "rdp" else {}
+    return bowsher_prior(kind, beta, t1, b, voxel_size_mm=vox, **extra)
+
+
+def stage_reconstruct(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    import torch
+
+    from evaluate_methods import scan_seeds
+    from sirf_diffusion.data.simulate import SimulationConfig, simulate_scan
+    from sirf_diffusion.diffusion import load_slice_prior
+    from sirf_diffusion.likelihood import PoissonLogLikelihood
+    from sirf_diffusion.metrics import image_metrics
+    from sirf_diffusion.recon import RelativeDifferencePrior, map_em, osem
+    from sirf_diffusion.samplers.defaults import METHOD_DEFAULTS
+    from sirf_diffusion.samplers.methods import reconstruct
+    from sirf_diffusion.data.splits import subject_seeds
+
+    results = _load(out / "reconstructions.json")
+    images: dict[str, np.ndarray] = {}
+    priors = {"generic": load_slice_prior(None, "xy")}
+    dds = METHOD_DEFAULTS["dds"]
+    steps = args.steps or dds["num_steps"]
+    for t in subject_seeds("test", args.subjects):
+        variants = [v for v in args.variants
+                    if (Path(args.models) / f"subject{t}_{v}" / "xy").is_dir()]
+        for name in variants:
+            priors[f"{t}/{name}"] = load_slice_prior(Path(args.models) / f"subject{t}_{name}",
+                                                     "xy")
+        for r in range(args.realisations):
+            key = f"{t}/{r}"
+            seeds = scan_seeds(args.seed, t, args.counts, r)
+            scan = simulate_scan(SimulationConfig(seed=t, counts_per_mm3=args.counts,
+                                                  noise_seed=seeds["noise_seed"]), progress=False)
+            model = scan.acquisition_model(args.subsets)
+            lik = PoissonLogLikelihood(model, scan.prompts)
+            vox = model.voxel_size_mm
+            t1 = torch.as_tensor(scan.t1)
+            runs = results.setdefault(key, {})
+
+            def record(method: str, param: Any, x: torch.Tensor, wall: float) -> None:
+                img = x.detach().reshape(scan.image_geometry.shape).numpy().astype(np.float32)
+                m = image_metrics(img, scan.reference.numpy(), scan.masks)
+                runs.setdefault(method, {})[str(param)] = {**m, "time_s": wall}
+                images[f"{key}/{method}/{param}"] = img
+                print(f"subject {t} realisation {r} {method} {param}: NRMSE {m['nrmse']:.4f} "
+                      f"SSIM {m['ssim']:.4f} ({wall:.1f} s)", flush=True)
+
+            epochs: list[torch.Tensor] = []
+            t0 = time.perf_counter()
+            osem(lik, num_subsets=args.subsets, num_epochs=max(args.osem_epochs),
+                 callback=lambda d: epochs.append(d["x"].detach().clone())
+                 if d["iteration"] % args.subsets == 0 else None, progress=False)
+            wall = time.perf_counter() - t0
+            for e in args.osem_epochs:
+                record("osem", e, epochs[e - 1], wall * e / max(args.osem_epochs))
+            init = epochs[1]
+            for beta in args.rdp_beta:
+                t0 = time.perf_counter()
+                prior = RelativeDifferencePrior(beta, voxel_size_mm=vox, epsilon=1e-3)
+                x = map_em(lik, prior, init, num_iterations=args.map_iterations,
+                           num_subsets=args.subsets, progress=False)
+                record("mapem-rdp", beta, x, time.perf_counter() - t0)
+            for kind, betas in (("rdp", args.bowsher_beta), ("quadratic", args.quadratic_beta)):
+                for beta in betas:
+                    t0 = time.perf_counter()
+                    prior = _bowsher(kind, beta, t1, vox, args.bowsher_neighbours)
+                    x = map_em(lik, prior, init, num_iterations=args.map_iterations,
+                               num_subsets=args.subsets, progress=False)
+                    record(f"bowsher-{kind}", beta, x, time.perf_counter() - t0)
+            for pname in ["generic"] + [f"{t}/{v}" for v in variants]:
+                g = torch.Generator().manual_seed(seeds["sampler_seed"])
+                res = reconstruct("dds", lik, priors[pname], num_steps=steps, generator=g,
+                                  num_samples=args.samples, progress=False)
+                label = "generic" if pname == "generic" else pname.split("/")[1]
+                record("dds", label, res.mean, res.wall_time_s)
+            _save(out / "reconstructions.json", results)
+            if r == 0:
+                np.savez_compressed(out / f"images_subject{t}.npz",
+                                    reference=scan.reference.numpy(),
+                                    **{k.replace("/", "_"): v for k, v in images.items()
+                                       if k.startswith(f"{t}/0/")})
+    return results
+
+
+# ----------------------------------------------------------------------------- report
+def _best(results: dict[str, Any], method: str) -> tuple[str, list[dict[str, float]]]:
+    """The parameter of ``method`` with the lowest NRMSE averaged over all scans."""
+    params = sorted({p for runs in results.values() for p in runs.get(method, {})})
+    best = min(params, key=lambda p: np.mean([runs[method][p]["nrmse"]
+                                              for runs in results.values()]))
+    return best, [runs[method][best] for runs in results.values()]
+
+
+def _pm(values: list[float], scale: float = 1.0) -> str:
+    return f"{scale * np.mean(values):.4f} ± {scale * np.std(values):.4f}"
+
+
+def stage_report(args: argparse.Namespace, out: Path, command: str, wall: float) -> Path:
+    reg = _load(out / "registration.json")
+    pers = _load(out / "personalise.json")
+    rec = _load(out / "reconstructions.json")
+    lines = ["# Personalised priors: results", "",
+             f"Command: `{command}`", "",
+             f"Machine: {os.cpu_count()} CPU cores ({platform.machine()}), Python "
+             f"{platform.python_version()}; this call's wall time {wall / 60:.1f} min.", ""]
+    if reg:
+        lines += ["## Registration of training subjects' T1 to the target's T1", "",
+                  f"{reg['pairs']} (target, training subject) pairs, 2D slices 128 x 128, "
+                  "2.09 mm voxels.", "",
+                  "| registration | GM Dice | WM Dice | T1 MSE | time per pair (s) |",
+                  "|---|---|---|---|---|"]
+        for k, s in reg["summary"].items():
+            lines.append(f"| {k} | {s['gm_dice'][0]:.3f} ± {s['gm_dice'][1]:.3f} | "
+                         f"{s['wm_dice'][0]:.3f} ± {s['wm_dice'][1]:.3f} | "
+                         f"{s['t1_mse'][0]:.5f} | {s['time_s'][0]:.2f} |")
+        lines.append("")
+    if pers:
+        lines += ["## Cost of personalising one subject", "",
+                  "| subject / variant | subjects | registration | mean GM Dice | phantoms + "
+                  "registration (s) | fine-tune steps | fine-tune (s) | total (s) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for key, r in pers.items():
+            tm = r["timings_s"]
+            lines.append(f"| {key} | {r['registration']['num_subjects']} | "
+                         f"{r['registration']['kind']} | "
+                         f"{r['registration'].get('mean_gm_dice', float('nan')):.3f} | "
+                         f"{tm.get('phantoms_and_registration', float('nan')):.1f} | "
+                         f"{r['config']['steps']} | {tm['fine_tune']:.0f} | {tm['total']:.0f} |")
+        lines.append("")
+    if rec:
+        lines += ["## Reconstructions", "",
+                  f"{len(rec)} scans (test subjects x realisations) at {args.counts} "
+                  "counts/mm^3; mean ± std over the scans; classical methods at their best "
+                  "parameter (lowest mean NRMSE).", "",
+                  "| method | parameter | NRMSE | SSIM | CRC hot | CRC cold | time (s) |",
+                  "|---|---|---|---|---|---|---|"]
+        methods = sorted({m for runs in rec.values() for m in runs})
+        for m in methods:
+            params = [None] if m != "dds" else sorted({p for runs in rec.values()
+                                                       for p in runs["dds"]})
+            for p in params:
+                if p is None:
+                    p, rows = _best(rec, m)
+                else:
+                    rows = [runs["dds"][p] for runs in rec.values() if p in runs["dds"]]
+                crc = {k: [r[k] for r in rows if r.get(k) is not None] for k in
+                       ("crc_hot", "crc_cold")}
+                lines.append(f"| {m} | {p} | {_pm([r['nrmse'] for r in rows])} | "
+                             f"{_pm([r['ssim'] for r in rows])} | "
+                             f"{_pm(crc['crc_hot']) if crc['crc_hot'] else '-'} | "
+                             f"{_pm(crc['crc_cold']) if crc['crc_cold'] else '-'} | "
+                             f"{np.mean([r['time_s'] for r in rows]):.1f} |")
+        gains = [runs["dds"]["generic"]["nrmse"] - runs["dds"][v]["nrmse"]
+                 for runs in rec.values() for v in runs["dds"] if v == args.variants[0]]
+        if gains:
+            lines += ["", f"PET-DDS NRMSE, generic minus personalised ({args.variants[0]}), per "
+                          f"scan: {', '.join(f'{g:+.4f}' for g in gains)}."]
+        lines.append("")
+        _figure(args, out)
+    path = out / "personalised.md"
+    from sirf_diffusion.io.atomic import atomic_write_text
+
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _figure(args: argparse.Namespace, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sirf_diffusion.data.splits import subject_seeds
+
+    rec = _load(out / "reconstructions.json")
+    files = [out / f"images_subject{t}.npz" for t in subject_seeds("test", args.subjects)]
+    files = [f for f in files if f.is_file()]
+    if not files:
+        return
+    best = {m: _best(rec, m)[0] for m in ("osem", "mapem-rdp", "bowsher-rdp")
+            if any(m in runs for runs in rec.values())}
+    cols = [("reference", "reference")] + [(f"0_{m}_{p}", f"{m} ({p})") for m, p in best.items()]
+    cols += [("0_dds_generic", "PET-DDS generic")] + [(f"0_dds_{v}", f"PET-DDS personal. ({v})")
+                                                       for v in args.variants]
+    fig, axes = plt.subplots(len(files), len(cols), figsize=(2.3 * len(cols), 2.5 * len(files)),
+                             squeeze=False)
+    for i, f in enumerate(files):
+        with np.load(f) as z:
+            ref = z["reference"][0]
+            t = f.stem.replace("images_subject", "")
+            for j, (k, title) in enumerate(cols):
+                name = k if k == "reference" else f"{t}_{k}"
+                ax = axes[i, j]
+                ax.axis("off")
+                if name in z:
+                    ax.imshow(z[name][0][8:120, 8:120], cmap="gray_r", vmin=0,
+                              vmax=float(ref.max()))
+                    if k != "reference":
+                        n = rec[f"{t}/0"][k.split("_")[1]][k.split("_", 2)[2]]["nrmse"]
+                        title = f"{title}\nNRMSE {n:.3f}"
+                ax.set_title(title if i == 0 or k != "reference" else f"subject {t}",
+                             fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "personalised.png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    command = "python benchmarks/evaluate_personalised.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    import torch
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    if "registration" in args.stages:
+        stage_registration(args, out)
+    if "personalise" in args.stages:
+        stage_personalise(args, out)
+    if "reconstruct" in args.stages:
+        stage_reconstruct(args, out)
+    if "report" in args.stages:
+        print(f"wrote {stage_report(args, out, command, time.perf_counter() - t0)}")
+
+
+if __name__ == "__main__":
+    main()
