@@ -218,7 +218,8 @@ def personalise_prior(target_t1: np.ndarray, geometry: ImageGeometry,
     target_name
         Recorded as the target (e.g. the case folder).
     resume, overwrite, progress
-        As :func:`~.training.train`.
+        As :func:`~.training.train` (``overwrite`` starts a new run and replaces the files this
+        function writes; other files in ``out_dir`` are left alone).
     """
     from ..models import default_prior_dir
     from .training import train
@@ -236,9 +237,6 @@ def personalise_prior(target_t1: np.ndarray, geometry: ImageGeometry,
         raise NotADirectoryError(f"{out} is a file")
     if out.is_dir() and any(out.iterdir()) and not (resume or overwrite):
         raise FileExistsError(f"{out} is not empty: continue its run with resume, or overwrite")
-    if overwrite and out.is_dir() and not resume:
-        for e in out.iterdir():
-            shutil.rmtree(e) if e.is_dir() and not e.is_symlink() else e.unlink()
     make_dir(out)
 
     timings: dict[str, float] = {}
