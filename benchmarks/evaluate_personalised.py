@@ -53,6 +53,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 KINDS = ("none", "affine", "bspline", "demons")
+METHODS = ("osem", "mapem-rdp", "bowsher", "dds-generic", "dds-personalised")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subsets", type=int, default=12)
     p.add_argument("--samples", type=int, default=2, help="PET-DDS chains averaged")
     p.add_argument("--steps", type=int, default=None, help="PET-DDS steps (default: METHOD_DEFAULTS)")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                   help="reconstruct stage: methods to run (results of other runs are kept)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--models", default="runs/personalised", help="folder of the personalised "
                                                                  "priors")
@@ -175,6 +178,14 @@ def stage_personalise(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     return record
 
 
+def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Results of two runs of the stage on one scan (another process may run other methods)."""
+    out = {m: dict(v) for m, v in old.items()}
+    for m, v in new.items():
+        out.setdefault(m, {}).update(v)
+    return out
+
+
 def _bowsher(kind: str, beta: float, t1: Any, vox: Any, b: int) -> Any:
     from sirf_diffusion.recon.bowsher import bowsher_prior
 
@@ -201,8 +212,10 @@ def stage_reconstruct(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     dds = METHOD_DEFAULTS["dds"]
     steps = args.steps or dds["num_steps"]
     for t in subject_seeds("test", args.subjects):
-        variants = [v for v in args.variants
-                    if (Path(args.models) / f"subject{t}_{v}" / "xy").is_dir()]
+        done = _load(out / "personalise.json")  # only finished personalisations
+        variants = [v for v in args.variants if "dds-personalised" in args.methods
+                    and done.get(f"{t}/{v}", {}).get("config", {}).get("steps")
+                    == args.finetune_steps]
         for name in variants:
             priors[f"{t}/{name}"] = load_slice_prior(Path(args.models) / f"subject{t}_{name}",
                                                      "xy")
@@ -231,34 +244,38 @@ def stage_reconstruct(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                  callback=lambda d: epochs.append(d["x"].detach().clone())
                  if d["iteration"] % args.subsets == 0 else None, progress=False)
             wall = time.perf_counter() - t0
-            for e in args.osem_epochs:
+            for e in args.osem_epochs if "osem" in args.methods else ():
                 record("osem", e, epochs[e - 1], wall * e / max(args.osem_epochs))
             init = epochs[1]
-            for beta in args.rdp_beta:
+            for beta in args.rdp_beta if "mapem-rdp" in args.methods else ():
                 t0 = time.perf_counter()
                 prior = RelativeDifferencePrior(beta, voxel_size_mm=vox, epsilon=1e-3)
                 x = map_em(lik, prior, init, num_iterations=args.map_iterations,
                            num_subsets=args.subsets, progress=False)
                 record("mapem-rdp", beta, x, time.perf_counter() - t0)
-            for kind, betas in (("rdp", args.bowsher_beta), ("quadratic", args.quadratic_beta)):
+            bowsher = (("rdp", args.bowsher_beta), ("quadratic", args.quadratic_beta))
+            for kind, betas in bowsher if "bowsher" in args.methods else ():
                 for beta in betas:
                     t0 = time.perf_counter()
                     prior = _bowsher(kind, beta, t1, vox, args.bowsher_neighbours)
                     x = map_em(lik, prior, init, num_iterations=args.map_iterations,
                                num_subsets=args.subsets, progress=False)
                     record(f"bowsher-{kind}", beta, x, time.perf_counter() - t0)
-            for pname in ["generic"] + [f"{t}/{v}" for v in variants]:
+            generic = ["generic"] if "dds-generic" in args.methods else []
+            for pname in generic + [f"{t}/{v}" for v in variants]:
                 g = torch.Generator().manual_seed(seeds["sampler_seed"])
                 res = reconstruct("dds", lik, priors[pname], num_steps=steps, generator=g,
                                   num_samples=args.samples, progress=False)
                 label = "generic" if pname == "generic" else pname.split("/")[1]
                 record("dds", label, res.mean, res.wall_time_s)
-            _save(out / "reconstructions.json", results)
+            _save(out / "reconstructions.json", _load(out / "reconstructions.json") | {
+                key: _merge(_load(out / "reconstructions.json").get(key, {}), runs)})
             if r == 0:
-                np.savez_compressed(out / f"images_subject{t}.npz",
-                                    reference=scan.reference.numpy(),
-                                    **{k.replace("/", "_"): v for k, v in images.items()
-                                       if k.startswith(f"{t}/0/")})
+                path = out / f"images_subject{t}.npz"
+                kept = dict(np.load(path)) if path.is_file() else {}
+                np.savez_compressed(path, **kept, reference=scan.reference.numpy(),
+                                    **{k.split("/", 1)[1].replace("/", "_"): v
+                                       for k, v in images.items() if k.startswith(f"{t}/0/")})
     return results
 
 
@@ -369,7 +386,7 @@ def _figure(args: argparse.Namespace, out: Path) -> None:
             ref = z["reference"][0]
             t = f.stem.replace("images_subject", "")
             for j, (k, title) in enumerate(cols):
-                name = k if k == "reference" else f"{t}_{k}"
+                name = k
                 ax = axes[i, j]
                 ax.axis("off")
                 if name in z:

@@ -146,7 +146,7 @@ def _fine_tune_config(cfg: PersonaliseConfig, base_xy: Path, geometry: ImageGeom
     base = _base_train_config(base_xy)
     return TrainConfig(
         orientation="xy", steps=cfg.steps, batch_size=cfg.batch_size, micro_batches=1,
-        lr=cfg.lr, warmup_steps=min(cfg.warmup_steps, cfg.steps), lr_decay="constant",
+        lr=cfg.lr, warmup_steps=cfg.warmup_steps, lr_decay="constant",
         checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, num_subjects=cfg.num_pseudo,
         val_subjects=0, tracer=tracer, volume_shape=None,
         voxel_size_mm=tuple(geometry.voxel_size_mm), slice_shape=base.get("slice_shape"),
