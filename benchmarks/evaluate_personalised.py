@@ -60,7 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--stages", nargs="+", default=["registration", "personalise", "reconstruct",
                                                    "report"],
-                   choices=("registration", "personalise", "reconstruct", "report"))
+                   choices=("registration", "personalise", "reconstruct", "report", "pairs",
+                            "ants"))
+    p.add_argument("--pairs", default=None,
+                   help="pairs / ants stages: .npz of (target, subject) T1 and GM images")
     p.add_argument("--subjects", type=int, default=2, help="held-out test subjects")
     p.add_argument("--reg-subjects", type=int, default=8,
                    help="training subjects per target in the registration table")
@@ -110,6 +113,16 @@ def _variant(name: str, default_n: int) -> tuple[str, int]:
     raise ValueError(f"unknown variant {name!r}: demons, affine or demonsN")
 
 
+def _finished(models: str) -> dict[str, dict[str, Any]]:
+    """Records of the finished personalisations in ``models`` by ``"<subject>/<variant>"``
+    (each folder's ``personalise.json`` is written when its fine-tuning has ended)."""
+    out = {}
+    for f in sorted(Path(models).glob("subject*_*/personalise.json")):
+        subject, variant = f.parent.name[len("subject"):].split("_", 1)
+        out[f"{subject}/{variant}"] = json.loads(f.read_text())
+    return out
+
+
 def _load(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -153,7 +166,7 @@ def stage_personalise(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from sirf_diffusion.data.splits import subject_seeds
     from sirf_diffusion.diffusion.personalise import PersonaliseConfig, personalise_prior
 
-    record = _load(out / "personalise.json")
+    record = _finished(args.models)
     for t in subject_seeds("test", args.subjects):
         tgt = _target(t)
         for name in args.variants:
@@ -166,13 +179,10 @@ def stage_personalise(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 f"{t}/{name}" in record and record[f"{t}/{name}"]["config"]["steps"] == cfg.steps
             if done:
                 continue
-            t0 = time.perf_counter()
             res = personalise_prior(tgt.t1, tgt.geometry, folder, tracer="fdg", config=cfg,
                                     target_gm=tgt.masks["gm"], target_name=f"test subject {t}",
                                     resume=folder.is_dir(), progress=False)
-            rec = dict(res.record)
-            rec["wall_s_this_call"] = time.perf_counter() - t0
-            record[f"{t}/{name}"] = rec
+            record = _finished(args.models)
             _save(out / "personalise.json", record)
             print(f"personalised subject {t} ({name}): {res.record['timings_s']}", flush=True)
     return record
@@ -212,7 +222,7 @@ def stage_reconstruct(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     dds = METHOD_DEFAULTS["dds"]
     steps = args.steps or dds["num_steps"]
     for t in subject_seeds("test", args.subjects):
-        done = _load(out / "personalise.json")  # only finished personalisations
+        done = _finished(args.models)
         variants = [v for v in args.variants if "dds-personalised" in args.methods
                     and done.get(f"{t}/{v}", {}).get("config", {}).get("steps")
                     == args.finetune_steps]
@@ -279,6 +289,62 @@ def stage_reconstruct(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     return results
 
 
+def stage_pairs(args: argparse.Namespace, out: Path) -> Path:
+    """Write the registration stage's (target, subject) T1 / GM pairs for :func:`stage_ants`."""
+    from sirf_diffusion.data.phantoms import brain_phantom
+    from sirf_diffusion.data.splits import subject_seeds
+
+    arrays: dict[str, np.ndarray] = {}
+    for t in subject_seeds("test", args.subjects):
+        tgt = _target(t)
+        arrays[f"t{t}_t1"], arrays[f"t{t}_gm"] = tgt.t1[0], tgt.masks["gm"][0]
+        for s in subject_seeds("train", args.reg_subjects):
+            mv = brain_phantom(s, dims=2, shape=tgt.geometry.shape,
+                               voxel_size_mm=tgt.geometry.voxel_size_mm)
+            arrays[f"s{s}_t1"], arrays[f"s{s}_gm"] = mv.t1[0], mv.fractions["gm"][0]
+    arrays["spacing_yx"] = np.asarray(tgt.geometry.voxel_size_mm[1:])
+    path = Path(args.pairs or out / "pairs.npz")
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def stage_ants(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """antspyx's affine and affine + SyN on the pairs of :func:`stage_pairs` (needs only numpy
+    and antspyx: run it in an environment that has antspyx)."""
+    import ants
+
+    z = dict(np.load(args.pairs or out / "pairs.npz"))
+    spacing = tuple(float(v) for v in z["spacing_yx"][::-1])
+    targets = sorted(k[1:-3] for k in z if k.startswith("t") and k.endswith("_t1"))
+    subjects = sorted(k[1:-3] for k in z if k.startswith("s") and k.endswith("_t1"))
+
+    def image(a: np.ndarray) -> Any:  # ants arrays are (x, y): transpose the [y, x] slices
+        return ants.from_numpy(np.ascontiguousarray(a.T, dtype=np.float32), spacing=spacing)
+
+    rows: dict[str, list[dict[str, float]]] = {"ants-affine": [], "ants-syn": []}
+    for t in targets:
+        fixed, gm_t = image(z[f"t{t}_t1"]), z[f"t{t}_gm"] > 0.5
+        for s in subjects:
+            moving = image(z[f"s{s}_t1"])
+            for name, kind in (("ants-affine", "Affine"), ("ants-syn", "SyN")):
+                t0 = time.perf_counter()
+                reg = ants.registration(fixed, moving, type_of_transform=kind,
+                                        random_seed=0)
+                wall = time.perf_counter() - t0
+                gm = ants.apply_transforms(fixed, image(z[f"s{s}_gm"]),
+                                           reg["fwdtransforms"]).numpy().T >= 0.5
+                d = 2 * (gm & gm_t).sum() / (gm.sum() + gm_t.sum())
+                rows[name].append({"target": int(t), "subject": int(s), "gm_dice": float(d),
+                                   "time_s": wall})
+                print(f"{name} target {t} subject {s}: GM Dice {d:.3f} in {wall:.2f} s",
+                      flush=True)
+    summary = {k: {m: [float(np.mean([r[m] for r in v])), float(np.std([r[m] for r in v]))]
+                   for m in ("gm_dice", "time_s")} for k, v in rows.items()}
+    result = {"rows": rows, "summary": summary, "antspyx": ants.__version__}
+    (out / "registration_ants.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
 # ----------------------------------------------------------------------------- report
 def _best(results: dict[str, Any], method: str) -> tuple[str, list[dict[str, float]]]:
     """The parameter of ``method`` with the lowest NRMSE averaged over all scans."""
@@ -294,7 +360,7 @@ def _pm(values: list[float], scale: float = 1.0) -> str:
 
 def stage_report(args: argparse.Namespace, out: Path, command: str, wall: float) -> Path:
     reg = _load(out / "registration.json")
-    pers = _load(out / "personalise.json")
+    pers = _finished(args.models)
     rec = _load(out / "reconstructions.json")
     lines = ["# Personalised priors: results", "",
              f"Command: `{command}`", "",
@@ -409,10 +475,15 @@ def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     command = "python benchmarks/evaluate_personalised.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    t0 = time.perf_counter()
+    if "ants" in args.stages:  # another environment: numpy and antspyx only
+        stage_ants(args, out)
+        return
     import torch
 
     torch.set_num_threads(1)
-    t0 = time.perf_counter()
+    if "pairs" in args.stages:
+        print(f"wrote {stage_pairs(args, out)}")
     if "registration" in args.stages:
         stage_registration(args, out)
     if "personalise" in args.stages:
