@@ -270,7 +270,9 @@ def stage_reconstruct(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                     prior = _bowsher(kind, beta, t1, vox, args.bowsher_neighbours)
                     x = map_em(lik, prior, init, num_iterations=args.map_iterations,
                                num_subsets=args.subsets, progress=False)
-                    record(f"bowsher-{kind}", beta, x, time.perf_counter() - t0)
+                    b = args.bowsher_neighbours
+                    record(f"bowsher-{kind}" + ("" if b == 4 else f"-B{b}"), beta, x,
+                           time.perf_counter() - t0)
             generic = ["generic"] if "dds-generic" in args.methods else []
             for pname in generic + [f"{t}/{v}" for v in variants]:
                 g = torch.Generator().manual_seed(seeds["sampler_seed"])
@@ -283,9 +285,10 @@ def stage_reconstruct(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             if r == 0:
                 path = out / f"images_subject{t}.npz"
                 kept = dict(np.load(path)) if path.is_file() else {}
-                np.savez_compressed(path, **kept, reference=scan.reference.numpy(),
-                                    **{k.split("/", 1)[1].replace("/", "_"): v
-                                       for k, v in images.items() if k.startswith(f"{t}/0/")})
+                kept.update({k.split("/", 1)[1].replace("/", "_"): v
+                             for k, v in images.items() if k.startswith(f"{t}/0/")})
+                kept["reference"] = scan.reference.numpy()
+                np.savez_compressed(path, **kept)
     return results
 
 
