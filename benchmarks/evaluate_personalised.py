@@ -53,7 +53,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 KINDS = ("none", "affine", "bspline", "demons")
-METHODS = ("osem", "mapem-rdp", "bowsher", "dds-generic", "dds-personalised")
+METHODS = ("osem", "mapem-rdp", "bowsher", "dds-generic", "dds-personalised", "lisch-generic",
+           "lisch-personalised")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bowsher-neighbours", type=int, default=4)
     p.add_argument("--map-iterations", type=int, default=10)
     p.add_argument("--subsets", type=int, default=12)
-    p.add_argument("--samples", type=int, default=2, help="PET-DDS chains averaged")
-    p.add_argument("--steps", type=int, default=None, help="PET-DDS steps (default: METHOD_DEFAULTS)")
+    p.add_argument("--samples", type=int, default=2, help="chains averaged (PET-DDS, PET-LiSch)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="PET-DDS / PET-LiSch steps (default: METHOD_DEFAULTS)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
                    help="reconstruct stage: methods to run (results of other runs are kept)")
     p.add_argument("--seed", type=int, default=0)
@@ -219,12 +221,10 @@ def stage_reconstruct(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     results = _load(out / "reconstructions.json")
     images: dict[str, np.ndarray] = {}
     priors = {"generic": load_slice_prior(None, "xy")}
-    dds = METHOD_DEFAULTS["dds"]
-    steps = args.steps or dds["num_steps"]
     for t in subject_seeds("test", args.subjects):
         done = _finished(args.models)
-        variants = [v for v in args.variants if "dds-personalised" in args.methods
-                    and done.get(f"{t}/{v}", {}).get("config", {}).get("steps")
+        variants = [v for v in args.variants
+                    if done.get(f"{t}/{v}", {}).get("config", {}).get("steps")
                     == args.finetune_steps]
         for name in variants:
             priors[f"{t}/{name}"] = load_slice_prior(Path(args.models) / f"subject{t}_{name}",
@@ -273,13 +273,17 @@ def stage_reconstruct(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                     b = args.bowsher_neighbours
                     record(f"bowsher-{kind}" + ("" if b == 4 else f"-B{b}"), beta, x,
                            time.perf_counter() - t0)
-            generic = ["generic"] if "dds-generic" in args.methods else []
-            for pname in generic + [f"{t}/{v}" for v in variants]:
-                g = torch.Generator().manual_seed(seeds["sampler_seed"])
-                res = reconstruct("dds", lik, priors[pname], num_steps=steps, generator=g,
-                                  num_samples=args.samples, progress=False)
-                label = "generic" if pname == "generic" else pname.split("/")[1]
-                record("dds", label, res.mean, res.wall_time_s)
+            for sampler in ("dds", "lisch"):
+                names = ["generic"] if f"{sampler}-generic" in args.methods else []
+                if f"{sampler}-personalised" in args.methods:
+                    names += [f"{t}/{v}" for v in variants]
+                for pname in names:
+                    g = torch.Generator().manual_seed(seeds["sampler_seed"])
+                    res = reconstruct(sampler, lik, priors[pname], generator=g,
+                                      num_steps=args.steps or METHOD_DEFAULTS[sampler]["num_steps"],
+                                      num_samples=args.samples, progress=False)
+                    label = "generic" if pname == "generic" else pname.split("/")[1]
+                    record(sampler, label, res.mean, res.wall_time_s)
             _save(out / "reconstructions.json", _load(out / "reconstructions.json") | {
                 key: _merge(_load(out / "reconstructions.json").get(key, {}), runs)})
             if r == 0:
@@ -402,13 +406,13 @@ def stage_report(args: argparse.Namespace, out: Path, command: str, wall: float)
                   "|---|---|---|---|---|---|---|"]
         methods = sorted({m for runs in rec.values() for m in runs})
         for m in methods:
-            params = [None] if m != "dds" else sorted({p for runs in rec.values()
-                                                       for p in runs["dds"]})
+            params = [None] if m not in ("dds", "lisch") else sorted(
+                {p for runs in rec.values() for p in runs.get(m, {})})
             for p in params:
                 if p is None:
                     p, rows = _best(rec, m)
                 else:
-                    rows = [runs["dds"][p] for runs in rec.values() if p in runs["dds"]]
+                    rows = [runs[m][p] for runs in rec.values() if p in runs.get(m, {})]
                 crc = {k: [r[k] for r in rows if r.get(k) is not None] for k in
                        ("crc_hot", "crc_cold")}
                 lines.append(f"| {m} | {p} | {_pm([r['nrmse'] for r in rows])} | "
@@ -416,11 +420,17 @@ def stage_report(args: argparse.Namespace, out: Path, command: str, wall: float)
                              f"{_pm(crc['crc_hot']) if crc['crc_hot'] else '-'} | "
                              f"{_pm(crc['crc_cold']) if crc['crc_cold'] else '-'} | "
                              f"{np.mean([r['time_s'] for r in rows]):.1f} |")
-        gains = [runs["dds"]["generic"]["nrmse"] - runs["dds"][v]["nrmse"]
-                 for runs in rec.values() for v in runs["dds"] if v == args.variants[0]]
-        if gains:
-            lines += ["", f"PET-DDS NRMSE, generic minus personalised ({args.variants[0]}), per "
-                          f"scan: {', '.join(f'{g:+.4f}' for g in gains)}."]
+        for sampler in ("dds", "lisch"):
+            variants = sorted({v for runs in rec.values() for v in runs.get(sampler, {})}
+                              - {"generic"})
+            for v in variants:
+                gains = {k: runs[sampler]["generic"]["nrmse"] - runs[sampler][v]["nrmse"]
+                         for k, runs in rec.items()
+                         if v in runs.get(sampler, {}) and "generic" in runs[sampler]}
+                lines += ["", f"{sampler} NRMSE, generic minus personalised ({v}), per scan "
+                              "(subject/realisation): "
+                              + ", ".join(f"{k} {g:+.4f}" for k, g in gains.items())
+                              + f"; mean {np.mean(list(gains.values())):+.4f}."]
         lines.append("")
         _figure(args, out)
     path = out / "personalised.md"
