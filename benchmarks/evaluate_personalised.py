@@ -207,16 +207,16 @@ def _bowsher(kind: str, beta: float, t1: Any, vox: Any, b: int) -> Any:
 
 def stage_reconstruct(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     import torch
-
     from evaluate_methods import scan_seeds
+
     from sirf_diffusion.data.simulate import SimulationConfig, simulate_scan
+    from sirf_diffusion.data.splits import subject_seeds
     from sirf_diffusion.diffusion import load_slice_prior
     from sirf_diffusion.likelihood import PoissonLogLikelihood
     from sirf_diffusion.metrics import image_metrics
     from sirf_diffusion.recon import RelativeDifferencePrior, map_em, osem
     from sirf_diffusion.samplers.defaults import METHOD_DEFAULTS
     from sirf_diffusion.samplers.methods import reconstruct
-    from sirf_diffusion.data.splits import subject_seeds
 
     results = _load(out / "reconstructions.json")
     images: dict[str, np.ndarray] = {}

@@ -103,6 +103,7 @@ def test_no_pair_across_an_mr_edge_so_a_matching_piecewise_constant_image_is_fre
 
 def test_map_em_with_the_bowsher_rdp_increases_the_objective():
     from conftest import poisson_problem
+
     from sirf_diffusion.recon.map import map_objective
 
     lik, _ = poisson_problem(image_shape=(1, 4, 4), seed=1)

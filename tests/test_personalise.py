@@ -97,6 +97,7 @@ def tiny_base(tmp_path_factory) -> Path:
     """A prior folder whose xy model (the conftest's tiny UNet, random weights) records the
     training config a fine-tune starts from."""
     from conftest import tiny_orientation_model
+
     from sirf_diffusion.diffusion import save_model
 
     model = tiny_orientation_model("xy", weights_seed=0)

@@ -14,8 +14,6 @@ run that fails before its first checkpoint leaves nothing behind.
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
 import shutil
 from pathlib import Path
 
@@ -79,13 +77,13 @@ def run(args: argparse.Namespace) -> int:
     from ..models import default_prior_dir
     from .case import load_case
     from .output import (
-        TRASH_PREFIX,
+        abandon_run,
         check_location,
         check_replaceable,
         entries,
         make_folders,
         preview,
-        remove_folders,
+        set_aside,
     )
 
     device = check_device(args.device)
@@ -119,12 +117,8 @@ def run(args: argparse.Namespace) -> int:
                                precision=args.precision, device=device)
     gm = case.masks.get("gm")
     created = make_folders(folder)
-    trash = None
-    if old and args.overwrite:  # set aside until the new run has a result, put back if not
-        trash = folder / f"{TRASH_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
-        trash.mkdir()
-        for e in old:
-            e.rename(trash / e.name)
+    # what --overwrite replaces is set aside until the new run has a result, put back if not
+    trash = set_aside(folder, old) if old and args.overwrite else None
     try:
         result = personalise_prior(
             case.extra["t1"], case.image_geometry, folder, tracer=tracer, config=config,
@@ -132,17 +126,9 @@ def run(args: argparse.Namespace) -> int:
             target_name=str(args.case), resume=args.resume, overwrite=args.overwrite,
             progress=not args.no_progress)
     except BaseException:
-        if list_checkpoints(run_dir):
-            raise  # the checkpoints are the result so far: --resume continues them
-        for e in folder.iterdir():  # nothing worth keeping: leave no trace
-            if e != trash:
-                shutil.rmtree(e) if e.is_dir() and not e.is_symlink() else e.unlink()
-        if trash is not None:
-            for e in trash.iterdir():
-                e.rename(folder / e.name)
-            trash.rmdir()
+        if not list_checkpoints(run_dir):  # else the checkpoints are kept for --resume
+            abandon_run(folder, trash, created)
             trash = None
-        remove_folders(created)
         raise
     finally:
         if trash is not None:

@@ -23,7 +23,6 @@ personalised prior never sees a validation or test subject, the target included.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
