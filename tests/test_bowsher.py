@@ -153,6 +153,7 @@ def test_cli_bowsher_runs_and_differs_from_plain_map(cli_case, tmp_path):
     assert not np.array_equal(plain, b) and not np.array_equal(b, b3)
     cfg = json.loads((tmp_path / "b3" / "config.json").read_text())
     assert cfg["bowsher_neighbours"] == 3 and cfg["bowsher"] == str(cli_case / "t1.hv")
+    assert (cfg["beta"], cfg["beta_source"]) == (3.2, "Bowsher default")  # BOWSHER_BETA
 
 
 @pytest.mark.parametrize("extra, match", [

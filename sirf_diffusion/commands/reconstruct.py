@@ -31,7 +31,7 @@ from .arguments import (
 
 __all__ = ["add_arguments", "run", "reconstruct_classical", "run_diffusion_method",
            "CLASSICAL", "DIFFUSION", "CLASSICAL_DEFAULTS", "APPLIES_TO", "default_beta",
-           "BOWSHER_NEIGHBOURS"]
+           "BOWSHER_NEIGHBOURS", "BOWSHER_BETA"]
 
 CLASSICAL = ("mlem", "osem", "mapem-rdp", "mapem-quadratic")
 DIFFUSION = ("lisch", "dds", "dps")
@@ -47,9 +47,13 @@ CLASSICAL_DEFAULTS: dict[str, dict[str, float]] = {
     "mapem-quadratic": {"iterations": 10, "beta": 0.5},
 }
 
-#: Neighbours Bowsher's prior keeps per voxel unless ``--bowsher-neighbours`` is given
-#: (docs/personalised.md: the best of 3-6 in-plane on the evaluation's 2D scans).
+#: Neighbours Bowsher's prior keeps per voxel unless ``--bowsher-neighbours`` is given, and
+#: the MAP-EM beta with ``--bowsher`` when neither ``--beta`` nor the case's
+#: ``penalisation_factor.txt`` gives one: with fewer pairs than the plain prior it needs a larger
+#: beta (docs/personalised.md: best mean NRMSE on 2 held-out subjects x 2 realisations,
+#: 2.5 counts/mm^3, 2D mMR).
 BOWSHER_NEIGHBOURS = 4
+BOWSHER_BETA: dict[str, float] = {"mapem-rdp": 4.0, "mapem-quadratic": 3.2}
 
 #: The methods each method-specific option applies to (argparse destinations).
 APPLIES_TO: dict[str, tuple[str, ...]] = {
@@ -93,7 +97,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beta", metavar="B", type=positive_float, default=None,
                    help="MAP-EM: penalisation factor (default: the case's "
                         "penalisation_factor.txt, else "
-                        f"{_per_method('beta', CLASSICAL_DEFAULTS, _MAP)})")
+                        f"{_per_method('beta', CLASSICAL_DEFAULTS, _MAP)}; with --bowsher "
+                        + ", ".join(f"{m} {b:g}" for m, b in BOWSHER_BETA.items()) + ")")
     p.add_argument("--bowsher", metavar="MR.hv", nargs="?", const="t1", default=None,
                    help="MAP-EM: keep only each voxel's --bowsher-neighbours most MR-similar "
                         "neighbours in the penalty (Bowsher et al. 2004), from this MR image on "
@@ -338,6 +343,8 @@ def run(args: argparse.Namespace) -> int:
             iterations = args.iterations or int(d["iterations"])
             beta, source = (args.beta, "--beta") if args.beta is not None else (
                 default_beta(method, case) if method in _MAP else (None, None))
+            if pair_weights is not None and source == "default":
+                beta, source = BOWSHER_BETA[method], "Bowsher default"
             kappa = case.extra.get("kappa") if method in _MAP else None
             resolved.update(iterations=iterations, subsets=subsets, beta=beta,
                             beta_source=source, kappa=kappa is not None)
