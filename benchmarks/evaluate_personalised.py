@@ -433,6 +433,7 @@ def stage_report(args: argparse.Namespace, out: Path, command: str, wall: float)
                               + f"; mean {np.mean(list(gains.values())):+.4f}."]
         lines.append("")
         _figure(args, out)
+    _pseudo_figure(args, out)
     path = out / "personalised.md"
     from sirf_diffusion.io.atomic import atomic_write_text
 
@@ -470,7 +471,7 @@ def _figure(args: argparse.Namespace, out: Path) -> None:
                 ax.axis("off")
                 if name in z:
                     ax.imshow(z[name][0][8:120, 8:120], cmap="gray_r", vmin=0,
-                              vmax=float(ref.max()))
+                              vmax=float(np.percentile(ref, 99)))  # not the hot lesion's max
                     if k != "reference":
                         n = rec[f"{t}/0"][k.split("_")[1]][k.split("_", 2)[2]]["nrmse"]
                         title = f"{title}\nNRMSE {n:.3f}"
@@ -478,6 +479,37 @@ def _figure(args: argparse.Namespace, out: Path) -> None:
                              fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "personalised.png", dpi=110)
+    plt.close(fig)
+
+
+def _pseudo_figure(args: argparse.Namespace, out: Path) -> None:
+    """Target T1, its reference activity, warped training subjects and pseudo-PET images of the
+    first test subject's first personalised prior."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sirf_diffusion.data.splits import subject_seeds
+
+    t = subject_seeds("test", 1)[0]
+    folder = Path(args.models) / f"subject{t}_{args.variants[0]}"
+    if not (folder / "pseudo_pet.npz").is_file():
+        return
+    tgt = _target(t)
+    with np.load(folder / "pseudo_pet.npz") as z:
+        warped, images, weights = z["warped"], z["images"], z["weights"]
+    panels = [(tgt.t1[0], "target T1"), (tgt.activity[0], "target PET (truth)")]
+    panels += [(warped[i, 0], f"warped subject {i + 1}") for i in range(2)]
+    panels += [(images[m, 0], f"pseudo-PET {m + 1} ({int((weights[m] > 0).sum())} subjects)")
+               for m in range(2)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.3 * len(panels), 2.6))
+    for ax, (a, title) in zip(axes, panels):
+        ax.imshow(a[8:120, 8:120], cmap="gray_r" if "T1" not in title else "gray")
+        ax.set_title(title, fontsize=7)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out / "pseudo_pet.png", dpi=110)
     plt.close(fig)
 
 
