@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reconstruct": ("reconstruct", "reconstruct a PETRIC-layout case folder"),
     "demo": ("demo", "simulate a low-count brain scan and compare reconstructions"),
     "train": ("train", "train 2D score networks on simulated PET slices"),
+    "personalise": ("personalise", "fine-tune the prior to a case's anatomy (MR-registered "
+                                   "pseudo-PET)"),
     "sample": ("sample", "draw unconditional samples from a prior and save a PNG grid"),
 }
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from types import TracebackType
 
 __all__ = ["ResultSet", "check_location", "check_replaceable", "entries", "make_folders",
-           "remove_folders", "preview",
+           "remove_folders", "preview", "set_aside", "abandon_run",
            "STAGING_PREFIX", "TRASH_PREFIX"]
 
 STAGING_PREFIX = ".sirf-diffusion-partial-"
@@ -186,6 +186,30 @@ def make_folders(folder: Path) -> list[Path]:
         remove_folders(created)
         raise ValueError(f"cannot create folder {p}: {exc.strerror}") from None
     return created
+
+
+def set_aside(folder: Path, old: Sequence[Path]) -> Path:
+    """Move ``old`` (entries of ``folder``) into a new trash folder inside ``folder``, so that a
+    run writing into ``folder`` itself can replace them and :func:`abandon_run` put them back."""
+    trash = folder / f"{TRASH_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    trash.mkdir()
+    for e in old:
+        e.rename(trash / e.name)
+    return trash
+
+
+def abandon_run(folder: Path, trash: Path | None, created: Sequence[Path]) -> None:
+    """Undo a run that failed with nothing worth keeping: delete what it wrote in ``folder``,
+    put the entries :func:`set_aside` moved into ``trash`` back, and remove the folders
+    :func:`make_folders` ``created``."""
+    for e in folder.iterdir():
+        if e != trash:
+            shutil.rmtree(e) if e.is_dir() and not e.is_symlink() else e.unlink()
+    if trash is not None:
+        for e in trash.iterdir():
+            e.rename(folder / e.name)
+        trash.rmdir()
+    remove_folders(created)
 
 
 def remove_folders(created: Sequence[Path]) -> None:

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import secrets
 import shutil
 from pathlib import Path
 from typing import Any
@@ -98,13 +96,13 @@ def run(args: argparse.Namespace) -> int:
     from ..diffusion.checkpointing import list_checkpoints
     from ..diffusion.training import train
     from .output import (
-        TRASH_PREFIX,
+        abandon_run,
         check_location,
         check_replaceable,
         entries,
         make_folders,
         preview,
-        remove_folders,
+        set_aside,
     )
 
     cfg = _load_config(args.config)
@@ -139,12 +137,7 @@ def run(args: argparse.Namespace) -> int:
         check_replaceable(folder, args.out)
 
     created = make_folders(folder)
-    trash = None
-    if old and not args.resume:
-        trash = folder / f"{TRASH_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
-        trash.mkdir()
-        for e in old:
-            e.rename(trash / e.name)
+    trash = set_aside(folder, old) if old and not args.resume else None
     try:
         for c in configs:
             o = c.orientation
@@ -154,15 +147,8 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         if not continuing and not any(list_checkpoints(folder / "checkpoints" / o)
                                       for o in orientations):
-            for e in folder.iterdir():
-                if e != trash:
-                    shutil.rmtree(e) if e.is_dir() and not e.is_symlink() else e.unlink()
-            if trash is not None:
-                for e in trash.iterdir():
-                    e.rename(folder / e.name)
-                trash.rmdir()
-                trash = None
-            remove_folders(created)
+            abandon_run(folder, trash, created)
+            trash = None
         raise
     finally:
         if trash is not None:

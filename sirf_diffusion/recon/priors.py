@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Literal, Sequence
+from typing import Literal, Mapping, Sequence
 
 import torch
 
@@ -142,6 +142,11 @@ class NeighbourhoodPrior(abc.ABC):
     kappa
         Optional spatially varying weights, shape ``[..., z, y, x]`` matching the image's last three
         dimensions; each pair is weighted by ``kappa_r * kappa_s`` (STIR, after Fessler).
+    pair_weights
+        Optional weight of every unordered pair, multiplying ``w_d``: a mapping from each forward
+        offset ``d`` of the neighbourhood to a tensor of the shape of the pairs ``(r, r + d)``
+        inside the image (e.g. Bowsher's MR-selected neighbours,
+        :func:`~sirf_diffusion.recon.bowsher.bowsher_weights`).
     """
 
     #: Smallest ``lower_ratio`` for which :meth:`separable_curvature` is valid.
@@ -150,12 +155,14 @@ class NeighbourhoodPrior(abc.ABC):
     def __init__(self, penalisation_factor: float = 1.0, *,
                  neighbourhood: Neighbourhood = "26",
                  voxel_size_mm: Sequence[float] = (1.0, 1.0, 1.0),
-                 kappa: torch.Tensor | None = None) -> None:
+                 kappa: torch.Tensor | None = None,
+                 pair_weights: Mapping[tuple[int, int, int], torch.Tensor] | None = None) -> None:
         self.set_penalisation_factor(penalisation_factor)
         self.neighbourhood = neighbourhood
         self.voxel_size_mm = _check_voxel_size(voxel_size_mm)
         self.offsets = neighbourhood_offsets(neighbourhood, self.voxel_size_mm)
         self.set_kappa(kappa)
+        self.set_pair_weights(pair_weights)
 
     # ------------------------------------------------------------ pair potential (subclasses)
     @abc.abstractmethod
@@ -182,6 +189,14 @@ class NeighbourhoodPrior(abc.ABC):
         if self._kappa is not None and tuple(self._kappa.shape[-3:]) != tuple(x.shape[-3:]):
             raise ValueError(f"kappa has shape {tuple(self._kappa.shape)} but the image has shape "
                              f"{tuple(x.shape)}: their last three dimensions must agree")
+        if self._pair_weights is not None:
+            for d, _ in self.offsets:
+                want = tuple(max(n - abs(k), 0) for n, k in zip(x.shape[-3:], d))
+                if tuple(self._pair_weights[d].shape[-3:]) != want:
+                    raise ValueError(f"pair_weights[{d}] has shape "
+                                     f"{tuple(self._pair_weights[d].shape)}; the image "
+                                     f"{tuple(x.shape)} has pairs of shape {want} for that "
+                                     "offset (weights made for another image grid?)")
 
     # ------------------------------------------------------------ generic machinery
     def _pairs(self, x: torch.Tensor):
@@ -193,6 +208,8 @@ class NeighbourhoodPrior(abc.ABC):
             if a.numel() == 0:
                 continue
             weight = w if kappa is None else w * kappa[sa] * kappa[sb]
+            if self._pair_weights is not None:
+                weight = weight * self._pair_weights[d].to(device=x.device, dtype=x.dtype)
             yield sa, sb, weight, a, b
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
@@ -303,6 +320,29 @@ class NeighbourhoodPrior(abc.ABC):
         """The ``kappa`` image (``None``: all ones)."""
         return self._kappa
 
+    def set_pair_weights(self,
+                         pair_weights: Mapping[tuple[int, int, int], torch.Tensor] | None) -> None:
+        """Set (or clear with ``None``) the per-pair weights (one tensor per forward offset of
+        the neighbourhood, finite and non-negative)."""
+        if pair_weights is not None:
+            want = {d for d, _ in self.offsets}
+            got = {tuple(int(k) for k in d) for d in pair_weights}
+            if got != want:
+                raise ValueError(f"pair_weights must have one tensor per forward offset of the "
+                                 f"{self.neighbourhood!r} neighbourhood {sorted(want)}, got "
+                                 f"{sorted(got)}")
+            pair_weights = {tuple(int(k) for k in d): v for d, v in pair_weights.items()}
+            for d, v in pair_weights.items():
+                if not isinstance(v, torch.Tensor) or v.ndim < 3:
+                    raise ValueError(f"pair_weights[{d}] must be a tensor [..., z, y, x]")
+                if not torch.isfinite(v).all() or (v < 0).any():
+                    raise ValueError(f"pair_weights[{d}] must be finite and >= 0")
+        self._pair_weights = pair_weights
+
+    def get_pair_weights(self) -> dict[tuple[int, int, int], torch.Tensor] | None:
+        """The per-pair weights (``None``: all ones)."""
+        return self._pair_weights
+
     def get_value(self, x: torch.Tensor) -> torch.Tensor:
         """Alias of :meth:`value` (SIRF ``get_value``)."""
         return self.value(x)
@@ -343,7 +383,7 @@ class RelativeDifferencePrior(NeighbourhoodPrior):
     epsilon
         ``epsilon >= 0`` (STIR default 0; a small positive value, e.g. ``1e-3`` x the expected
         image maximum, makes the prior smooth at zero, as used in PETRIC).
-    neighbourhood, voxel_size_mm, kappa
+    neighbourhood, voxel_size_mm, kappa, pair_weights
         See :class:`NeighbourhoodPrior`.
     """
 
@@ -353,9 +393,10 @@ class RelativeDifferencePrior(NeighbourhoodPrior):
     def __init__(self, penalisation_factor: float = 1.0, *, gamma: float = 2.0,
                  epsilon: float = 0.0, neighbourhood: Neighbourhood = "26",
                  voxel_size_mm: Sequence[float] = (1.0, 1.0, 1.0),
-                 kappa: torch.Tensor | None = None) -> None:
+                 kappa: torch.Tensor | None = None,
+                 pair_weights: Mapping[tuple[int, int, int], torch.Tensor] | None = None) -> None:
         super().__init__(penalisation_factor, neighbourhood=neighbourhood,
-                         voxel_size_mm=voxel_size_mm, kappa=kappa)
+                         voxel_size_mm=voxel_size_mm, kappa=kappa, pair_weights=pair_weights)
         self.set_gamma(gamma)
         self.set_epsilon(epsilon)
 
