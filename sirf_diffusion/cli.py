@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "simulate a low-count brain scan and compare reconstructions"),
     "train": ("train", "train 2D score networks on simulated PET slices"),
     "sample": ("sample", "draw unconditional samples from a prior and save a PNG grid"),
+    "train-fbsem": ("train_fbsem", "train an FBSEM-net (unrolled EM with a CNN regulariser) "
+                                   "on paired simulated data"),
 }
 
 class UsageError(Exception):
