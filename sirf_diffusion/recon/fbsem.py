@@ -83,6 +83,8 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 #: Voxel sizes may differ from the training data's by this fraction before a model is refused.
 VOXEL_TOLERANCE = 0.1
+#: Count levels up to this fraction outside the training range pass without a warning.
+COUNTS_TOLERANCE = 0.25
 
 
 def default_fbsem_dir() -> Path:
@@ -361,6 +363,8 @@ def load_fbsem(directory: str | os.PathLike[str] | None = None,
                map_location: str | torch.device = "cpu") -> tuple[FBSEMNet, dict[str, Any]]:
     """Load an FBSEM-net folder (default: the shipped one) in eval mode, without executing code.
 
+    ``directory`` may also be a ``train-fbsem`` run folder (its model is ``directory/model``).
+
     Returns the network and its ``config.json`` contents.
 
     Raises
@@ -374,6 +378,8 @@ def load_fbsem(directory: str | os.PathLike[str] | None = None,
     from safetensors.torch import load
 
     directory = Path(directory) if directory is not None else default_fbsem_dir()
+    if not (directory / CONFIG_FILE).exists() and (directory / "model" / CONFIG_FILE).is_file():
+        directory = directory / "model"  # a train-fbsem run folder
     meta = read_fbsem_config(directory)
     cfg_path = directory / CONFIG_FILE
     try:
@@ -409,7 +415,8 @@ def check_applicability(meta: dict[str, Any], likelihood: Likelihood,
 
     Raises ``ValueError`` when the voxel size differs by more than :data:`VOXEL_TOLERANCE` (the
     CNN's filters are in voxels); returns warnings for a different image grid or a count level
-    (net counts per voxel, :func:`counts_per_voxel`) outside the training range.
+    (net counts per voxel, :func:`counts_per_voxel`) more than :data:`COUNTS_TOLERANCE` outside
+    the training range (whose ends are estimated from a few training pairs).
     """
     t = meta["trained_on"]
     out: list[str] = []
@@ -425,7 +432,7 @@ def check_applicability(meta: dict[str, Any], likelihood: Likelihood,
                    f"{t['image_shape'][2]} images; the data's are {shape[1]} x {shape[2]}")
     lo, hi = t["counts_per_voxel"]
     nu = counts_per_voxel(likelihood) if nu is None else nu
-    if not lo <= nu <= hi:
+    if not lo / (1 + COUNTS_TOLERANCE) <= nu <= hi * (1 + COUNTS_TOLERANCE):
         doses = t.get("counts_per_mm3")
         dose = f" ({doses[0]:g}-{doses[1]:g} counts/mm^3)" if doses else ""
         out.append(f"the data have {nu:.3g} net counts per voxel, outside the {lo:.3g}-{hi:.3g} "
@@ -457,9 +464,10 @@ def fbsem_reconstruct(likelihood: Likelihood, model: str | os.PathLike[str] | FB
     t0 = time.perf_counter()
     with torch.no_grad(), likelihood.count_projections() as cost:
         x = net(likelihood, progress=progress)
+        r = net.relative_beta(nu).item()
     c = net.config
     return FBSEMResult(image=x, wall_time_s=time.perf_counter() - t0,
                        num_network_evaluations=c.num_iterations * c.num_subsets,
                        num_likelihood_evaluations=cost.forward,
-                       beta_relative=float(net.relative_beta(nu)), counts_per_voxel=nu,
+                       beta_relative=r, counts_per_voxel=nu,
                        warnings=messages)
