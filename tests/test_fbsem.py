@@ -63,8 +63,8 @@ def test_fusion_step_is_stationary_by_finite_differences():
     derivative = (_surrogate(z + h, s, x_em, x_reg, beta)
                   - _surrogate(z - h, s, x_em, x_reg, beta)) / (2 * h)
     assert derivative.abs().max() < 1e-6 * s.max()
-    curvature = (_surrogate(z + 1e-3, s, x_em, x_reg, beta) - 2 * _surrogate(z, s, x_em, x_reg, beta)
-                 + _surrogate(z - 1e-3, s, x_em, x_reg, beta))
+    q = [_surrogate(z + d, s, x_em, x_reg, beta) for d in (-1e-3, 0.0, 1e-3)]
+    curvature = q[0] - 2 * q[1] + q[2]
     assert (curvature < 0).all()
 
 

@@ -116,7 +116,8 @@ def test_refuses_to_overwrite_and_to_resume_with_another_config(tmp_path):
     # a corrupt only checkpoint: one clear error
     for p in list_checkpoints(tmp_path / "run"):
         p.write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="no usable checkpoint"):
+    with pytest.raises(CheckpointError, match="no usable checkpoint"), \
+            pytest.warns(UserWarning, match="corrupt or truncated"):
         train_fbsem(_config(steps=4), tmp_path / "run", resume=True, progress=False,
                     sources=_sources())
 

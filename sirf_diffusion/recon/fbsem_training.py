@@ -55,14 +55,12 @@ from ..diffusion.checkpointing import (
 )
 from ..diffusion.datasets import derive_seed
 from ..diffusion.ema import EMA
+from ..diffusion.training import _check_resumable
 from ..io.atomic import OutputExistsError, make_dir, write_json
 from .fbsem import FBSEMConfig, FBSEMNet, counts_per_voxel, save_fbsem
 
 __all__ = ["FBSEMTrainConfig", "train_fbsem", "relative_squared_error", "pair_sources"]
 
-#: Fields that may change when a run is resumed.
-RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "keep_checkpoints", "val_every",
-                               "device"})
 _TAG_INIT, _TAG_PAIRS, _TAG_VAL = 21, 22, 23
 
 
@@ -85,7 +83,8 @@ class FBSEMTrainConfig:
         Training and validation subjects (first seeds of each split), validation pairs, and the
         dose range in counts/mm^3 (log-uniform).
     val_every, checkpoint_every, keep_checkpoints, device
-        Housekeeping (may change on resume).
+        Housekeeping: with ``steps``, what may change on resume (the prior trainer's rule,
+        :func:`sirf_diffusion.diffusion.training._check_resumable`).
     """
 
     steps: int = 300
@@ -264,15 +263,6 @@ def _likelihood(source: Any, example: Any) -> Any:
 # ----------------------------------------------------------------------------- training
 def _lr_at(cfg: FBSEMTrainConfig, step: int) -> float:
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
-
-
-def _check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
-    diff = sorted(k for k in set(saved) | set(current)
-                  if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
-    if diff:
-        details = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff)
-        raise ValueError(f"cannot resume: the config differs from the checkpoint's in {details} "
-                         f"(only {sorted(RESUMABLE_CHANGES)} may change)")
 
 
 def _trained_on(cfg: FBSEMTrainConfig, probes: list[tuple[Any, Any]]) -> dict[str, Any]:
