@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="prior folder (default: shipped)")
     p.add_argument("--osem-epochs", type=int, default=12)
     p.add_argument("--rdp-beta", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0, 4.0, 8.0])
+    p.add_argument("--map-iterations", type=int, default=15,
+                   help="MAP-EM-RDP epochs (from 2 OSEM epochs)")
     p.add_argument("--subsets", type=int, default=12, help="OSEM/MAP-EM subsets")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1)
@@ -92,7 +94,7 @@ def _jobs(args: argparse.Namespace, s: dict[str, Any], subject: int, counts: flo
     base = ev.Job(subject=subject, counts=counts, realisation=realisation,
                   **ev.scan_seeds(args.seed, subject, counts, realisation), num_views=None,
                   subsets=args.subsets, osem_epochs=args.osem_epochs, map_init_epochs=2,
-                  map_iterations=15, rdp_beta=list(args.rdp_beta), dps_zeta=[],
+                  map_iterations=args.map_iterations, rdp_beta=list(args.rdp_beta), dps_zeta=[],
                   dds_beta=[D["dds"]["beta"]], dds_subsets=D["dds"]["num_subsets"], dds_epochs=1,
                   lisch_k=[D["lisch"]["num_mlem_iterations"]],
                   lisch_max_steps=D["lisch"]["max_likelihood_steps"],
@@ -192,7 +194,8 @@ def write_markdown(path: Path, command: str, settings: dict[str, Any], summary: 
              f"Wall time: {wall / 60:.1f} min  ",
              f"Subjects {settings['subject_seeds']}, {settings['realisations']} realisations, "
              f"doses {settings['counts']} counts/mm^3.  OSEM: best epoch of "
-             f"{settings['osem_epochs']}; MAP-EM-RDP: best beta of {settings['rdp_beta']}; "
+             f"{settings['osem_epochs']}; MAP-EM-RDP ({settings['map_iterations']} epochs): best "
+             f"beta of {settings['rdp_beta']}; "
              "PET-LiSch, PET-DDS, PET-DEFT: CLI defaults (steps as named).", ""]
     for note in extra["notes"]:
         lines.append(f"*{note}*  ")
@@ -272,6 +275,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     command = "python benchmarks/evaluate_supervised.py " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     settings = {**s, "subject_seeds": seeds, "osem_epochs": args.osem_epochs,
+                "map_iterations": args.map_iterations,
                 "rdp_beta": args.rdp_beta, "methods": methods, "workers": args.workers,
                 "threads": args.threads, "deft_steps": args.deft_steps,
                 "fbsem_model": args.fbsem_model, "deft_model": args.deft_model}

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import poisson_problem
+from test_sirf_adapter import problem  # noqa: F401  (the SIRF stand-in's problem fixture)
 
 from sirf_diffusion.recon.fbsem import (
     FBSEMConfig,
@@ -219,3 +220,22 @@ def test_shipped_model_loads_when_present():
     assert meta["trained_on"]["image_shape"] == [1, 128, 128]
     assert isinstance(net, FBSEMNet)
     assert Path(default_fbsem_dir() / "model.safetensors").stat().st_size < 1_000_000
+
+
+def test_runs_on_a_sirf_objective_function_as_on_the_embedded_physics(problem):  # noqa: F811
+    """Through SIRF's objective (the stand-in of tests/fake_sirf.py, STIR-like subsets) the
+    network gives the image it gives on the dense oracle physics with the same subsets."""
+    from test_sirf_adapter import IMG, _dense_subsets, _objective
+
+    from sirf_diffusion.integrations.sirf import ObjectiveFunctionLikelihood
+    from sirf_diffusion.likelihood import PoissonLogLikelihood
+    from sirf_diffusion.physics.base import DenseMatrixPhysics
+
+    problem["am"].a = None  # the objective route's uniform image has no background to remove
+    net = _tiny_net(torch.float64)
+    lik = ObjectiveFunctionLikelihood(_objective(problem, TINY.num_subsets), problem["img"],
+                                      num_subsets=TINY.num_subsets)
+    plain = DenseMatrixPhysics(problem["dense"].matrix, IMG, problem["dense"].data_shape)
+    dense = PoissonLogLikelihood(_dense_subsets(plain, TINY.num_subsets), problem["y"])
+    with torch.no_grad():
+        torch.testing.assert_close(net(lik).double(), net(dense), rtol=1e-4, atol=1e-5)
