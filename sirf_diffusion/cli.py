@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "personalise": ("personalise", "fine-tune the prior to a case's anatomy (MR-registered "
                                    "pseudo-PET)"),
     "sample": ("sample", "draw unconditional samples from a prior and save a PNG grid"),
+    "train-fbsem": ("train_fbsem", "train an FBSEM-net (unrolled EM with a CNN regulariser) "
+                                   "on paired simulated data"),
 }
 
 class UsageError(Exception):

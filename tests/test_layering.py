@@ -39,6 +39,8 @@ LAYERS: dict[str, int] = {
     "sirf_diffusion.data": 3,
     "sirf_diffusion.likelihood": 3,
     "sirf_diffusion.recon": 4,
+    # FBSEM-net's trainer reuses the prior trainer's checkpoints and EMA (a training module)
+    "sirf_diffusion.recon.fbsem_training": 5,
     "sirf_diffusion.diffusion": 5,
     "sirf_diffusion.samplers": 6,
     "sirf_diffusion.integrations": 7,

@@ -30,11 +30,13 @@ from .arguments import (
 )
 
 __all__ = ["add_arguments", "run", "reconstruct_classical", "run_diffusion_method",
-           "CLASSICAL", "DIFFUSION", "CLASSICAL_DEFAULTS", "APPLIES_TO", "default_beta",
-           "BOWSHER_NEIGHBOURS", "BOWSHER_BETA"]
+           "CLASSICAL", "DIFFUSION", "SUPERVISED", "CLASSICAL_DEFAULTS", "APPLIES_TO",
+           "default_beta", "BOWSHER_NEIGHBOURS", "BOWSHER_BETA"]
 
 CLASSICAL = ("mlem", "osem", "mapem-rdp", "mapem-quadratic")
 DIFFUSION = ("lisch", "dds", "dps")
+#: Trained reconstruction networks (FBSEM-net, :mod:`sirf_diffusion.recon.fbsem`).
+SUPERVISED = ("fbsem",)
 _MAP = ("mapem-rdp", "mapem-quadratic")
 
 #: Defaults of the classical methods.  ``beta``: the MAP penalisation factor used when neither
@@ -70,6 +72,7 @@ APPLIES_TO: dict[str, tuple[str, ...]] = {
     "zeta": ("dps",),
     "axial_penalty": ("dds",),
     "resample_prior": DIFFUSION,
+    "fbsem_model": ("fbsem",),
 }
 
 
@@ -82,7 +85,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = METHOD_DEFAULTS
     p.add_argument("case", help="case folder in PETRIC's layout (prompts.hs, mult_factors.hs, "
                                 "additive_term.hs, ...)")
-    p.add_argument("--method", choices=CLASSICAL + DIFFUSION, default="osem",
+    p.add_argument("--method", choices=CLASSICAL + DIFFUSION + SUPERVISED, default="osem",
                    help="reconstruction method (default: %(default)s)")
     p.add_argument("--out", metavar="DIR", required=True,
                    help="output folder: created, or empty, or replaced with --overwrite")
@@ -129,6 +132,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(value-preserving resampling at the prior boundary); for images whose "
                         "voxel size differs from it by more than 10 %% (default: off, with a "
                         "warning)")
+    p.add_argument("--fbsem-model", metavar="DIR", default=None,
+                   help="FBSEM-net: model folder, or a train-fbsem run folder (default: the "
+                        "shipped model)")
     p.add_argument("--physics", choices=("torch", "stir", "sirf"), default="torch",
                    help="physics backend; stir/sirf need the toolkits (default: %(default)s)")
     p.add_argument("--seed", metavar="S", type=non_negative_int, default=None,
@@ -238,6 +244,9 @@ def run_diffusion_method(method: str, likelihood: Any, denoiser: Any, *,
 
 
 def _describe(method: str, config: dict[str, Any]) -> str:
+    if method in SUPERVISED:
+        return f"{method} ({config['fbsem']['num_iterations']} iterations x " \
+               f"{config['fbsem']['num_subsets']} subsets, trained network)"
     if method in DIFFUSION:
         s = config["sampler"]
         extra = f", K {s['num_mlem_iterations']}" if "num_mlem_iterations" in s else ""
@@ -293,7 +302,8 @@ def run(args: argparse.Namespace) -> int:
     check_applicable(args, method, APPLIES_TO)
     device = check_device(args.device)
     results = ResultSet(args.out, overwrite=args.overwrite,
-                        protect={"case folder": args.case, "model folder": args.model})
+                        protect={"case folder": args.case, "model folder": args.model,
+                                 "FBSEM-net model folder": args.fbsem_model})
     case, meta = load_case(args.case)
     shape = case.image_geometry.shape
     if args.axial_penalty is not None and shape[0] < 2:
@@ -314,6 +324,12 @@ def run(args: argparse.Namespace) -> int:
         for message in check_prior_grid(denoiser, shape, voxel, field_of_view=False):
             print(f"sirf-diffusion reconstruct: warning: {message}", file=sys.stderr)
 
+    fbsem = None
+    if method == "fbsem":
+        from ..recon.fbsem import load_fbsem
+
+        fbsem = load_fbsem(args.fbsem_model, map_location=device)
+
     progress = not args.no_progress
     resolved: dict[str, Any] = {"command": "reconstruct", **vars(args)}
     with results as staging:
@@ -322,7 +338,17 @@ def run(args: argparse.Namespace) -> int:
         lik = PoissonLogLikelihood(model, prompts)
         t0 = time.perf_counter()
         extra_row = None
-        if denoiser is not None:
+        if fbsem is not None:
+            from ..recon.fbsem import fbsem_reconstruct
+
+            res = fbsem_reconstruct(lik, fbsem[0], meta=fbsem[1], warn=False, progress=progress)
+            for message in res.warnings:
+                print(f"sirf-diffusion reconstruct: warning: {message}", file=sys.stderr)
+            x = res.image
+            resolved.update(fbsem=fbsem[0].config.to_dict(), fbsem_warnings=res.warnings,
+                            num_network_evaluations=res.num_network_evaluations,
+                            num_likelihood_evaluations=res.num_likelihood_evaluations)
+        elif denoiser is not None:
             result = run_diffusion_method(
                 method, lik, denoiser, num_steps=args.steps,
                 num_mlem_iterations=args.mlem_iterations, num_samples=args.samples,

@@ -1,0 +1,87 @@
+"""``sirf-diffusion train-fbsem``: train an FBSEM-net on paired data, resumable, by one command.
+
+``--out`` is the run folder (``checkpoints/``, ``loss.csv``, ``val_loss.csv``,
+``train_config.json``) and holds the exported model in ``--out/model`` (what
+``reconstruct --method fbsem --fbsem-model`` reads; the run folder itself is accepted too).
+Nothing is overwritten: without ``--resume`` the folder must be absent or empty; ``--resume``
+continues the run in it (or starts one in an absent or empty folder, so that one command both
+starts and continues a run) and refuses a folder that holds no run of its own.  A run that fails
+before its first checkpoint leaves no folder behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from .arguments import positive_int
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``train-fbsem``."""
+    p.add_argument("--out", metavar="DIR", required=True,
+                   help="run folder (checkpoints, losses; the model in DIR/model): created, or "
+                        "empty, or continued with --resume")
+    p.add_argument("--config", metavar="JSON", default=None,
+                   help="JSON training config, e.g. configs/fbsem.json (default: the "
+                        "FBSEMTrainConfig defaults)")
+    p.add_argument("--steps", metavar="N", type=positive_int, default=None,
+                   help="number of optimiser steps (default: the config's)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _load_config(path: str | None, steps: int | None) -> Any:
+    from ..recon.fbsem_training import FBSEMTrainConfig
+
+    if path is not None and not Path(path).is_file():
+        raise ValueError(f"--config {path}: file not found")
+    try:
+        cfg = FBSEMTrainConfig() if path is None else FBSEMTrainConfig.from_json(path)
+        if steps is not None:
+            cfg = FBSEMTrainConfig.from_dict({**cfg.to_dict(), "steps": steps})
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"--config {path}: {exc}") from None
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train (module docstring for what is refused)."""
+    from ..diffusion.checkpointing import list_checkpoints
+    from ..recon.fbsem_training import train_fbsem
+    from .output import check_location, entries, make_folders, preview, remove_folders
+
+    cfg = _load_config(args.config, args.steps)
+    folder = check_location(args.out, "--out", {"--config file": args.config},
+                            replaces_folder=False)
+    old = entries(folder, "--out") if folder.is_dir() else []
+    has_run = bool(list_checkpoints(folder))
+    if old and not args.resume:
+        hint = ("it holds an FBSEM-net run: pass --resume to continue it" if has_run
+                else "choose an empty or new folder")
+        raise ValueError(f"--out {args.out} is not empty (it holds {preview(old)}): {hint}")
+    if old and not has_run:
+        raise ValueError(f"--resume: --out {args.out} holds no FBSEM-net run (no checkpoint in "
+                         f"checkpoints/, but {preview(old)}): there is nothing to continue; "
+                         "choose another folder")
+    created = make_folders(folder)
+    command = "sirf-diffusion train-fbsem " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
+        if len(sys.argv) > 1 and sys.argv[1] == "train-fbsem" else None
+    try:
+        model = train_fbsem(cfg, folder, resume=args.resume, progress=not args.no_progress,
+                            command=command)
+    except BaseException:
+        if not has_run and not list_checkpoints(folder):
+            for e in folder.iterdir():
+                shutil.rmtree(e) if e.is_dir() and not e.is_symlink() else e.unlink()
+            remove_folders(created)
+        raise
+    print(f"train-fbsem: model in {Path(args.out) / model.name} ({cfg.steps} steps)")
+    return 0
