@@ -50,10 +50,11 @@ DEFAULT_BLOCKS: tuple[type[nn.Module], ...] = (ResBlock, Attention)
 class LoRALayer(nn.Module):
     """``base(x) + (alpha / rank) * up(down(x))`` around a frozen ``Conv2d`` or ``Linear``."""
 
-    def __init__(self, base: nn.Module, rank: int, alpha: float) -> None:
+    def __init__(self, base: nn.Module, rank: int, alpha: float,
+                 generator: torch.Generator | None = None) -> None:
         super().__init__()
         w = base.weight
-        kw = {"device": w.device, "dtype": torch.float32}
+        kw = {"dtype": torch.float32}  # built on the CPU (the generator's), then moved
         if isinstance(base, nn.Conv2d):
             if base.groups != 1 or base.padding_mode != "zeros":
                 raise ValueError("LoRA wraps convolutions with groups=1 and zero padding only")
@@ -61,15 +62,18 @@ class LoRALayer(nn.Module):
                                              base.stride, base.padding,  # type: ignore[arg-type]
                                              base.dilation, bias=False, **kw)
             self.up: nn.Module = nn.Conv2d(rank, base.out_channels, 1, bias=False, **kw)
-            if w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous():
-                self.to(memory_format=torch.channels_last)
         elif isinstance(base, nn.Linear):
             self.down = nn.Linear(base.in_features, rank, bias=False, **kw)
             self.up = nn.Linear(rank, base.out_features, bias=False, **kw)
         else:
             raise TypeError(f"LoRA wraps Conv2d and Linear layers, not {type(base).__name__}")
-        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))  # PyTorch's default init
+        # PyTorch's default (Kaiming-uniform) initialisation, from the given generator
+        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5), generator=generator)
         nn.init.zeros_(self.up.weight)
+        self.to(w.device)
+        if w.ndim == 4 and w.is_contiguous(memory_format=torch.channels_last) \
+                and not w.is_contiguous():
+            self.to(memory_format=torch.channels_last)
         self.base, self.rank, self.scale = base, int(rank), float(alpha) / rank
         self._original: torch.Tensor | None = None  # base weight while merged
 
@@ -159,7 +163,8 @@ class LoRA:
 
 def inject_lora(model: nn.Module, rank: int = 8, alpha: float | None = None,
                 blocks: tuple[type[nn.Module], ...] = DEFAULT_BLOCKS,
-                layers: list[str] | None = None) -> LoRA:
+                layers: list[str] | None = None, generator: torch.Generator | None = None
+                ) -> LoRA:
     """Wrap layers of ``model`` in place with fresh adapters and freeze everything else.
 
     Parameters
@@ -173,6 +178,8 @@ def inject_lora(model: nn.Module, rank: int = 8, alpha: float | None = None,
         Every ``Conv2d``/``Linear`` inside modules of these types is wrapped.
     layers
         Alternatively the qualified names of the layers to wrap (as :meth:`LoRA.save` records).
+    generator
+        Source of the down-projections' random initialisation (default: torch's global one).
     """
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")
@@ -195,7 +202,7 @@ def inject_lora(model: nn.Module, rank: int = 8, alpha: float | None = None,
     wrapped: dict[str, LoRALayer] = {}
     for name in layers:
         parent, _, attr = name.rpartition(".")
-        wrapped[name] = LoRALayer(named[name], rank, alpha)
+        wrapped[name] = LoRALayer(named[name], rank, alpha, generator)
         setattr(named[parent] if parent else model, attr, wrapped[name])
     return LoRA(wrapped, rank, alpha, sha)
 
