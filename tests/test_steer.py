@@ -174,3 +174,37 @@ def test_sirf_objective_route_steers_like_the_embedded_physics():
     b = reconstruct("lisch", dense, model, generator=torch.Generator().manual_seed(2), **kw)
     np.testing.assert_allclose(a.mean.numpy(), b.mean.numpy(), rtol=2e-3, atol=2e-3)
     assert isinstance(problem["img"], fs.ImageData)
+
+
+# ------------------------------------------------------------------------- command line
+def test_cli_reconstruct_steer(cli_case, tiny_prior, tmp_path, capsys):
+    import json
+
+    from sirf_diffusion.cli import main
+
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(cli_case), "--method", "lisch", "--model", str(tiny_prior),
+                 "--steps", "3", "--mlem-iterations", "2", "--samples", "1", "--steer",
+                 "--steer-rank", "2", "--steer-adam-steps", "1", "--steer-lr", "0.01",
+                 "--out", str(out), "--no-progress"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    s = config["sampler"]
+    assert s["steer"] is True and s["steer_rank"] == 2 and s["steer_steps"] == [0, 1]
+    assert s["steer_adam_steps"] == 1 and s["steer_lr"] == 0.01
+    assert "steered (rank 2)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--method", "lisch", "--steer-rank", "4"], "--steer-rank applies only with --steer"),
+    (["--method", "osem", "--steer"], "--steer does not apply to method osem"),
+    (["--method", "dps", "--steer"], "--steer does not apply to method dps"),
+    (["--method", "lisch", "--steer", "--steer-lr", "0"], "argument --steer-lr"),
+])
+def test_cli_steer_flags_are_checked(cli_case, tmp_path, capsys, args, needle):
+    from sirf_diffusion.cli import main
+
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(cli_case), *args, "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err, err
+    assert not out.exists()
