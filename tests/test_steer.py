@@ -62,7 +62,7 @@ def test_misfit_gradient_is_the_gradient_of_the_poisson_nll():
     x = torch.randn(2, 1, 8, 8, generator=g) * 0.5 + 1.0
     sigma = torch.full((2,), 0.4)
     params = list(lora.parameters())
-    loss = s.adaptation.misfit_backward(s.denoiser, x, sigma)
+    loss = -float(s.adaptation.misfit_backward(s.denoiser, x, sigma).sum())
     ours = [p.grad.clone() for p in params]
     for p in params:
         p.grad = None

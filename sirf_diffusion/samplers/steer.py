@@ -144,9 +144,11 @@ class SteeringAdaptation:
             raise ValueError("steering needs LoRA adapters on the denoiser")
         self.optimizer = torch.optim.Adam(params, lr=self.lr)
 
-    def misfit_backward(self, denoiser: Denoiser, x: torch.Tensor, sigma: torch.Tensor) -> float:
-        """The batch's Poisson NLL ``-sum_n L(u_theta^n)`` (module docstring; up to a constant)
-        with its gradient accumulated into the adapters' ``.grad``."""
+    def misfit_backward(self, denoiser: Denoiser, x: torch.Tensor, sigma: torch.Tensor
+                        ) -> torch.Tensor:
+        """The log-likelihoods ``L(u_theta^n)`` of the chains (module docstring), with the
+        gradient of the batch's Poisson NLL ``-sum_n L(u_theta^n)`` accumulated into the
+        adapters' ``.grad``."""
         with torch.enable_grad():
             u = self.normalisation.from_prior(torch.clamp(denoiser(x, sigma), min=0))
             if self._fov is None:
@@ -156,7 +158,7 @@ class SteeringAdaptation:
             value, grad = self.likelihood.value_and_gradient(u.detach())
             # d(-L)/dtheta = -(du/dtheta)^T grad L: autograd through the network only
             (-(grad.to(u.dtype) * u).sum()).backward()
-        return -float(value.sum())
+        return value.detach()
 
     def __call__(self, context: StepContext) -> None:
         if context.step not in self.schedule:
@@ -167,7 +169,8 @@ class SteeringAdaptation:
         with self.likelihood.count_projections() as cost:
             for _ in range(self.adam_steps):
                 self.optimizer.zero_grad(set_to_none=True)
-                losses.append(self.misfit_backward(context.denoiser, x, sigma))
+                pll = self.misfit_backward(context.denoiser, x, sigma)
+                losses.append(-float(pll.sum()))
                 self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         context.info["steer_loss"] = losses
