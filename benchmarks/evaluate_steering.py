@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None,
                    help="generative steps (default: PET-LiSch's METHOD_DEFAULTS; --quick: 4)")
     p.add_argument("--samples", type=int, default=1, help="chains per diffusion reconstruction")
+    p.add_argument("--num-views", type=int, default=None,
+                   help="sinogram views (a divisor of 252 that 12 divides; default: all)")
     p.add_argument("--osem-epochs", type=int, default=None, help=f"OSEM sweep {d('osem_epochs')}")
     p.add_argument("--rdp-beta", type=float, nargs="+", default=None,
                    help=f"MAP-EM-RDP penalisation factors {d('rdp_beta')}")
@@ -123,7 +125,8 @@ def evaluate_domain(domain: str, args: argparse.Namespace, s: dict[str, Any],
     spec = DOMAINS[domain]
     lesions = args.lesion_load if spec["lesions"] is None else spec["lesions"]
     jobs = [em.Job(subject=sub, counts=args.counts, realisation=r,
-                   **em.scan_seeds(args.seed, sub, args.counts, r), num_views=None, subsets=12,
+                   **em.scan_seeds(args.seed, sub, args.counts, r), num_views=args.num_views,
+                   subsets=12,
                    osem_epochs=s["osem_epochs"], map_init_epochs=2,
                    map_iterations=s["map_iterations"], rdp_beta=list(s["rdp_beta"]), dps_zeta=[],
                    dds_beta=[], dds_subsets=4, dds_epochs=1, lisch_k=list(s["lisch_k"]),

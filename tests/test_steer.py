@@ -208,3 +208,31 @@ def test_cli_steer_flags_are_checked(cli_case, tmp_path, capsys, args, needle):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and needle in err, err
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------- the benchmark
+def test_evaluate_steering_quick(tiny_prior, tmp_path):
+    import json
+    from pathlib import Path
+
+    from conftest import load_script
+
+    mod = load_script(Path(__file__).resolve().parents[1] / "benchmarks" / "evaluate_steering.py")
+    out = tmp_path / "steering"
+    res = mod.main(["--quick", "--model", str(tiny_prior / "xy"), "--num-views", "84",
+                    "--steps", "3", "--steer-adam-steps", "1", "--domains", "fdg-lesions",
+                    "--lesion-load", "3", "--out", str(out), "--no-progress"])
+    md = (out / "steering.md").read_text()
+    assert "## fdg-lesions (3 lesions)" in md and "## amyloid" not in md
+    assert md.count("| PET-LiSch-SCD |") == 1 and "hot spots" in md
+    assert (out / "steering.png").read_bytes()[:4] == b"\x89PNG"
+    data = json.loads((out / "results.json").read_text())
+    assert data == json.loads(json.dumps(res))
+    assert data["settings"]["steer"]["steer"] is True
+    jobs = data["jobs"]
+    assert {j["tracer"] for j in jobs} == {"fdg"} and {j["subject"] for j in jobs} == {0}
+    assert {j["lesions"] for j in jobs} == {3} and len(jobs) == 2
+    for domain in ("fdg-lesions",):
+        summary = data["results"][domain]["summary"]
+        assert list(summary) == list(mod.METHODS)
+        assert summary["lisch-scd"]["net_evals"] > summary["lisch"]["net_evals"]
