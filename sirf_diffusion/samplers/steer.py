@@ -22,7 +22,7 @@ sampling goes:
    .. math::
 
        \\ell(\\theta) = -L\\big(u_\\theta\\big), \\qquad
-       u_\\theta = \\mathbb 1_{\\mathrm{FOV}} \\cdot s \\max\\big(D_\\theta(x_i, \\sigma_i), 0\\big),
+       u_\\theta = \\mathbb 1_{\\mathrm{FOV}}\\, s \\max(D_\\theta(x_i, \\sigma_i), 0),
 
    ``L`` the Poisson log-likelihood of the data (``ell`` is the Poisson negative
    log-likelihood, ``sum ybar - y log ybar``, up to a constant), ``s`` the intensity
@@ -117,7 +117,8 @@ class SteeringAdaptation:
     adam_steps, lr
         ``K`` Adam steps per fit and their learning rate.
     fov_fraction
-        Field of view of the loss, as the data-consistency rules' (:func:`~.em_steps.field_of_view`).
+        Field of view of the loss, as the data-consistency rules'
+        (:func:`~.em_steps.field_of_view`).
 
     Notes
     -----
