@@ -162,7 +162,7 @@ def plot_domains(path: Path, results: dict[str, Any], examples: dict[str, Any]) 
     plt = em._pyplot()
     rows = list(results)
     ncol = 2 + len(METHODS)
-    fig, axes = plt.subplots(len(rows), ncol, figsize=(2.3 * ncol, 2.6 * len(rows)),
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(2.3 * ncol, 3.0 * len(rows)),
                              squeeze=False)
     for r, domain in enumerate(rows):
         o, case = examples[domain]
