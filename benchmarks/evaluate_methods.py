@@ -62,7 +62,7 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -119,6 +119,8 @@ class Job:
     samples: int = 1
     dps_samples: int = 1
     lesions: int = 2
+    tracer: str = "fdg"
+    lisch_options: dict[str, Any] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -264,7 +266,7 @@ def run_job(job: Job) -> dict[str, Any]:
 
     torch.set_num_threads(job.threads)
     cfg = SimulationConfig(seed=job.subject, counts_per_mm3=job.counts, noise_seed=job.noise_seed,
-                           num_views=job.num_views, lesions=job.lesions)
+                           num_views=job.num_views, lesions=job.lesions, tracer=job.tracer)
     scan = simulate_scan(cfg, progress=False)
     model = scan.acquisition_model(job.subsets)
     lik = PoissonLogLikelihood(model, scan.prompts)
@@ -313,7 +315,8 @@ def run_job(job: Job) -> dict[str, Any]:
         if "lisch" in runs:
             extra = ({} if job.lisch_max_steps is None
                      else {"max_likelihood_steps": job.lisch_max_steps})
-            settings += [("lisch", k, {"num_mlem_iterations": k, **extra}) for k in job.lisch_k]
+            settings += [("lisch", k, {"num_mlem_iterations": k, **extra, **job.lisch_options})
+                         for k in job.lisch_k]
         for method, value, options in settings:
             g = torch.Generator().manual_seed(job.sampler_seed)
             res = reconstruct(method, lik, denoiser, num_steps=job.steps, generator=g,

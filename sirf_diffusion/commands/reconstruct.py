@@ -73,7 +73,14 @@ APPLIES_TO: dict[str, tuple[str, ...]] = {
     "axial_penalty": ("dds",),
     "resample_prior": DIFFUSION,
     "fbsem_model": ("fbsem",),
+    "steer": ("lisch", "dds"),
+    "steer_rank": ("lisch", "dds"),
+    "steer_steps": ("lisch", "dds"),
+    "steer_adam_steps": ("lisch", "dds"),
+    "steer_lr": ("lisch", "dds"),
 }
+#: The flags that tune steering (``--steer`` switches it on).
+STEER_FLAGS = ("steer_rank", "steer_steps", "steer_adam_steps", "steer_lr")
 
 
 def _per_method(key: str, table: Any, methods: tuple[str, ...]) -> str:
@@ -127,6 +134,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="PET-DDS on a 3D case: weight of the axial relative difference prior "
                         "between neighbouring planes (PET-DDS's 3D regulariser, Singh et al. "
                         "2024; default: none)")
+    p.add_argument("--steer", action="store_const", const=True, default=None,
+                   help="PET-LiSch / PET-DDS: steerable conditional diffusion, LoRA adapters "
+                        "fitted to the data during sampling, for scans unlike the prior's "
+                        "training images (docs/steering.md; default: off)")
+    p.add_argument("--steer-rank", metavar="R", type=positive_int, default=None,
+                   help=f"with --steer: LoRA rank (default: {d['lisch']['steer_rank']})")
+    p.add_argument("--steer-steps", metavar="N", type=positive_int, default=None,
+                   help="with --steer: fit the adapter every N-th step (counted back from the "
+                        f"end) and at the last few (default: {d['lisch']['steer_steps']})")
+    p.add_argument("--steer-adam-steps", metavar="K", type=positive_int, default=None,
+                   help="with --steer: Adam steps per fit (default: "
+                        f"{d['lisch']['steer_adam_steps']})")
+    p.add_argument("--steer-lr", metavar="LR", type=positive_float, default=None,
+                   help=f"with --steer: Adam learning rate (default: {d['lisch']['steer_lr']:g})")
     p.add_argument("--resample-prior", action="store_const", const=True, default=None,
                    help="diffusion methods: denoise on the prior's training voxel size "
                         "(value-preserving resampling at the prior boundary); for images whose "
@@ -218,12 +239,13 @@ def run_diffusion_method(method: str, likelihood: Any, denoiser: Any, *,
                          num_steps: int | None = None, num_mlem_iterations: int | None = None,
                          num_samples: int | None = None, step_size: float | None = None,
                          axial_penalty: float | None = None, seed: int = 0,
-                         progress: bool = True) -> Any:
+                         progress: bool = True, steer: dict[str, Any] | None = None) -> Any:
     """PET-LiSch / PET-DDS / DPS of ``likelihood`` with ``denoiser``.
 
     ``None`` means the method's default (steps, samples, ``K``, DPS's misfit-normalised
     ``zeta`` = ``step_size``, ``eta``) from
-    :data:`~sirf_diffusion.samplers.defaults.METHOD_DEFAULTS`.
+    :data:`~sirf_diffusion.samplers.defaults.METHOD_DEFAULTS`.  ``steer``: the steering options
+    (``steer=True`` and any of ``steer_rank``...; :mod:`~sirf_diffusion.samplers.steer`).
     """
     from ..samplers.methods import reconstruct
 
@@ -236,6 +258,7 @@ def run_diffusion_method(method: str, likelihood: Any, denoiser: Any, *,
         options["step_size"] = d["step_size"] if step_size is None else step_size
     if axial_penalty is not None:
         options["axial_penalty"] = axial_penalty
+    options.update(steer or {})
     return reconstruct(method, likelihood, denoiser,
                        num_steps=d["num_steps"] if num_steps is None else num_steps,
                        num_samples=d["num_samples"] if num_samples is None else num_samples,
@@ -251,6 +274,7 @@ def _describe(method: str, config: dict[str, Any]) -> str:
         s = config["sampler"]
         extra = f", K {s['num_mlem_iterations']}" if "num_mlem_iterations" in s else ""
         extra += f", zeta {s['step_size']:g}" if "step_size" in s else ""
+        extra += f", steered (rank {s['steer_rank']})" if s.get("steer") else ""
         return f"{method} ({s['num_steps']} steps{extra}, mean of {s['num_samples']})"
     beta = f", beta {config['beta']:g}" if config.get("beta") is not None else ""
     if config.get("bowsher_neighbours"):
@@ -300,6 +324,9 @@ def run(args: argparse.Namespace) -> int:
 
     method = args.method
     check_applicable(args, method, APPLIES_TO)
+    unused = [f for f in STEER_FLAGS if getattr(args, f) is not None]
+    if unused and not args.steer:
+        raise ValueError(f"--{unused[0].replace('_', '-')} applies only with --steer")
     device = check_device(args.device)
     results = ResultSet(args.out, overwrite=args.overwrite,
                         protect={"case folder": args.case, "model folder": args.model,
@@ -353,7 +380,9 @@ def run(args: argparse.Namespace) -> int:
                 method, lik, denoiser, num_steps=args.steps,
                 num_mlem_iterations=args.mlem_iterations, num_samples=args.samples,
                 step_size=args.zeta, axial_penalty=args.axial_penalty, seed=args.seed or 0,
-                progress=progress)
+                progress=progress,
+                steer={k: getattr(args, k) for k in ("steer", *STEER_FLAGS)} if args.steer
+                else None)
             x = result.mean
             resolved["sampler"] = result.config
             resolved.update(num_network_evaluations=result.num_network_evaluations,

@@ -4,7 +4,8 @@
 maps VP times to VE noise levels, :mod:`.adapters` turns eps/v/score networks into denoisers,
 :class:`ScoreModel` (:mod:`.model`) is the trainable slice prior, :mod:`.modelio` saves and
 loads it without executing code, :class:`PerpendicularPrior3D` combines slice models into a 3D
-denoiser and :mod:`.sampling` draws unconditional samples.  At the prior boundary the models
+denoiser and :mod:`.sampling` draws unconditional samples; :mod:`.lora` adds low-rank
+adapters to a model without changing its weights.  At the prior boundary the models
 take any in-plane size (:mod:`.padding`), :func:`check_prior_grid` / :func:`fit_prior_to_grid`
 (:mod:`.grid`) check an image grid against the prior's training voxel size before any work, and
 :class:`ResampledDenoiser` (:mod:`.resampling`) denoises on the prior's voxel size and
@@ -17,6 +18,7 @@ from .adapters import EpsDenoiser, ScoreDenoiser, VDenoiser
 from .denoiser import Denoiser, score_from_denoiser
 from .grid import FIELD_OF_VIEW_RATIO, VOXEL_SIZE_TOLERANCE, check_prior_grid, fit_prior_to_grid
 from .loading import load_denoiser, load_slice_prior
+from .lora import LoRA, inject_lora, load_lora
 from .model import ORIENTATIONS, ScoreModel, ScoreModelConfig
 from .modelio import load_model, load_prior, save_model, save_prior
 from .normalisation import IntensityNormalisation
@@ -44,7 +46,7 @@ __all__ = [
     "PerpendicularPrior3D", "to_slices", "from_slices",
     "check_prior_grid", "fit_prior_to_grid", "ResampledDenoiser", "WindowedDenoiser",
     "object_window", "VOXEL_SIZE_TOLERANCE", "FIELD_OF_VIEW_RATIO",
-    "sampling_sigmas",
+    "sampling_sigmas", "LoRA", "inject_lora", "load_lora",
 ]
 
 

@@ -14,16 +14,24 @@ from typing import Any, Mapping
 
 __all__ = ["METHOD_DEFAULTS", "defaults_for"]
 
+# Steerable conditional diffusion (samplers/steer.py), off by default.  When on: the gentlest
+# setting tried on validation subjects 1 and 11 (amyloid, 2.5 counts/mm^3, docs/steering.md
+# section 4.1) was the only one within 0.003 NRMSE of PET-LiSch at its best K; larger learning
+# rates, more Adam steps or fits at the late steps only were 0.006-0.055 worse
+_STEER: Mapping[str, Any] = MappingProxyType({
+    "steer": False, "steer_rank": 4, "steer_steps": 2, "steer_adam_steps": 8, "steer_lr": 1e-4})
+
 METHOD_DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     # docs/evaluation/speed_accuracy: 15-20 steps with K 30 gave LiSch's lowest NRMSE at
     # 2.5 counts/mm^3 (0.2244-0.2246); 4-chain means: README demo (0.218 vs OSEM 0.259)
     "lisch": MappingProxyType({"num_steps": 20, "num_mlem_iterations": 30, "num_samples": 4,
-                               "eta": 0.0, "alpha": 1.0, "max_likelihood_steps": 20}),
+                               "eta": 0.0, "alpha": 1.0, "max_likelihood_steps": 20,
+                               **_STEER}),
     # docs/evaluation/speed_accuracy: PET-DDS's best NRMSE at 30 steps, one epoch of 4 subsets
     # per step (0.2274 with beta 0, 0.2262 with a relative beta of 0.1: within noise; a
     # physical beta depends on the data's scale, so the default is 0)
     "dds": MappingProxyType({"num_steps": 30, "beta": 0.0, "num_subsets": 4, "num_samples": 4,
-                             "eta": 0.0, "init_subsets": 1, "init_epochs": 10}),
+                             "eta": 0.0, "init_subsets": 1, "init_epochs": 10, **_STEER}),
     # docs/evaluation/dps_zeta_sweep: zeta 2000 (0.255) vs 3000 (0.254) within noise
     "dps": MappingProxyType({"num_steps": 50, "step_size": 2000.0, "num_samples": 1,
                              "eta": 0.0, "step_normalisation": "misfit", "init_subsets": 1,

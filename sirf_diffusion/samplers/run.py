@@ -73,6 +73,7 @@ from .lisch import LikelihoodScheduleDC, mlem_likelihood_schedule
 from .loop import DataConsistency, DiffusionStepper, check_sigmas, step_to_end
 from .posterior import summarise
 from .result import ReconResult
+from .steer import STEER_OPTIONS, steer_denoiser
 
 __all__ = ["Method", "MethodSpec", "METHODS", "COMMON_OPTIONS", "DiffusionRun", "prepare",
            "resolve_options", "default_sigmas"]
@@ -249,11 +250,11 @@ class MethodSpec:
 #: The one table of diffusion reconstruction methods.
 METHODS: Mapping[str, MethodSpec] = MappingProxyType({
     "lisch": MethodSpec("lisch", "Webber et al., IEEE TMI 2025 (arXiv 2412.04339)",
-                        ("num_mlem_iterations", "alpha", "max_likelihood_steps"),
-                        _prepare_lisch),
+                        ("num_mlem_iterations", "alpha", "max_likelihood_steps",
+                         *STEER_OPTIONS), _prepare_lisch),
     "dds": MethodSpec("dds", "Singh et al., MELBA 2024 (arXiv 2308.14190)",
                       ("beta", "num_subsets", "num_epochs", "num_subiterations", "axial_penalty",
-                       "penalty", "init_subsets", "init_epochs"), _prepare_dds),
+                       "penalty", "init_subsets", "init_epochs", *STEER_OPTIONS), _prepare_dds),
     "dps": MethodSpec("dps", "Chung et al., ICLR 2023; Singh et al., MELBA 2024",
                       ("step_size", "step_normalisation", "init_subsets", "init_epochs"),
                       _prepare_dps),
@@ -432,6 +433,11 @@ def prepare(method: Method, likelihood: Likelihood, denoiser: Denoiser,
     """
     given_steps = options.get("num_steps")
     opt = resolve_options(method, options)
+    if "steer" in opt and not isinstance(opt["steer"], bool):
+        raise ValueError(f"steer must be True or False, got {opt['steer']!r}")
+    unused = [k for k in STEER_OPTIONS[1:] if options.get(k) is not None]
+    if unused and not opt.get("steer"):
+        raise ValueError(f"option(s) {', '.join(unused)} apply only with steer=True")
     if not isinstance(likelihood, Likelihood):
         raise TypeError("likelihood must implement sirf_diffusion.likelihood.Likelihood (e.g. a "
                         f"PoissonLogLikelihood), got {type(likelihood).__name__}")
@@ -454,12 +460,21 @@ def prepare(method: Method, likelihood: Likelihood, denoiser: Denoiser,
                              opt["prior_window"])
     config["prior_window"] = (list(denoiser.window) if isinstance(denoiser, WindowedDenoiser)
                               else None)
+    adapt = noise_denoiser = None
+    if opt.get("steer"):  # steerable conditional diffusion (.steer): a fresh adapter per run
+        steering = steer_denoiser(denoiser, likelihood, norm, n_steps, rank=opt["steer_rank"],
+                                  steps=opt["steer_steps"], adam_steps=opt["steer_adam_steps"],
+                                  lr=opt["steer_lr"])
+        denoiser, adapt, noise_denoiser = (steering.denoiser, steering.adaptation,
+                                           steering.noise_denoiser)
+        config.update(steering.config)
     dtype = opt["dtype"]
     shape = tuple(norm.to_prior(torch.zeros(num_samples, *likelihood.image_shape,
                                             dtype=dtype)).shape)
     stepper = DiffusionStepper(denoiser, sigmas, shape=shape, eta=eta, data_consistency=parts.rule,
                                generator=opt["generator"], dtype=dtype, device=likelihood.device,
-                               likelihood=likelihood, normalisation=norm)
+                               likelihood=likelihood, normalisation=norm, adapt=adapt,
+                               noise_denoiser=noise_denoiser)
     return DiffusionRun(method, likelihood, parts.rule, stepper, norm, sigmas, parts.init_image,
                         float(parts.init_cost), config, parts.pll_targets,
                         _init_pll=parts.init_pll)
