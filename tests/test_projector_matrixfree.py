@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from sirf_diffusion.physics.geometry import ImageGeometry, Scanner, SinogramGeometry, get_scanner
+from sirf_diffusion.physics import raytrace_numba
 from sirf_diffusion.physics.projector import MEMORY_ENV, MODE_ENV, RayTracingProjector
 
 VX = 2.0862600803375244
@@ -32,6 +33,9 @@ TINY = Scanner(name="tiny", num_rings=4, num_detectors_per_ring=64, inner_ring_r
                max_num_non_arccorrected_bins=40, default_num_arccorrected_bins=40)
 TINY_IMG = ImageGeometry((7, 24, 24), (2.0, 2.0, 2.0))
 SMALL_CHUNKS = 200_000          # bytes: a few views per chunk, a few axial positions per chunk
+NUMBA = pytest.param("numba", marks=pytest.mark.skipif(not raytrace_numba.available(),
+                                                        reason="numba is not installed"))
+KERNELS = [NUMBA, "torch"]
 
 
 def _rand(shape, seed=0, dtype=torch.float64):
@@ -43,17 +47,17 @@ def _rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @lru_cache(maxsize=None)
-def _pair(case: str) -> tuple[RayTracingProjector, RayTracingProjector]:
-    sg, ig = REFERENCE[case]
-    matrix = RayTracingProjector(sg, ig, mode="matrix")
-    free = RayTracingProjector(sg, ig, mode="matrix-free", chunk_bytes=64 * 2 ** 20)
-    free._elements = matrix.elements()            # trace once for both (same numbers)
-    return matrix, free
+def _matrix(case: str) -> RayTracingProjector:
+    return RayTracingProjector(*REFERENCE[case], mode="matrix")
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("case", sorted(REFERENCE))
-def test_matrix_free_equals_matrix_on_the_stir_reference_cases(case):
-    matrix, free = _pair(case)
+def test_matrix_free_equals_matrix_on_the_stir_reference_cases(case, kernels):
+    matrix = _matrix(case)
+    free = RayTracingProjector(*REFERENCE[case], mode="matrix-free", kernels=kernels,
+                               chunk_bytes=64 * 2 ** 20)
+    free._elements = matrix.elements()            # trace once for both (same numbers)
     assert (matrix.implementation, free.implementation) == ("matrix", "matrix-free")
     x = _rand(matrix.image_shape, 1, torch.float32)
     y_ref = matrix.forward(x)
@@ -73,10 +77,12 @@ def _tiny(kind: str, **kw) -> RayTracingProjector:
     return RayTracingProjector(geoms[kind], TINY_IMG, **kw)
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("kind,num_rays", [("span1", 1), ("span3", 1), ("nonarc", 1),
                                            ("span1", 3)])
-def test_matrix_free_adjointness_float64(kind, num_rays):
-    P = _tiny(kind, num_rays=num_rays, mode="matrix-free", chunk_bytes=SMALL_CHUNKS)
+def test_matrix_free_adjointness_float64(kind, num_rays, kernels):
+    P = _tiny(kind, num_rays=num_rays, mode="matrix-free", chunk_bytes=SMALL_CHUNKS,
+              kernels=kernels)
     x = _rand((2, *P.image_shape), 3)
     y = _rand((2, *P.data_shape), 4)
     lhs, rhs = float((P.forward(x) * y).sum()), float((x * P.adjoint(y)).sum())
@@ -89,19 +95,24 @@ def test_matrix_free_adjointness_float64(kind, num_rays):
 
 @pytest.mark.parametrize("kind,num_rays", [("span1", 1), ("span3", 1), ("nonarc", 1),
                                            ("span1", 3)])
-def test_matrix_free_float64_equals_matrix_and_chunking_does_not_matter(kind, num_rays):
+def test_matrix_free_float64_equals_matrix_for_every_kernel_and_chunking(kind, num_rays):
     matrix = _tiny(kind, num_rays=num_rays, mode="matrix")
-    small = _tiny(kind, num_rays=num_rays, mode="matrix-free", chunk_bytes=SMALL_CHUNKS)
-    large = _tiny(kind, num_rays=num_rays, mode="matrix-free")
-    x = _rand(matrix.image_shape, 5)
-    y = _rand(matrix.data_shape, 6)
-    for P in (small, large):
+    small = _tiny(kind, num_rays=num_rays, mode="matrix-free", chunk_bytes=SMALL_CHUNKS,
+                  kernels="torch")
+    large = _tiny(kind, num_rays=num_rays, mode="matrix-free", kernels="torch")
+    free = [small, large]
+    if raytrace_numba.available():
+        free.append(_tiny(kind, num_rays=num_rays, mode="matrix-free", kernels="numba"))
+    x = _rand((2, *matrix.image_shape), 5)
+    y = _rand((2, *matrix.data_shape), 6)
+    for P in free:
         torch.testing.assert_close(P.forward(x), matrix.forward(x), rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(P.adjoint(y), matrix.adjoint(y), rtol=1e-12, atol=1e-12)
 
 
-def test_matrix_free_gradient_is_the_adjoint():
-    P = _tiny("span3", mode="matrix-free", chunk_bytes=SMALL_CHUNKS)
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_matrix_free_gradient_is_the_adjoint(kernels):
+    P = _tiny("span3", mode="matrix-free", chunk_bytes=SMALL_CHUNKS, kernels=kernels)
     x = _rand(P.image_shape, 7).requires_grad_(True)
     w = _rand(P.data_shape, 8)
     (P.forward(x) * w).sum().backward()
@@ -143,6 +154,8 @@ def test_bad_mode_and_budget_name_the_setting(monkeypatch):
         _tiny("span1", chunk_bytes=0)
     with pytest.raises(ValueError, match="cache_bytes"):
         _tiny("span1", cache_bytes=-1)
+    with pytest.raises(ValueError, match="kernels must be one of"):
+        _tiny("span1", kernels="cuda")
     monkeypatch.setenv(MODE_ENV, "fast")
     with pytest.raises(ValueError, match=MODE_ENV):
         _tiny("span1")

@@ -35,6 +35,7 @@ import os
 
 import torch
 
+from . import raytrace_numba
 from .geometry import ImageGeometry, SinogramGeometry
 from .raytrace import (
     RayElements,
@@ -45,22 +46,27 @@ from .raytrace import (
     _csr_pair,
     _nbytes,
     _slice_views,
+    add_plane_sums_adjoint,
     chunk_elements,
     extended_triplets,
     fov_radius_mm,
     gather_planes,
+    plane_bounds,
     plane_offset_range,
+    plane_sums,
     scatter_planes,
     tan_theta_per_tangential,
     trace_rays_2d,
     view_pointers,
 )
 
-__all__ = ["MODES", "RayElements", "RayTracingProjector", "fov_radius_mm", "projector_for",
-           "trace_rays_2d"]
+__all__ = ["KERNELS", "MODES", "RayElements", "RayTracingProjector", "fov_radius_mm",
+           "projector_for", "trace_rays_2d"]
 
 #: Implementations of :class:`RayTracingProjector` (``mode`` argument).
 MODES = ("auto", "matrix", "matrix-free")
+#: Kernels of the matrix-free path on the CPU (``kernels`` argument); CUDA always uses torch.
+KERNELS = ("auto", "numba", "torch")
 MODE_ENV = "SIRF_DIFFUSION_PROJECTOR"
 MEMORY_ENV = "SIRF_DIFFUSION_PROJECTOR_MEMORY_GIB"
 _DEFAULT_CACHE_BYTES = 4 * 2 ** 30
@@ -132,8 +138,11 @@ class RayTracingProjector:
         ``"auto"``, ``"matrix"`` or ``"matrix-free"`` (module docstring); default
         ``$SIRF_DIFFUSION_PROJECTOR``, else ``"auto"``.
     chunk_bytes
-        Matrix-free path: bound on the working arrays of one chunk (view chunks of the oblique
-        matrices and axial chunks of the plane sums they multiply).
+        Matrix-free torch path: bound on the working arrays of one chunk (view chunks of the
+        oblique matrices and axial chunks of the plane sums they multiply).
+    kernels
+        Matrix-free path on the CPU: ``"numba"`` (:mod:`.raytrace_numba`), ``"torch"`` (chunked
+        sparse matrices) or ``"auto"`` (numba when it is installed).  CUDA inputs use torch.
 
     Notes
     -----
@@ -144,7 +153,8 @@ class RayTracingProjector:
     def __init__(self, sinogram_geometry: SinogramGeometry, image_geometry: ImageGeometry, *,
                  num_rays: int = 1, restrict_to_cylindrical_fov: bool = True,
                  cache_bytes: int | None = None, progress: bool = False,
-                 mode: str | None = None, chunk_bytes: int = _DEFAULT_CHUNK_BYTES) -> None:
+                 mode: str | None = None, chunk_bytes: int = _DEFAULT_CHUNK_BYTES,
+                 kernels: str = "auto") -> None:
         if not isinstance(sinogram_geometry, SinogramGeometry):
             raise TypeError("sinogram_geometry must be a SinogramGeometry")
         if not isinstance(image_geometry, ImageGeometry):
@@ -153,6 +163,10 @@ class RayTracingProjector:
             raise ValueError(f"num_rays must be >= 1, got {num_rays}")
         if int(chunk_bytes) <= 0:
             raise ValueError(f"chunk_bytes must be > 0, got {chunk_bytes}")
+        if kernels not in KERNELS:
+            raise ValueError(f"kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
+        if kernels == "numba" and not raytrace_numba.available():
+            raise ValueError("kernels='numba' needs numba (pip install numba)")
         self.sinogram_geometry = sinogram_geometry
         self.image_geometry = image_geometry
         self.num_rays = int(num_rays)
@@ -160,6 +174,7 @@ class RayTracingProjector:
         self.cache_bytes = _resolve_cache_bytes(cache_bytes)
         self.mode = _resolve_mode(mode)
         self.chunk_bytes = int(chunk_bytes)
+        self.kernels = kernels
         self.progress = bool(progress)
         self.image_shape: tuple[int, int, int] = image_geometry.shape
         self.data_shape: tuple[int, int, int] = sinogram_geometry.shape
@@ -172,6 +187,7 @@ class RayTracingProjector:
         self._implementation: str | None = None
         self._ptr: torch.Tensor | None = None
         self._q_ranges: dict[int, tuple[int, int]] = {}
+        self._numpy_elements: tuple | None = None
 
     # ------------------------------------------------------------ implementation choice
     @property
@@ -416,6 +432,66 @@ class RayTracingProjector:
     __call__ = forward
 
 
+    def _use_numba(self, device: torch.device) -> bool:
+        return (device.type == "cpu" and self.kernels != "torch"
+                and raytrace_numba.available())
+
+    def _numba_arguments(self, ax: _AxialSegment, views: torch.Tensor | None) -> dict:
+        """Arguments of :mod:`.raytrace_numba` shared by the forward and adjoint kernels."""
+        import numpy as np
+
+        e = self.elements()
+        if self._numpy_elements is None:
+            span = float((e.tau1 - e.tau0).abs().max()) if len(e.rows) else 0.0
+            self._numpy_elements = (tuple(t.numpy() for t in (e.rows, e.cols, e.values, e.tau0,
+                                                               e.tau1)), span)
+        arrays, span = self._numpy_elements
+        tan_t = self._tan_t(ax)
+        vz = self.image_geometry.voxel_size_mm[0]
+        nv = self.data_shape[1]
+        vs = np.arange(nv) if views is None else views.numpy().astype(np.int64)
+        return dict(elements=arrays, ptr=self._view_ptr().numpy(), views=vs,
+                    tan_t=tan_t.numpy(), num_tangential=self.data_shape[2],
+                    f0=ax.frac - (ax.n_axial_rays - 1) / 2, vz=vz, n=ax.n_axial_rays,
+                    offset=ax.offset, num_axial=ax.num_axial,
+                    max_offsets=int(span * float(tan_t.abs().max()) / vz) + 3)
+
+    @staticmethod
+    def _numba_threads() -> int:
+        import numba
+
+        n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        numba.set_num_threads(n)
+        return n
+
+    def _forward_oblique_numba(self, X: torch.Tensor, out: torch.Tensor, ax: _AxialSegment,
+                               views: torch.Tensor | None) -> None:
+        qmin, nq = self._q_range(ax)
+        _, lo, hi = plane_bounds(ax, qmin, nq, X.shape[1])
+        X2 = plane_sums(X.detach(), ax.n_axial_rays, lo, hi)          # [B, L, npix]
+        args = self._numba_arguments(ax, views)
+        self._numba_threads()
+        for b in range(X.shape[0]):
+            planes = X2[b].T.contiguous().numpy()                        # [npix, L]
+            raytrace_numba.forward_segment(**args, base0=ax.first_plane - lo, planes=planes,
+                                           out=out[b].numpy())
+
+    def _adjoint_oblique_numba(self, Y: torch.Tensor, out: torch.Tensor, ax: _AxialSegment,
+                               views: torch.Tensor | None) -> None:
+        qmin, nq = self._q_range(ax)
+        nz = self.image_shape[0]
+        npix = self.image_shape[1] * self.image_shape[2]
+        _, lo, hi = plane_bounds(ax, qmin, nq, nz)
+        L = hi - lo + 2 - ax.n_axial_rays
+        args = self._numba_arguments(ax, views)
+        groups = self._numba_threads()
+        for b in range(Y.shape[0]):
+            acc = raytrace_numba.adjoint_segment(
+                **args, base0=ax.first_plane - lo, y=Y[b].detach().contiguous().numpy(),
+                num_pixels=npix, num_planes=L, groups=groups)
+            X2 = torch.from_numpy(acc).T[None]                            # [1, L, npix]
+            add_plane_sums_adjoint(out[b:b + 1], X2, ax.n_axial_rays, lo, hi)
+
     def _apply_forward(self, x: torch.Tensor, views: torch.Tensor | None) -> torch.Tensor:
         lead = x.shape[:-3]
         nz, ny, nx = self.image_shape
@@ -431,7 +507,10 @@ class RayTracingProjector:
                 W = ax.weights.to(device=x.device, dtype=x.dtype)
                 rhs = torch.einsum("ak,bkp->pab", W, X).reshape(ny * nx, ax.num_axial * B)
             elif chunked:
-                self._forward_oblique_chunked(X, out, ax, views)
+                if self._use_numba(x.device):
+                    self._forward_oblique_numba(X, out, ax, views)
+                else:
+                    self._forward_oblique_chunked(X, out, ax, views)
                 continue
             else:
                 A, _, q = self._oblique_matrices(ax, views, x.device, x.dtype)
@@ -451,7 +530,10 @@ class RayTracingProjector:
         chunked = self.implementation == "matrix-free"
         for ax in self._axial:
             if not ax.direct and chunked:
-                self._adjoint_oblique_chunked(Y, out, ax, views)
+                if self._use_numba(y.device):
+                    self._adjoint_oblique_numba(Y, out, ax, views)
+                else:
+                    self._adjoint_oblique_chunked(Y, out, ax, views)
                 continue
             ys = Y[:, ax.offset:ax.offset + ax.num_axial].permute(2, 3, 1, 0)
             ys = ys.reshape(V * T, ax.num_axial * B)

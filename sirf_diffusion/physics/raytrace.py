@@ -47,9 +47,9 @@ import torch
 
 from .geometry import ImageGeometry, SinogramGeometry
 
-__all__ = ["RayElements", "chunk_elements", "extended_triplets", "fov_radius_mm", "gather_planes",
-           "plane_offset_range", "scatter_planes", "tan_theta_per_tangential", "trace_rays_2d",
-           "view_pointers"]
+__all__ = ["RayElements", "add_plane_sums_adjoint", "chunk_elements", "extended_triplets",
+           "fov_radius_mm", "gather_planes", "plane_bounds", "plane_offset_range", "plane_sums",
+           "scatter_planes", "tan_theta_per_tangential", "trace_rays_2d", "view_pointers"]
 
 _TINY = 1e-12
 
@@ -431,16 +431,40 @@ def extended_triplets(e: RayElements, tan_t: torch.Tensor, ax: _AxialSegment, vz
     return rows, (qs - qmin) * e.num_cols + cols, vals, qmin, nq
 
 
-def _plane_index(ax: _AxialSegment, qmin: int, nq: int, nz: int, axial: tuple[int, int],
-                 device: torch.device) -> tuple[torch.Tensor, int, int]:
-    """Plane of (offset q, axial position a): ``first_plane + a n + q`` and padding bounds."""
+def plane_bounds(ax: _AxialSegment, qmin: int, nq: int, nz: int,
+                 axial: tuple[int, int] | None = None) -> tuple[torch.Tensor, int, int]:
+    """Plane ``first_plane + a n + q`` of every (plane offset ``q``, axial position ``a`` in
+    ``axial``) as ``[nq, na]``, and the padded plane range ``lo .. hi`` they (and the ``n - 1``
+    planes after each) need."""
     n = ax.n_axial_rays
-    q = torch.arange(qmin, qmin + nq, device=device)
-    a = torch.arange(*axial, device=device)
-    idx = ax.first_plane + a[None] * n + q[:, None]          # [nq, num_axial]
+    axial = (0, ax.num_axial) if axial is None else axial
+    q = torch.arange(qmin, qmin + nq)
+    a = torch.arange(*axial)
+    idx = ax.first_plane + a[None] * n + q[:, None]          # [nq, na]
     lo = min(0, ax.first_plane + axial[0] * n + qmin)
     hi = max(nz - 1, int(idx.max()) + n - 1)
     return idx, lo, hi
+
+
+def plane_sums(X: torch.Tensor, n: int, lo: int, hi: int) -> torch.Tensor:
+    """``X2[:, k] = sum_{r < n} X[:, lo + k + r]`` (zero outside the image), ``X``:
+    ``[B, nz, npix]`` -> ``[B, hi - lo + 2 - n, npix]``."""
+    B, nz, npix = X.shape
+    Xp = X.new_zeros(B, hi - lo + 1, npix)
+    Xp[:, -lo:-lo + nz] = X
+    L = hi - lo + 1 - (n - 1)
+    return sum(Xp[:, r:r + L] for r in range(n))
+
+
+def add_plane_sums_adjoint(out: torch.Tensor, X2: torch.Tensor, n: int, lo: int,
+                           hi: int) -> None:
+    """Accumulate the adjoint of :func:`plane_sums` of ``X2`` into ``out`` ``[B, nz, npix]``."""
+    B, nz, npix = out.shape
+    L = X2.shape[1]
+    Xp = out.new_zeros(B, hi - lo + 1, npix)
+    for r in range(n):
+        Xp[:, r:r + L] += X2
+    out += Xp[:, -lo:-lo + nz]
 
 
 def gather_planes(X: torch.Tensor, ax: _AxialSegment, qmin: int, nq: int,
@@ -452,15 +476,10 @@ def gather_planes(X: torch.Tensor, ax: _AxialSegment, qmin: int, nq: int,
     axial positions ``a`` in ``axial = (a0, a1)`` (default all).
     """
     B, nz, npix = X.shape
-    n = ax.n_axial_rays
-    axial = (0, ax.num_axial) if axial is None else axial
-    na = axial[1] - axial[0]
-    idx, lo, hi = _plane_index(ax, qmin, nq, nz, axial, X.device)
-    Xp = X.new_zeros(B, hi - lo + 1, npix)
-    Xp[:, -lo:-lo + nz] = X
-    L = hi - lo + 1 - (n - 1)
-    X2 = sum(Xp[:, r:r + L] for r in range(n))
-    g = X2.index_select(1, (idx - lo).reshape(-1)).reshape(B, nq, na, npix)
+    idx, lo, hi = plane_bounds(ax, qmin, nq, nz, axial)
+    na = idx.shape[1]
+    X2 = plane_sums(X, ax.n_axial_rays, lo, hi)
+    g = X2.index_select(1, (idx - lo).reshape(-1).to(X.device)).reshape(B, nq, na, npix)
     return g.permute(1, 3, 2, 0).reshape(nq * npix, na * B)
 
 
@@ -469,16 +488,12 @@ def scatter_planes(out: torch.Tensor, z: torch.Tensor, ax: _AxialSegment, qmin: 
     """Adjoint of :func:`gather_planes`, accumulated into ``out`` ``[B, nz, npix]``."""
     B, nz, npix = out.shape
     n = ax.n_axial_rays
-    axial = (0, ax.num_axial) if axial is None else axial
-    na = axial[1] - axial[0]
-    idx, lo, hi = _plane_index(ax, qmin, nq, nz, axial, out.device)
+    idx, lo, hi = plane_bounds(ax, qmin, nq, nz, axial)
+    na = idx.shape[1]
     L = hi - lo + 1 - (n - 1)
     z = z.reshape(nq, npix, na, B).permute(3, 0, 2, 1).reshape(B, -1, npix)
-    X2 = out.new_zeros(B, L, npix).index_add_(1, (idx - lo).reshape(-1), z)
-    Xp = out.new_zeros(B, hi - lo + 1, npix)
-    for r in range(n):
-        Xp[:, r:r + L] += X2
-    out += Xp[:, -lo:-lo + nz]
+    X2 = out.new_zeros(B, L, npix).index_add_(1, (idx - lo).reshape(-1).to(out.device), z)
+    add_plane_sums_adjoint(out, X2, n, lo, hi)
 
 
 # ---------------------------------------------------------------------------- view chunks
