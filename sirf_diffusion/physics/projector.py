@@ -326,8 +326,10 @@ class RayTracingProjector:
     def _q_range(self, ax: _AxialSegment) -> tuple[int, int]:
         """Plane offsets of segment ``ax`` over all views (so that every chunk shares them)."""
         if ax.number not in self._q_ranges:
+            e = self.elements()
+            tau_max = float(torch.maximum(e.tau0.abs().max(), e.tau1.abs().max()))
             self._q_ranges[ax.number] = plane_offset_range(
-                self.elements(), self._tan_t(ax), ax, self.image_geometry.voxel_size_mm[0])
+                tau_max, self._tan_t(ax), ax, self.image_geometry.voxel_size_mm[0])
         return self._q_ranges[ax.number]
 
     def _chunk_matrices(self, ax: _AxialSegment, views: torch.Tensor | None,

@@ -363,16 +363,14 @@ def _axial_span(e: RayElements, tan: torch.Tensor, ax: _AxialSegment, vz: float)
     return torch.minimum(ua, ub), torch.maximum(ua, ub)
 
 
-def plane_offset_range(e: RayElements, tan_t: torch.Tensor, ax: _AxialSegment,
+def plane_offset_range(tau_max: float, tan_t: torch.Tensor, ax: _AxialSegment,
                        vz: float) -> tuple[int, int]:
-    """``(qmin, nq)``: the plane offsets that any element of ``e`` can reach in segment ``ax``
-    (a superset of those :func:`extended_triplets` keeps)."""
-    if not len(e.rows):
-        return 0, 1
-    T = len(tan_t)
-    umin, umax = _axial_span(e, tan_t[e.rows % T], ax, vz)
-    qmin = int(torch.floor(umin.min() + 0.5))
-    return qmin, int(torch.floor(umax.max() + 0.5)) - qmin + 1
+    """``(qmin, nq)``: plane offsets that cover every element of segment ``ax`` whose
+    ``|tau0|, |tau1| <= tau_max`` (a superset of those :func:`extended_triplets` keeps)."""
+    f0 = ax.frac - (ax.n_axial_rays - 1) / 2
+    reach = tau_max * float(tan_t.abs().max()) / vz
+    qmin = math.floor(f0 - reach + 0.5)
+    return qmin, math.floor(f0 + reach + 0.5) - qmin + 1
 
 
 def extended_triplets(e: RayElements, tan_t: torch.Tensor, ax: _AxialSegment, vz: float,
