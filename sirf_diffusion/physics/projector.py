@@ -188,6 +188,7 @@ class RayTracingProjector:
         self._ptr: torch.Tensor | None = None
         self._q_ranges: dict[int, tuple[int, int]] = {}
         self._numpy_elements: tuple | None = None
+        self._traced_bins: torch.Tensor | None = None
 
     # ------------------------------------------------------------ implementation choice
     @property
@@ -299,6 +300,16 @@ class RayTracingProjector:
     def _tan_t(self, ax: _AxialSegment) -> torch.Tensor:
         return tan_theta_per_tangential(self.sinogram_geometry, ax.tan_theta)
 
+    def _tan_max(self, ax: _AxialSegment) -> float:
+        """Largest ``|tan(theta)|`` of segment ``ax`` over the tangential bins that have rays
+        (bins beyond the scanner radius have none, and a clamped, huge ``tan``)."""
+        if self._traced_bins is None:
+            e = self.elements()
+            self._traced_bins = torch.bincount(e.rows % self.data_shape[2],
+                                               minlength=self.data_shape[2]) > 0
+        tan = self._tan_t(ax)[self._traced_bins]
+        return float(tan.abs().max()) if len(tan) else 0.0
+
     def _oblique_matrices(self, ax: _AxialSegment, views: torch.Tensor | None,
                           device: torch.device, dtype: torch.dtype):
         """Cached ``(A, A^T, [qmin, nq])`` of an oblique segment (the matrix path)."""
@@ -329,7 +340,7 @@ class RayTracingProjector:
             e = self.elements()
             tau_max = float(torch.maximum(e.tau0.abs().max(), e.tau1.abs().max()))
             self._q_ranges[ax.number] = plane_offset_range(
-                tau_max, self._tan_t(ax), ax, self.image_geometry.voxel_size_mm[0])
+                tau_max, self._tan_max(ax), ax, self.image_geometry.voxel_size_mm[0])
         return self._q_ranges[ax.number]
 
     def _chunk_matrices(self, ax: _AxialSegment, views: torch.Tensor | None,
@@ -456,7 +467,7 @@ class RayTracingProjector:
                     tan_t=tan_t.numpy(), num_tangential=self.data_shape[2],
                     f0=ax.frac - (ax.n_axial_rays - 1) / 2, vz=vz, n=ax.n_axial_rays,
                     offset=ax.offset, num_axial=ax.num_axial,
-                    max_offsets=int(span * float(tan_t.abs().max()) / vz) + 3)
+                    max_offsets=int(span * self._tan_max(ax) / vz) + 3)
 
     @staticmethod
     def _numba_threads() -> int:

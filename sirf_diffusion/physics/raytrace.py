@@ -363,12 +363,13 @@ def _axial_span(e: RayElements, tan: torch.Tensor, ax: _AxialSegment, vz: float)
     return torch.minimum(ua, ub), torch.maximum(ua, ub)
 
 
-def plane_offset_range(tau_max: float, tan_t: torch.Tensor, ax: _AxialSegment,
+def plane_offset_range(tau_max: float, tan_max: float, ax: _AxialSegment,
                        vz: float) -> tuple[int, int]:
     """``(qmin, nq)``: plane offsets that cover every element of segment ``ax`` whose
-    ``|tau0|, |tau1| <= tau_max`` (a superset of those :func:`extended_triplets` keeps)."""
+    ``|tau0|, |tau1| <= tau_max`` on bins with ``|tan(theta)| <= tan_max`` (a superset of those
+    :func:`extended_triplets` keeps)."""
     f0 = ax.frac - (ax.n_axial_rays - 1) / 2
-    reach = tau_max * float(tan_t.abs().max()) / vz
+    reach = tau_max * tan_max / vz
     qmin = math.floor(f0 - reach + 0.5)
     return qmin, math.floor(f0 + reach + 0.5) - qmin + 1
 
