@@ -13,8 +13,8 @@ from functools import lru_cache
 import pytest
 import torch
 
-from sirf_diffusion.physics.geometry import ImageGeometry, Scanner, SinogramGeometry, get_scanner
 from sirf_diffusion.physics import raytrace_numba
+from sirf_diffusion.physics.geometry import ImageGeometry, Scanner, SinogramGeometry, get_scanner
 from sirf_diffusion.physics.projector import MEMORY_ENV, MODE_ENV, RayTracingProjector
 
 VX = 2.0862600803375244
