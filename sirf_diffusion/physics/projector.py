@@ -22,7 +22,8 @@ Two implementations apply the same numbers:
     segments.
 
 ``mode="auto"`` (the default) takes the matrix when the full-view extended matrices (estimated
-for float32, with their transposes) fit ``cache_bytes`` and the matrix-free path otherwise.
+for float32, with their transposes) and their subset copies fit ``cache_bytes``, and the
+matrix-free path otherwise.
 The environment variables ``SIRF_DIFFUSION_PROJECTOR`` (``auto``, ``matrix``,
 ``matrix-free``) and ``SIRF_DIFFUSION_PROJECTOR_MEMORY_GIB`` (the budget in GiB) set the
 defaults of ``mode`` and ``cache_bytes``.
@@ -193,15 +194,17 @@ class RayTracingProjector:
     # ------------------------------------------------------------ implementation choice
     @property
     def implementation(self) -> str:
-        """``"matrix"`` or ``"matrix-free"``: ``mode``, with ``"auto"`` resolved (on first use)
-        by comparing :meth:`estimated_matrix_bytes` with ``cache_bytes``."""
+        """``"matrix"`` or ``"matrix-free"``: ``mode``, with ``"auto"`` resolved (on first use):
+        the matrix when twice :meth:`estimated_matrix_bytes` (full-view and subset matrices)
+        fits ``cache_bytes``."""
         if self._implementation is None:
             if self.mode != "auto":
                 self._implementation = self.mode
             elif not self._has_oblique:       # both paths apply the same 2D matrix
                 self._implementation = "matrix"
             else:
-                fits = self.estimated_matrix_bytes() <= self.cache_bytes
+                # OSEM caches subset copies of the same size beside the full-view matrices
+                fits = 2 * self.estimated_matrix_bytes() <= self.cache_bytes
                 self._implementation = "matrix" if fits else "matrix-free"
         return self._implementation
 
