@@ -184,3 +184,21 @@ def test_bins_beyond_the_scanner_radius_do_not_widen_the_axial_range(kernels):
     assert all(free._q_range(ax)[1] < 10 for ax in free._axial if not ax.direct)
     x = _rand(TINY_IMG.shape, 12)
     torch.testing.assert_close(free.forward(x), matrix.forward(x), rtol=1e-12, atol=1e-12)
+
+
+def test_without_numba_the_torch_path_runs_and_numba_is_never_imported_early(monkeypatch):
+    import subprocess
+    import sys
+
+    code = ("import sys, sirf_diffusion, sirf_diffusion.physics.projector; "
+            "print('numba' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    monkeypatch.setattr(raytrace_numba, "available", lambda: False)
+    with pytest.raises(ValueError, match="needs numba"):
+        _tiny("span3", mode="matrix-free", kernels="numba")
+    P = _tiny("span3", mode="matrix-free")
+    assert not P._use_numba(torch.device("cpu"))
+    x = _rand(P.image_shape, 13)
+    torch.testing.assert_close(P.forward(x), _tiny("span3", mode="matrix").forward(x),
+                               rtol=1e-12, atol=1e-12)
