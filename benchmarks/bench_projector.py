@@ -1,21 +1,34 @@
-"""Throughput of the embedded ray-tracing projector (not a test).
+"""Time and peak memory of the projector implementations, side by side (not a test).
 
-Prints a Markdown table: matrix build time, forward / adjoint time over all views, the
-"epoch" (one forward + one adjoint over all views), the same done subset by subset as in OSEM
-(first pass including the subset-matrix builds, then cached), and the peak memory.
+Cases: a 2D mMR slice, a 16-ring mMR-like 3D scanner (span 1) and the full Siemens mMR in span
+11 (837 sinograms x 252 views x 344 bins, 127 x 285 x 285 voxels).  Implementations: the
+embedded projector with stored matrices (``matrix``), matrix-free with the numba kernels
+(``numba``) and with chunked torch matrices (``torch``), and STIR's
+``ProjMatrixByBinUsingRayTracing`` through ``stir_wrappers.STIRPhysics`` (``stir``, when STIR's
+Python module imports: ``source /work/toolkits/env.sh`` first).
+
+Every (case, implementation) runs in a subprocess of its own, so that its peak resident memory
+(``ru_maxrss``) is its own; the table is printed as Markdown.  Columns: setup (construction,
+ray tracing or matrix build, JIT, first forward + adjoint), forward and adjoint over all views,
+and one OSEM epoch (forward + adjoint of every subset, after the setup; subset matrices are
+built during it for ``matrix``).
 
 Examples
 --------
-    python benchmarks/bench_projector.py                      # 2D mMR slice + 8-ring 3D brain
-    python benchmarks/bench_projector.py --rings 16 --nz 80 --nxy 112 --skip-2d
-    python benchmarks/bench_projector.py --device cuda --dtype float32
+    python benchmarks/bench_projector.py                              # every case, 2 threads
+    python benchmarks/bench_projector.py --cases 2d 16rings --implementations matrix numba
+    python benchmarks/bench_projector.py --device cuda --implementations matrix torch
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,8 +36,34 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sirf_diffusion.physics.geometry import ImageGeometry, SinogramGeometry, get_scanner  # noqa: E402
-from sirf_diffusion.physics.projector import RayTracingProjector  # noqa: E402
+from sirf_diffusion.physics.geometry import (  # noqa: E402
+    ImageGeometry,
+    SinogramGeometry,
+    get_scanner,
+)
+
+CASES = ("2d", "16rings", "mmr-span11")
+IMPLEMENTATIONS = ("matrix", "numba", "torch", "stir")
+#: implementations left out of a case by default: the matrix of the full mMR needs more memory
+#: than the 8 GiB target, STIR's matrix would take hours there, the torch path is the fallback
+DEFAULT_SKIP = {("mmr-span11", "matrix"), ("mmr-span11", "stir"), ("mmr-span11", "torch")}
+
+
+def geometries(case: str, rings: int = 16) -> tuple[SinogramGeometry, ImageGeometry]:
+    """Sinogram and image geometry of a benchmark case."""
+    mmr = get_scanner("mMR")
+    vx = mmr.default_bin_size_mm
+    if case == "2d":
+        return SinogramGeometry.two_d("mMR"), ImageGeometry((1, 128, 128),
+                                                            (mmr.ring_spacing_mm, vx, vx))
+    if case == "16rings":
+        sc = mmr.with_rings(rings)
+        return (SinogramGeometry(sc, 252, span=1, max_ring_difference=(rings - 2) // 2),
+                ImageGeometry((2 * rings - 1, 128, 128), (mmr.ring_spacing_mm / 2, vx, vx)))
+    if case == "mmr-span11":
+        return (SinogramGeometry(mmr, 252, span=11, max_ring_difference=60),
+                ImageGeometry((127, 285, 285), (mmr.ring_spacing_mm / 2, vx, vx)))
+    raise ValueError(f"unknown case {case!r}; known: {', '.join(CASES)}")
 
 
 def _sync(device: torch.device) -> None:
@@ -32,114 +71,149 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(fn, device: torch.device, repeats: int) -> float:
-    """Best wall time of ``repeats`` calls (s)."""
-    best = float("inf")
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
+def _stir_physics(sino: SinogramGeometry, image: ImageGeometry, num_subsets: int):
+    """STIR's ray-tracing matrix pair for the geometries (templates written as Interfile)."""
+    from sirf_diffusion.io.interfile import write_image, write_sinogram
+    from stir_wrappers.physics import STIRPhysics, require_stir
+
+    stir = require_stir()
+    folder = Path(tempfile.mkdtemp(prefix="bench_projector_"))
+    write_sinogram(folder / "template.hs", torch.zeros(sino.shape).numpy(), sino)
+    write_image(folder / "image.hv", torch.zeros(image.shape).numpy(), image)
+    template = stir.ProjData.read_from_file(str(folder / "template.hs"))
+    img = stir.FloatVoxelsOnCartesianGrid.read_from_file(str(folder / "image.hv"))
+    return STIRPhysics(template, img, num_subsets=num_subsets)
 
 
-def _peak_gib(device: torch.device) -> str:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20   # KiB -> GiB (Linux)
-    text = f"{rss:.2f} (RSS)"
-    if device.type == "cuda":
-        text += f", {torch.cuda.max_memory_allocated(device) / 2 ** 30:.2f} (GPU)"
-    return text
+def run_one(case: str, implementation: str, *, num_subsets: int, device: str, dtype: str,
+            repeats: int, rings: int) -> dict:
+    """Measure one implementation on one case in this process."""
+    from sirf_diffusion.physics.base import ViewSubset
+    from sirf_diffusion.physics.projector import RayTracingProjector
 
-
-def bench(name: str, sino: SinogramGeometry, image: ImageGeometry, *, num_rays: int,
-          num_subsets: int, device: torch.device, dtype: torch.dtype, repeats: int,
-          progress: bool) -> dict[str, str]:
-    """Time one projector configuration; returns one table row."""
-    projector = RayTracingProjector(sino, image, num_rays=num_rays, progress=progress)
-    x = torch.rand(image.shape, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    dev, dt = torch.device(device), getattr(torch, dtype)
+    sino, image = geometries(case, rings)
+    x = torch.rand(image.shape, generator=torch.Generator().manual_seed(0)).to(dev, dt)
     t0 = time.perf_counter()
-    y = projector.forward(x)                 # builds and caches every full-view matrix
-    projector.adjoint(y)
-    _sync(device)
-    build = time.perf_counter() - t0
-    fwd = _timed(lambda: projector.forward(x), device, repeats)
-    adj = _timed(lambda: projector.adjoint(y), device, repeats)
-    views = [torch.arange(k, sino.num_views, num_subsets) for k in range(num_subsets)]
+    if implementation == "stir":
+        phys = _stir_physics(sino, image, num_subsets)
+        fwd = phys.forward_linear
+        adj = phys.adjoint
+        subsets = [ViewSubset(k, num_subsets) for k in range(num_subsets)]
+        extra = {}
+    else:
+        mode, kernels = (("matrix", "auto") if implementation == "matrix"
+                         else ("matrix-free", implementation))
+        P = RayTracingProjector(sino, image, mode=mode, kernels=kernels)
+        fwd, adj = P.forward, P.adjoint
+        subsets = [torch.arange(k, sino.num_views, num_subsets) for k in range(num_subsets)]
+        extra = {"2D elements": f"{len(P.elements().rows) / 1e6:.1f} M"}
+    y = fwd(x)
+    adj(y)
+    _sync(dev)
+    setup = time.perf_counter() - t0
 
-    def osem_epoch() -> None:
-        for v in views:
-            projector.adjoint(projector.forward(x, v), v)
-    t0 = time.perf_counter()
-    osem_epoch()
-    _sync(device)
-    first = time.perf_counter() - t0
-    osem = _timed(osem_epoch, device, repeats)
-    nnz = projector.matrix_2d(device=device, dtype=dtype)[0]._nnz()
-    return {
-        "case": name,
-        "image (z,y,x)": "x".join(map(str, image.shape)),
-        "sinograms x views x bins": "x".join(map(str, sino.shape)),
-        "2D nnz": f"{nnz / 1e6:.2f} M",
-        "build + 1st fwd/adj [s]": f"{build:.2f}",
-        "forward [s]": f"{fwd:.3f}",
-        "adjoint [s]": f"{adj:.3f}",
-        "epoch fwd+adj [s]": f"{fwd + adj:.3f}",
-        "OSEM epoch, subsets (1st / cached) [s]": f"{num_subsets}: {first:.2f} / {osem:.3f}",
-        "peak memory [GiB]": _peak_gib(device),
-    }
+    def best(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            _sync(dev)
+            t = time.perf_counter()
+            fn()
+            _sync(dev)
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    t_fwd = best(lambda: fwd(x))
+    t_adj = best(lambda: adj(y))
+
+    def epoch() -> None:
+        for s in subsets:
+            adj(fwd(x, s), s)
+    t_epoch = best(epoch)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20       # KiB -> GiB
+    if dev.type == "cuda":
+        extra["GPU peak [GiB]"] = f"{torch.cuda.max_memory_allocated(dev) / 2 ** 30:.2f}"
+    return {"setup [s]": f"{setup:.2f}", "forward [s]": f"{t_fwd:.3f}",
+            "adjoint [s]": f"{t_adj:.3f}", f"OSEM epoch, {num_subsets} subsets [s]":
+            f"{t_epoch:.2f}", "peak RSS [GiB]": f"{peak:.2f}", **extra}
+
+
+def _subsets_for(case: str, args) -> int:
+    return args.subsets_2d if case == "2d" else args.subsets_3d
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument("--implementations", nargs="+", choices=IMPLEMENTATIONS,
+                        default=list(IMPLEMENTATIONS))
+    parser.add_argument("--all", action="store_true",
+                        help="also run the default-skipped pairs (matrix, torch and STIR on the "
+                             "full mMR)")
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--repeats", type=int, default=3, help="timing repeats (best is kept)")
-    parser.add_argument("--num-rays", type=int, default=1,
-                        help="rays per bin (STIR num_tangential_LORs)")
-    parser.add_argument("--subsets-2d", type=int, default=21, help="OSEM subsets for the 2D case")
-    parser.add_argument("--subsets-3d", type=int, default=21, help="OSEM subsets for the 3D case")
-    parser.add_argument("--rings", type=int, default=8, help="rings of the mMR-like 3D scanner")
-    parser.add_argument("--max-ring-difference", type=int, default=None,
-                        help="3D maximum ring difference (default rings - 1)")
-    parser.add_argument("--span", type=int, default=1, help="3D axial compression")
-    parser.add_argument("--nz", type=int, default=None, help="3D planes (default 2*rings - 1)")
-    parser.add_argument("--nxy", type=int, default=112, help="3D transaxial image size")
-    parser.add_argument("--skip-2d", action="store_true", help="skip the 2D case")
-    parser.add_argument("--skip-3d", action="store_true", help="skip the 3D case")
-    parser.add_argument("--progress", action="store_true", help="show build progress bars")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch, numba, STIR)")
+    parser.add_argument("--repeats", type=int, default=2, help="timing repeats (best is kept)")
+    parser.add_argument("--rings", type=int, default=16, help="rings of the 16rings case")
+    parser.add_argument("--subsets-2d", type=int, default=21, help="OSEM subsets, 2D case")
+    parser.add_argument("--subsets-3d", type=int, default=21, help="OSEM subsets, 3D cases")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per measurement")
+    parser.add_argument("--worker", nargs=2, metavar=("CASE", "IMPLEMENTATION"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    mmr = get_scanner("mMR")
-    vx = mmr.default_bin_size_mm
-    common = dict(num_rays=args.num_rays, device=device, dtype=dtype, repeats=args.repeats,
-                  progress=args.progress)
-    rows = []
-    if not args.skip_2d:
-        rows.append(bench("2D mMR slice", SinogramGeometry.two_d("mMR"),
-                          ImageGeometry((1, 128, 128), (mmr.ring_spacing_mm, vx, vx)),
-                          num_subsets=args.subsets_2d, **common))
-    if not args.skip_3d:
-        scanner = mmr.with_rings(args.rings)
-        mrd = args.rings - 1 if args.max_ring_difference is None else args.max_ring_difference
-        nz = 2 * args.rings - 1 if args.nz is None else args.nz
-        sino = SinogramGeometry(scanner, scanner.num_detectors_per_ring // 2, span=args.span,
-                                max_ring_difference=mrd)
-        image = ImageGeometry((nz, args.nxy, args.nxy), (mmr.ring_spacing_mm / 2, vx, vx))
-        rows.append(bench(f"3D {args.rings} rings, span {args.span}, MRD {mrd}", sino, image,
-                          num_subsets=args.subsets_3d, **common))
-    if not rows:
+    if args.worker:
+        torch.set_num_threads(args.threads)
+        case, impl = args.worker
+        row = run_one(case, impl, num_subsets=_subsets_for(case, args), device=args.device,
+                      dtype=args.dtype, repeats=args.repeats, rings=args.rings)
+        print("RESULT " + json.dumps(row), flush=True)
         return
-    keys = list(rows[0])
-    print(f"device: {device}, dtype: {args.dtype}, threads: {torch.get_num_threads()}, "
-          f"torch {torch.__version__}\n")
+
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
+               NUMBA_NUM_THREADS=str(args.threads))
+    rows = []
+    for case in args.cases:
+        sino, image = geometries(case, args.rings)
+        for impl in args.implementations:
+            head = {"case": case, "implementation": impl,
+                    "sinograms x views x bins": "x".join(map(str, sino.shape)),
+                    "image (z,y,x)": "x".join(map(str, image.shape))}
+            if (case, impl) in DEFAULT_SKIP and not args.all:
+                rows.append({**head, "note": "skipped (--all runs it)"})
+                continue
+            if impl == "stir" and args.device != "cpu":
+                continue
+            cmd = [sys.executable, __file__, "--worker", case, impl, "--device", args.device,
+                   "--dtype", args.dtype, "--threads", str(args.threads), "--repeats",
+                   str(args.repeats if case != "mmr-span11" else 1), "--rings", str(args.rings),
+                   "--subsets-2d", str(args.subsets_2d), "--subsets-3d", str(args.subsets_3d)]
+            t0 = time.perf_counter()
+            try:
+                proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                                      timeout=args.timeout)
+                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+                if lines:
+                    result = json.loads(lines[-1][7:])
+                else:
+                    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                    result = {"note": f"failed: {tail[:120]}"}
+            except subprocess.TimeoutExpired:
+                result = {"note": f"timed out after {args.timeout:g} s"}
+            result["wall [s]"] = f"{time.perf_counter() - t0:.1f}"
+            rows.append({**head, **result})
+            print(f"done: {case} / {impl} ({result.get('wall [s]')} s)", file=sys.stderr,
+                  flush=True)
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"device: {args.device}, dtype: {args.dtype}, threads: {args.threads}, "
+          f"torch {torch.__version__}, load average at the end: {load:.1f}\n")
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))
     for row in rows:
-        print("| " + " | ".join(row[k] for k in keys) + " |")
+        print("| " + " | ".join(str(row.get(k, "")) for k in keys) + " |")
 
 
 if __name__ == "__main__":

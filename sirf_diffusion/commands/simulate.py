@@ -36,6 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "image (default: 48 rings, 96 planes)")
     p.add_argument("--max-ring-difference", metavar="N", type=non_negative_int, default=None,
                    help="--dims 3 only: largest ring difference (default: min(rings - 1, 4))")
+    p.add_argument("--span", metavar="S", type=positive_int, default=1,
+                   help="--dims 3 only: axial compression, odd (default: %(default)s; the full "
+                        "mMR: --rings 64 --max-ring-difference 60 --span 11 --image-size 285)")
+    p.add_argument("--image-size", metavar="N", type=positive_int, default=128,
+                   help="transaxial image size in voxels of 2.08626 mm (default: %(default)s)")
     p.add_argument("--lesions", metavar="N", type=non_negative_int, default=2,
                    help="number of hot/cold lesions to insert (default: %(default)s)")
     p.add_argument("--psf-fwhm", metavar="MM", type=non_negative_float, default=4.5,
@@ -61,13 +66,22 @@ def run(args: argparse.Namespace) -> int:
         for dest in ("rings", "max_ring_difference"):
             if getattr(args, dest) is not None:
                 raise ValueError(f"--{dest.replace('_', '-')} applies to --dims 3 only")
+    if args.dims == 2 and args.span != 1:
+        raise ValueError("--span applies to --dims 3 only")
+    if args.span % 2 == 0:
+        raise ValueError(f"--span must be odd, got {args.span}")
+    if args.span > 1 and (args.max_ring_difference is None
+                          or args.max_ring_difference < (args.span - 1) // 2):
+        raise ValueError(f"--span {args.span} needs --max-ring-difference of at least "
+                         f"{(args.span - 1) // 2}")
     if (args.rings is not None and args.max_ring_difference is not None
             and args.max_ring_difference >= args.rings):
         raise ValueError(f"--max-ring-difference {args.max_ring_difference} must be smaller than "
                          f"--rings {args.rings}")
     cfg = SimulationConfig(seed=args.seed, tracer=args.phantom.split("-")[1], dims=args.dims,
                            counts_per_mm3=args.counts, scanner=args.scanner, rings=args.rings,
-                           max_ring_difference=args.max_ring_difference, lesions=args.lesions,
+                           max_ring_difference=args.max_ring_difference, span=args.span,
+                           image_shape=(args.image_size, args.image_size), lesions=args.lesions,
                            psf_fwhm_mm=args.psf_fwhm, randoms_fraction=args.randoms_fraction,
                            scatter_fraction=args.scatter_fraction, noise_seed=args.noise_seed)
     results = ResultSet(args.out, overwrite=args.overwrite)
