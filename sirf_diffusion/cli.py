@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reconstruct": ("reconstruct", "reconstruct a PETRIC-layout case folder"),
     "demo": ("demo", "simulate a low-count brain scan and compare reconstructions"),
     "train": ("train", "train 2D score networks on simulated PET slices"),
+    "train-deft": ("train_deft", "train PET-DEFT's h-network for a prior on paired scans"),
     "sample": ("sample", "draw unconditional samples from a prior and save a PNG grid"),
 }
 

@@ -409,14 +409,18 @@ def _build_model(cfg: TrainConfig, dataset: SliceDataset, seeds: list[int],
     return ScoreModel(mcfg)
 
 
-def _export_ema(model: nn.Module, ema: EMA, target: Path, extra: dict[str, Any]) -> Path:
-    """Write the EMA weights to ``target`` (swapped in whole, never half-written)."""
+def _export_ema(model: nn.Module, ema: EMA, target: Path, extra: dict[str, Any],
+                save: Callable[[Path, nn.Module, dict[str, Any]], Any] | None = None) -> Path:
+    """Write the EMA weights to ``target`` (swapped in whole, never half-written); ``save(folder,
+    ema_model, extra)`` writes another model format (the DEFT h-network's)."""
     out_dir = make_dir(target.parent)
     ema_model = copy.deepcopy(model).to("cpu")
     ema.copy_to(ema_model)
     tmp = temporary_dir(out_dir, target.name)
     try:
-        if hasattr(ema_model, "config") and hasattr(ema_model, "training_loss"):
+        if save is not None:
+            save(tmp, ema_model, extra)
+        elif hasattr(ema_model, "config") and hasattr(ema_model, "training_loss"):
             from .modelio import save_model
 
             save_model(tmp, ema_model, extra)
