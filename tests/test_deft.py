@@ -23,7 +23,6 @@ from conftest import GaussianDenoiser, poisson_problem, randomise_parameters, ti
 from sirf_diffusion.diffusion.deft_training import deft_loss
 from sirf_diffusion.diffusion.deftio import DEFTModel, load_deft_model, save_deft_model
 from sirf_diffusion.diffusion.htransform import (
-    DEFTDenoiser,
     HNetConfig,
     HTransformNet,
     likelihood_feature,

@@ -67,8 +67,8 @@ from ..diffusion.normalisation import (
 from ..diffusion.window import WindowedDenoiser
 from ..likelihood import Likelihood
 from .dds import AnchoredEMDC
-from .deft import NoDataConsistency, check_deft_data, deft_denoiser, resolve_deft_model
 from .defaults import METHOD_DEFAULTS
+from .deft import NoDataConsistency, check_deft_data, deft_denoiser, resolve_deft_model
 from .dps import PoissonDPSDC, require_projections
 from .em_steps import check_positive_float, check_positive_int
 from .lisch import LikelihoodScheduleDC, mlem_likelihood_schedule
