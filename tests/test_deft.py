@@ -233,3 +233,76 @@ def test_gaussian_h_transform_reaches_the_known_optimum():
     a2 = ContinuousVP().alpha_bar(t)
     s_opt = (a2.sqrt() * (1 - a2).sqrt() * sigma_y**2 / ((1 - a2) + sigma_y**2)) / gain
     torch.testing.assert_close(hnet.scale(t).detach(), s_opt, rtol=0.15, atol=0.02)
+
+
+# ----------------------------------------------------------------------------- training
+def _train_config(**changes):
+    from sirf_diffusion.diffusion.deft_training import DEFTTrainConfig
+
+    base = dict(steps=4, batch_size=2, checkpoint_every=2, val_pairs=2, val_every=2,
+                pairs=dict(image_shape=(32, 32), num_views=36, num_subjects=2,
+                           plane_offsets_mm=(0.0, 8.125)),
+                hnet={"unet": TINY_UNET.to_dict(), "scale_channels": 8}, init_subsets=4,
+                init_epochs=1, precision="fp32", lr=1e-3, warmup_steps=1)
+    return DEFTTrainConfig(**{**base, **changes})
+
+
+def _state(folder):
+    from sirf_diffusion.diffusion.checkpointing import list_checkpoints, load_checkpoint
+
+    ckpt = load_checkpoint(list_checkpoints(folder)[-1])
+    return ckpt, (folder / "loss.csv").read_text(), (folder / "val_loss.csv").read_text()
+
+
+def test_training_resumes_bit_exactly(tmp_path):
+    from sirf_diffusion.diffusion.deft_training import train_deft
+    from sirf_diffusion.io.atomic import OutputExistsError
+
+    prior = tiny_score_model(precision="fp32", image_size=(32, 32)).eval()
+    cfg = _train_config()
+    train_deft(cfg, tmp_path / "a", prior=prior, progress=False)
+
+    def stop_at_2(info):
+        if info["step"] == 2:
+            raise StopIteration
+
+    train_deft(cfg, tmp_path / "b", prior=prior, progress=False, callback=stop_at_2)
+    with pytest.raises(OutputExistsError, match="--resume"):
+        train_deft(cfg, tmp_path / "b", prior=prior, progress=False)
+    with pytest.raises(ValueError, match="cannot resume"):
+        train_deft(_train_config(lr=2e-3), tmp_path / "b", prior=prior, progress=False,
+                   resume=True)
+    model_dir = train_deft(cfg, tmp_path / "b", prior=prior, progress=False, resume=True)
+    (a, loss_a, val_a), (b, loss_b, val_b) = _state(tmp_path / "a"), _state(tmp_path / "b")
+    assert a["step"] == b["step"] == 4
+    for state_a, state_b in ((a["model"], b["model"]),
+                             (a["ema"]["shadow"], b["ema"]["shadow"])):
+        assert state_a.keys() == state_b.keys()
+        for name, v in state_a.items():
+            assert torch.equal(v, state_b[name]), name
+    assert [r.split(",")[:2] for r in loss_a.splitlines()] == \
+        [r.split(",")[:2] for r in loss_b.splitlines()]
+    assert val_a == val_b
+    # the exported model: the EMA weights, the prior's fingerprint, the training geometry
+    model = load_deft_model(model_dir, precision="fp32")
+    assert model.prior_fingerprint == weights_fingerprint(prior)
+    assert model.geometry["image_shape"] == [1, 32, 32] and model.dose_range == (0.5, 10.0)
+    assert [s["resumed_at"] for s in model.extra["stages"]] == [0, 2]
+    for name, v in model.hnet.state_dict().items():
+        assert torch.equal(v, b["ema"]["shadow"][name])
+
+
+def test_train_deft_command_refuses_to_overwrite(tmp_path, capsys):
+    from sirf_diffusion.cli import main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["train-deft", "--out", str(out), "--steps", "1", "--no-progress"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert main(["train-deft", "--out", str(out), "--resume", "--no-progress"]) == 2
+    assert "no DEFT training run" in capsys.readouterr().err
+    assert main(["train-deft", "--out", str(tmp_path / "x"), "--config",
+                 str(tmp_path / "missing.json")]) == 2
+    assert "--config" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine"
