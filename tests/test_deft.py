@@ -306,3 +306,62 @@ def test_train_deft_command_refuses_to_overwrite(tmp_path, capsys):
                  str(tmp_path / "missing.json")]) == 2
     assert "--config" in capsys.readouterr().err
     assert (out / "notes.txt").read_text() == "mine"
+
+
+# ----------------------------------------------------------------------------- front ends
+def test_defaults_reach_the_run(problem):
+    from sirf_diffusion.samplers.defaults import METHOD_DEFAULTS
+
+    lik, _, prior = problem
+    run = prepare("deft", lik, prior, deft_model=deft_model_for(prior, lik))
+    d = METHOD_DEFAULTS["deft"]
+    assert run.stepper.num_steps == d["num_steps"] == run.config["num_steps"]
+    assert run.stepper.x.shape[0] == d["num_samples"] and run.config["eta"] == d["eta"]
+    assert run.config["init_subsets"] == 1 and run.config["init_epochs"] == 3  # the model's
+
+
+def test_cil_algorithm_is_reconstruct_step_by_step(problem, fake_cil):
+    from sirf_diffusion.samplers.methods import reconstruct
+
+    lik, _, prior = problem
+    hnet = randomise_parameters(tiny_hnet(), seed=5, scale=0.05)
+    model = deft_model_for(prior, lik, hnet)
+    common = dict(num_steps=3, num_samples=2, eta=0.5, deft_model=model)
+    ref = reconstruct("deft", lik, prior, generator=torch.Generator().manual_seed(1),
+                      progress=False, **common)
+    algo = fake_cil.PETDEFT(lik, prior, generator=torch.Generator().manual_seed(1), **common)
+    algo.run(10)
+    assert algo.iteration == 3
+    assert torch.equal(algo.result().sample, ref.sample)
+
+
+def test_reconstruct_command_runs_deft(cli_case, tiny_prior, tmp_path, capsys):
+    import json
+
+    from sirf_diffusion.cli import main
+    from sirf_diffusion.diffusion.modelio import load_model
+
+    prior = load_model(tiny_prior / "xy")
+    geometry = {"scanner": "mMR", "image_shape": [1, 128, 128],
+                "voxel_size_mm": [4.0625, 2.08626, 2.08626], "data_shape": [1, 252, 344]}
+    model = DEFTModel(randomise_parameters(tiny_hnet(), seed=6, scale=0.02),
+                      weights_fingerprint(prior), geometry, (0.5, 10.0),
+                      {"init_subsets": 4, "init_epochs": 1})
+    save_deft_model(tmp_path / "deft", model)
+    args = ["reconstruct", str(cli_case), "--method", "deft", "--model", str(tiny_prior),
+            "--deft-model", str(tmp_path / "deft"), "--steps", "2", "--samples", "2",
+            "--no-progress", "--precision", "fp32"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.startswith("reconstruct: deft (2 steps, mean of 2)")
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["sampler"]["deft_model"] == str(tmp_path / "deft")
+    assert 1.5 < cfg["sampler"]["estimated_dose"] < 4.0        # the case has 2.5 counts/mm^3
+    # --deft-model is PET-DEFT's only; the shipped prior is not the one it was trained against
+    assert main(["reconstruct", str(cli_case), "--method", "lisch", "--deft-model",
+                 str(tmp_path / "deft"), "--out", str(tmp_path / "o2")]) == 2
+    assert "--deft-model" in capsys.readouterr().err
+    assert main(["reconstruct", str(cli_case), "--method", "deft", "--deft-model",
+                 str(tmp_path / "deft"), "--steps", "1", "--no-progress",
+                 "--out", str(tmp_path / "o3")]) == 2
+    assert "another prior" in capsys.readouterr().err

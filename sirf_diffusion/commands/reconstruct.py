@@ -32,7 +32,7 @@ __all__ = ["add_arguments", "run", "reconstruct_classical", "run_diffusion_metho
            "CLASSICAL", "DIFFUSION", "CLASSICAL_DEFAULTS", "APPLIES_TO", "default_beta"]
 
 CLASSICAL = ("mlem", "osem", "mapem-rdp", "mapem-quadratic")
-DIFFUSION = ("lisch", "dds", "dps")
+DIFFUSION = ("lisch", "dds", "dps", "deft")
 _MAP = ("mapem-rdp", "mapem-quadratic")
 
 #: Defaults of the classical methods.  ``beta``: the MAP penalisation factor used when neither
@@ -57,6 +57,7 @@ APPLIES_TO: dict[str, tuple[str, ...]] = {
     "mlem_iterations": ("lisch",),
     "zeta": ("dps",),
     "axial_penalty": ("dds",),
+    "deft_model": ("deft",),
     "resample_prior": DIFFUSION,
 }
 
@@ -104,6 +105,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="PET-DDS on a 3D case: weight of the axial relative difference prior "
                         "between neighbouring planes (PET-DDS's 3D regulariser, Singh et al. "
                         "2024; default: none)")
+    p.add_argument("--deft-model", metavar="DIR", default=None,
+                   help="PET-DEFT: the h-network's model folder, trained for --model's prior by "
+                        "`sirf-diffusion train-deft` (default: the shipped one, for the shipped "
+                        "prior, mMR 2D 128 x 128, 0.5-10 counts/mm^3)")
     p.add_argument("--resample-prior", action="store_const", const=True, default=None,
                    help="diffusion methods: denoise on the prior's training voxel size "
                         "(value-preserving resampling at the prior boundary); for images whose "
@@ -189,8 +194,8 @@ def run_diffusion_method(method: str, likelihood: Any, denoiser: Any, *,
                          num_steps: int | None = None, num_mlem_iterations: int | None = None,
                          num_samples: int | None = None, step_size: float | None = None,
                          axial_penalty: float | None = None, seed: int = 0,
-                         progress: bool = True) -> Any:
-    """PET-LiSch / PET-DDS / DPS of ``likelihood`` with ``denoiser``.
+                         progress: bool = True, deft_model: Any = None) -> Any:
+    """PET-LiSch / PET-DDS / DPS / PET-DEFT of ``likelihood`` with ``denoiser``.
 
     ``None`` means the method's default (steps, samples, ``K``, DPS's misfit-normalised
     ``zeta`` = ``step_size``, ``eta``) from
@@ -207,6 +212,8 @@ def run_diffusion_method(method: str, likelihood: Any, denoiser: Any, *,
         options["step_size"] = d["step_size"] if step_size is None else step_size
     if axial_penalty is not None:
         options["axial_penalty"] = axial_penalty
+    if method == "deft":
+        options["deft_model"] = deft_model
     return reconstruct(method, likelihood, denoiser,
                        num_steps=d["num_steps"] if num_steps is None else num_steps,
                        num_samples=d["num_samples"] if num_samples is None else num_samples,
@@ -241,7 +248,8 @@ def run(args: argparse.Namespace) -> int:
     check_applicable(args, method, APPLIES_TO)
     device = check_device(args.device)
     results = ResultSet(args.out, overwrite=args.overwrite,
-                        protect={"case folder": args.case, "model folder": args.model})
+                        protect={"case folder": args.case, "model folder": args.model,
+                                 "DEFT model folder": args.deft_model})
     case, meta = load_case(args.case)
     shape = case.image_geometry.shape
     if args.axial_penalty is not None and shape[0] < 2:
@@ -272,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
                 method, lik, denoiser, num_steps=args.steps,
                 num_mlem_iterations=args.mlem_iterations, num_samples=args.samples,
                 step_size=args.zeta, axial_penalty=args.axial_penalty, seed=args.seed or 0,
-                progress=progress)
+                progress=progress, deft_model=args.deft_model)
             x = result.mean
             resolved["sampler"] = result.config
             resolved.update(num_network_evaluations=result.num_network_evaluations,
