@@ -74,7 +74,14 @@ from .htransform import (
 )
 from .precision import check_precision
 from .schedules import ContinuousVP
-from .training import _cpu_generator, _export_ema, _lr_at, _seeded_rng, stage_record
+from .training import (
+    _cpu_generator,
+    _export_ema,
+    _lr_at,
+    _seeded_rng,
+    optimiser_step,
+    stage_record,
+)
 
 __all__ = ["DEFTTrainConfig", "deft_loss", "train_deft"]
 
@@ -407,16 +414,8 @@ def train_deft(config: DEFTTrainConfig, out_dir: str | os.PathLike, *, resume: b
                 loss = deft_loss(prior, hnet, batch.x0, batch.feature(hnet.config.gradient), g,
                                  t_min)
                 loss.backward()
-            params = [p for p in hnet.parameters() if p.grad is not None]
-            if cfg.grad_clip is not None:
-                gn = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-            else:
-                gn = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
             value = float(loss.detach())
-            if not math.isfinite(value):
-                raise FloatingPointError(f"non-finite DEFT loss {value} at step {step + 1}")
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            gn = optimiser_step(hnet, opt, cfg.grad_clip, value, step)
             ema.update(hnet)
             step += 1
             loss_w.writerow([step, repr(value), repr(lr), repr(gn),
