@@ -365,3 +365,16 @@ def test_reconstruct_command_runs_deft(cli_case, tiny_prior, tmp_path, capsys):
                  str(tmp_path / "deft"), "--steps", "1", "--no-progress",
                  "--out", str(tmp_path / "o3")]) == 2
     assert "another prior" in capsys.readouterr().err
+
+
+def test_bench_deft_runs_quickly(capsys):
+    """benchmarks/bench_deft.py in its quickest setting (an untrained h-network, 1 step)."""
+    from pathlib import Path
+
+    from conftest import load_script
+
+    mod = load_script(Path(__file__).resolve().parents[1] / "benchmarks" / "bench_deft.py")
+    md = mod.main(["--untrained", "--steps", "1", "--samples", "1", "--repeats", "1",
+                   "--clock", "cpu", "--precision", "fp32"])
+    assert "| chains | whole (s)" in md and "untrained h-network" in md
+    assert md.splitlines()[-1].startswith("| 1 |")
