@@ -110,7 +110,8 @@ class DEFTTrainConfig:
         :class:`~sirf_diffusion.data.pairs.PairConfig` fields of the training pairs (split
         ``'train'``).
     val_pairs, val_every
-        Validation pairs (same config on the ``'val'`` split; 0: none) and their period.
+        Validation pairs (the same config on the first ``min(val_pairs, 8)`` subjects of the
+        ``'val'`` split, fixed pairs and noise; 0: none) and their period.
     hnet
         :class:`~.htransform.HNetConfig` fields.
     prior
