@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train 2D score networks on simulated PET slices"),
     "personalise": ("personalise", "fine-tune the prior to a case's anatomy (MR-registered "
                                    "pseudo-PET)"),
+    "train-deft": ("train_deft", "train PET-DEFT's h-network for a prior on paired scans"),
     "sample": ("sample", "draw unconditional samples from a prior and save a PNG grid"),
     "train-fbsem": ("train_fbsem", "train an FBSEM-net (unrolled EM with a CNN regulariser) "
                                    "on paired simulated data"),

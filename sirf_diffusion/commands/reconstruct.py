@@ -34,7 +34,7 @@ __all__ = ["add_arguments", "run", "reconstruct_classical", "run_diffusion_metho
            "default_beta", "BOWSHER_NEIGHBOURS", "BOWSHER_BETA"]
 
 CLASSICAL = ("mlem", "osem", "mapem-rdp", "mapem-quadratic")
-DIFFUSION = ("lisch", "dds", "dps")
+DIFFUSION = ("lisch", "dds", "dps", "deft")
 #: Trained reconstruction networks (FBSEM-net, :mod:`sirf_diffusion.recon.fbsem`).
 SUPERVISED = ("fbsem",)
 _MAP = ("mapem-rdp", "mapem-quadratic")
@@ -71,6 +71,7 @@ APPLIES_TO: dict[str, tuple[str, ...]] = {
     "mlem_iterations": ("lisch",),
     "zeta": ("dps",),
     "axial_penalty": ("dds",),
+    "deft_model": ("deft",),
     "resample_prior": DIFFUSION,
     "fbsem_model": ("fbsem",),
     "steer": ("lisch", "dds"),
@@ -148,6 +149,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{d['lisch']['steer_adam_steps']})")
     p.add_argument("--steer-lr", metavar="LR", type=positive_float, default=None,
                    help=f"with --steer: Adam learning rate (default: {d['lisch']['steer_lr']:g})")
+    p.add_argument("--deft-model", metavar="DIR", default=None,
+                   help="PET-DEFT: the h-network's model folder, trained for --model's prior by "
+                        "`sirf-diffusion train-deft` (default: the shipped one, for the shipped "
+                        "prior, mMR 2D 128 x 128, 0.5-10 counts/mm^3)")
     p.add_argument("--resample-prior", action="store_const", const=True, default=None,
                    help="diffusion methods: denoise on the prior's training voxel size "
                         "(value-preserving resampling at the prior boundary); for images whose "
@@ -239,8 +244,9 @@ def run_diffusion_method(method: str, likelihood: Any, denoiser: Any, *,
                          num_steps: int | None = None, num_mlem_iterations: int | None = None,
                          num_samples: int | None = None, step_size: float | None = None,
                          axial_penalty: float | None = None, seed: int = 0,
-                         progress: bool = True, steer: dict[str, Any] | None = None) -> Any:
-    """PET-LiSch / PET-DDS / DPS of ``likelihood`` with ``denoiser``.
+                         progress: bool = True, steer: dict[str, Any] | None = None,
+                         deft_model: Any = None) -> Any:
+    """PET-LiSch / PET-DDS / DPS / PET-DEFT of ``likelihood`` with ``denoiser``.
 
     ``None`` means the method's default (steps, samples, ``K``, DPS's misfit-normalised
     ``zeta`` = ``step_size``, ``eta``) from
@@ -259,6 +265,8 @@ def run_diffusion_method(method: str, likelihood: Any, denoiser: Any, *,
     if axial_penalty is not None:
         options["axial_penalty"] = axial_penalty
     options.update(steer or {})
+    if method == "deft":
+        options["deft_model"] = deft_model
     return reconstruct(method, likelihood, denoiser,
                        num_steps=d["num_steps"] if num_steps is None else num_steps,
                        num_samples=d["num_samples"] if num_samples is None else num_samples,
@@ -330,7 +338,8 @@ def run(args: argparse.Namespace) -> int:
     device = check_device(args.device)
     results = ResultSet(args.out, overwrite=args.overwrite,
                         protect={"case folder": args.case, "model folder": args.model,
-                                 "FBSEM-net model folder": args.fbsem_model})
+                                 "FBSEM-net model folder": args.fbsem_model,
+                                 "DEFT model folder": args.deft_model})
     case, meta = load_case(args.case)
     shape = case.image_geometry.shape
     if args.axial_penalty is not None and shape[0] < 2:
@@ -382,7 +391,7 @@ def run(args: argparse.Namespace) -> int:
                 step_size=args.zeta, axial_penalty=args.axial_penalty, seed=args.seed or 0,
                 progress=progress,
                 steer={k: getattr(args, k) for k in ("steer", *STEER_FLAGS)} if args.steer
-                else None)
+                else None, deft_model=args.deft_model)
             x = result.mean
             resolved["sampler"] = result.config
             resolved.update(num_network_evaluations=result.num_network_evaluations,

@@ -53,6 +53,9 @@ class SimulationConfig:
     noise_seed: int | None = None
     image_shape: tuple[int, int] = (128, 128)
     num_planes: int | None = None
+    #: 2D only: axial position of the slice (mm, as ``brain_phantom``'s ``z_mm``); ``None``:
+    #: the default plane through the basal ganglia.
+    z_mm: float | None = None
 
 
 @dataclass
@@ -94,11 +97,20 @@ def sinogram_geometry_for(config: SimulationConfig, num_planes: int) -> Sinogram
                             span=config.span, max_ring_difference=mrd)
 
 
-def simulate_scan(config: SimulationConfig, *, progress: bool = True) -> SimulatedScan:
-    """Simulate a noisy PET scan of a brain phantom (see the module docstring)."""
+def simulate_scan(config: SimulationConfig, *, progress: bool = True,
+                  projector: Any = None) -> SimulatedScan:
+    """Simulate a noisy PET scan of a brain phantom (see the module docstring).
+
+    ``projector``: an existing :class:`~sirf_diffusion.physics.projector.RayTracingProjector`
+    of the same geometries, whose cached matrices are then reused (many scans of one grid).
+    """
     from ..physics.attenuation import attenuation_factors
-    from ..physics.corrections import (normalisation_from_efficiencies, random_crystal_efficiencies,
-                                       scatter_like, uniform_randoms)
+    from ..physics.corrections import (
+        normalisation_from_efficiencies,
+        random_crystal_efficiencies,
+        scatter_like,
+        uniform_randoms,
+    )
     from ..physics.model import AcquisitionModel
     from ..physics.noise import poisson_noise
     from .phantoms import DEFAULT_VOXEL_SIZE_MM, brain_phantom, total_counts_for_level
@@ -122,14 +134,17 @@ def simulate_scan(config: SimulationConfig, *, progress: bool = True) -> Simulat
         planes = config.num_planes or (2 * config.rings - 1 if config.rings else 96)
         shape = (planes, ny, nx)
         vox = (scanner.ring_spacing_mm / 2, DEFAULT_VOXEL_SIZE_MM[1], DEFAULT_VOXEL_SIZE_MM[2])
+    if config.z_mm is not None and config.dims != 2:
+        raise ValueError("z_mm selects the slice of a 2D simulation; use dims=2")
     phantom = brain_phantom(config.seed, tracer=config.tracer, dims=config.dims, shape=shape,
-                            voxel_size_mm=vox, lesions=config.lesions)
+                            voxel_size_mm=vox, lesions=config.lesions, z_mm=config.z_mm)
     img_geom = phantom.geometry
     sino_geom = sinogram_geometry_for(config, img_geom.shape[0])
 
     g = torch.Generator().manual_seed(config.noise_seed if config.noise_seed is not None else config.seed)
     mu = torch.from_numpy(np.ascontiguousarray(phantom.mu_map, dtype=np.float32))
-    model = AcquisitionModel(sino_geom, img_geom, psf_fwhm_mm=config.psf_fwhm_mm or None)
+    model = AcquisitionModel(sino_geom, img_geom, psf_fwhm_mm=config.psf_fwhm_mm or None,
+                             projector=projector)
     af = attenuation_factors(mu, img_geom, sino_geom, projector=model.projector)
     eff = random_crystal_efficiencies(sino_geom.scanner, generator=g, spread=config.efficiency_spread)
     norm = normalisation_from_efficiencies(eff, sino_geom)

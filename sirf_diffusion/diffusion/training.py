@@ -409,14 +409,18 @@ def _build_model(cfg: TrainConfig, dataset: SliceDataset, seeds: list[int],
     return ScoreModel(mcfg)
 
 
-def _export_ema(model: nn.Module, ema: EMA, target: Path, extra: dict[str, Any]) -> Path:
-    """Write the EMA weights to ``target`` (swapped in whole, never half-written)."""
+def _export_ema(model: nn.Module, ema: EMA, target: Path, extra: dict[str, Any],
+                save: Callable[[Path, nn.Module, dict[str, Any]], Any] | None = None) -> Path:
+    """Write the EMA weights to ``target`` (swapped in whole, never half-written); ``save(folder,
+    ema_model, extra)`` writes another model format (the DEFT h-network's)."""
     out_dir = make_dir(target.parent)
     ema_model = copy.deepcopy(model).to("cpu")
     ema.copy_to(ema_model)
     tmp = temporary_dir(out_dir, target.name)
     try:
-        if hasattr(ema_model, "config") and hasattr(ema_model, "training_loss"):
+        if save is not None:
+            save(tmp, ema_model, extra)
+        elif hasattr(ema_model, "config") and hasattr(ema_model, "training_loss"):
             from .modelio import save_model
 
             save_model(tmp, ema_model, extra)
@@ -619,17 +623,25 @@ def _step(cfg: TrainConfig, step: int, lr: float, model: nn.Module, loss_module:
     if dist_ctx.world_size > 1:
         torch.distributed.all_reduce(total)
         total /= dist_ctx.world_size
+    loss_value = float(total)
+    return loss_value, optimiser_step(model, opt, cfg.grad_clip, loss_value, step)
+
+
+def optimiser_step(model: nn.Module, opt: torch.optim.Optimizer, grad_clip: float | None,
+                   loss_value: float, step: int) -> float:
+    """Clip the gradients to ``grad_clip`` (or only measure their norm), refuse a non-finite
+    loss (``FloatingPointError`` naming the 1-based step), take the optimiser step and clear
+    the gradients; returns the gradient norm before clipping."""
     params = [p for p in model.parameters() if p.grad is not None]
-    if cfg.grad_clip is not None:
-        gn = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+    if grad_clip is not None:
+        gn = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
     else:
         gn = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
-    loss_value = float(total)
     if not math.isfinite(loss_value):
         raise FloatingPointError(f"non-finite training loss {loss_value} at step {step + 1}")
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return loss_value, gn
+    return gn
 
 
 def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,

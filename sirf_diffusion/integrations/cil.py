@@ -65,7 +65,7 @@ from .containers import Restore, to_torch  # noqa: E402
 from .prior import DiffusionPrior  # noqa: E402
 
 __all__ = ["DiffusionPriorFunction", "LikelihoodScheduledDiffusion", "DecomposedDiffusion",
-           "DiffusionPosteriorSampling", "PETPhysicsOperator", "require_cil",
+           "DiffusionPosteriorSampling", "PETDEFT", "PETPhysicsOperator", "require_cil",
            "CIL_INSTALL_HINT"]
 
 CIL_INSTALL_HINT = INSTALL_HINTS["cil"]
@@ -257,6 +257,17 @@ class DiffusionPosteriorSampling(_DiffusionAlgorithm):
     """
 
     _method = "dps"
+
+
+class PETDEFT(_DiffusionAlgorithm):
+    """PET-DEFT (Webber et al., MICCAI 2025, arXiv 2506.24034) as a CIL ``Algorithm``.
+
+    Parameters as :class:`_DiffusionAlgorithm` (``denoiser``: the prior the h-network was
+    trained against); the PET-DEFT option is ``deft_model`` (a model folder, a loaded
+    ``DEFTModel`` or ``None`` for the shipped one).
+    """
+
+    _method = "deft"
 
 
 # ============================================================================ LinearOperator

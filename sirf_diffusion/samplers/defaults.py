@@ -36,11 +36,14 @@ METHOD_DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "dps": MappingProxyType({"num_steps": 50, "step_size": 2000.0, "num_samples": 1,
                              "eta": 0.0, "step_normalisation": "misfit", "init_subsets": 1,
                              "init_epochs": 10}),
+    # PET-DEFT (docs/deft.md): 5 steps as the paper's fastest setting; its normalisation
+    # recipe comes from the DEFT model (what it was trained with), not from this table
+    "deft": MappingProxyType({"num_steps": 5, "num_samples": 4, "eta": 0.0}),
 })
 
 
 def defaults_for(method: str) -> dict[str, Any]:
-    """A copy of the defaults of ``method`` (``'lisch'``, ``'dds'`` or ``'dps'``)."""
+    """A copy of the defaults of ``method`` (``'lisch'``, ``'dds'``, ``'dps'`` or ``'deft'``)."""
     if method not in METHOD_DEFAULTS:
         raise ValueError(f"method must be one of {tuple(METHOD_DEFAULTS)}, got {method!r}")
     return dict(METHOD_DEFAULTS[method])

@@ -12,6 +12,7 @@ method     data-consistency rule                        paper
 ``lisch``  :class:`~.lisch.LikelihoodScheduleDC`        Webber et al., IEEE TMI 2025 (PET-LiSch)
 ``dds``    :class:`~.dds.AnchoredEMDC`                  Singh et al., MELBA 2024 (PET-DDS)
 ``dps``    :class:`~.dps.PoissonDPSDC`                  Singh et al. 2024 / Chung et al. 2023 (DPS)
+``deft``   none (an h-transformed denoiser, :mod:`.deft`)  Webber et al. 2025 (PET-DEFT)
 =========  ==========================================  =========================================
 
 Steps of :func:`prepare`:
@@ -67,6 +68,7 @@ from ..diffusion.window import WindowedDenoiser
 from ..likelihood import Likelihood
 from .dds import AnchoredEMDC
 from .defaults import METHOD_DEFAULTS
+from .deft import NoDataConsistency, check_deft_data, deft_denoiser, resolve_deft_model
 from .dps import PoissonDPSDC, require_projections
 from .em_steps import check_positive_float, check_positive_int
 from .lisch import LikelihoodScheduleDC, mlem_likelihood_schedule
@@ -78,7 +80,7 @@ from .steer import STEER_OPTIONS, steer_denoiser
 __all__ = ["Method", "MethodSpec", "METHODS", "COMMON_OPTIONS", "DiffusionRun", "prepare",
            "resolve_options", "default_sigmas"]
 
-Method = Literal["lisch", "dds", "dps"]
+Method = Literal["lisch", "dds", "dps", "deft"]
 
 #: Options every method takes, with their defaults where ``METHOD_DEFAULTS`` has none.
 COMMON_OPTIONS: Mapping[str, Any] = MappingProxyType({
@@ -127,6 +129,8 @@ class _Parts:
     init_pll: float | None
     config: dict[str, Any]
     pll_targets: torch.Tensor | None = None
+    #: The method's own denoiser around the given prior (PET-DEFT's h-transform), or ``None``.
+    wrap_denoiser: Callable[[Denoiser], Any] | None = None
 
 
 def _fit_normalisation(likelihood: Likelihood, image: torch.Tensor,
@@ -229,6 +233,27 @@ def _prior_window(denoiser: Denoiser, likelihood: Likelihood, image: torch.Tenso
                              support=mask.to(torch.bool), warn=False)
 
 
+def _prepare_deft(likelihood: Likelihood, opt: dict[str, Any], num_steps: int,
+                  normalisation: IntensityNormalisation | None, progress: bool) -> _Parts:
+    """PET-DEFT: the model's OSEM normalisation, no rule, the h-transformed denoiser."""
+    from ..diffusion.htransform import fit_normalisation
+
+    model = resolve_deft_model(opt["deft_model"])
+    check_deft_data(model, likelihood, None)  # the geometry, before any projection
+    image, cost = None, 0.0
+    if normalisation is None:
+        normalisation, image, cost = fit_normalisation(
+            likelihood, model.normalisation["init_subsets"], model.normalisation["init_epochs"],
+            opt["support_mask"])
+    dose = check_deft_data(model, likelihood, image)
+    config = {"deft_model": None if model.path is None else str(model.path),
+              "gradient": model.hnet.config.gradient, "estimated_dose": dose,
+              "dose_range": list(model.dose_range), **{
+                  f"init_{k}": model.normalisation[f"init_{k}"] for k in ("subsets", "epochs")}}
+    return _Parts(NoDataConsistency(), normalisation, image, cost, None, config,
+                  wrap_denoiser=lambda prior: deft_denoiser(model, prior))
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """A diffusion reconstruction method: its own options and its factory."""
@@ -258,6 +283,8 @@ METHODS: Mapping[str, MethodSpec] = MappingProxyType({
     "dps": MethodSpec("dps", "Chung et al., ICLR 2023; Singh et al., MELBA 2024",
                       ("step_size", "step_normalisation", "init_subsets", "init_epochs"),
                       _prepare_dps),
+    "deft": MethodSpec("deft", "Webber et al., MICCAI 2025 (arXiv 2506.24034); Denker et al., "
+                       "NeurIPS 2024", ("deft_model",), _prepare_deft),
 })
 
 
@@ -418,7 +445,7 @@ def prepare(method: Method, likelihood: Likelihood, denoiser: Denoiser,
     Parameters
     ----------
     method
-        ``'lisch'``, ``'dds'`` or ``'dps'`` (:data:`METHODS`).
+        ``'lisch'``, ``'dds'``, ``'dps'`` or ``'deft'`` (:data:`METHODS`).
     likelihood
         A :class:`~sirf_diffusion.likelihood.Likelihood` of the measured data (DPS needs a
         :class:`~sirf_diffusion.likelihood.ProjectingLikelihood`).
@@ -460,6 +487,8 @@ def prepare(method: Method, likelihood: Likelihood, denoiser: Denoiser,
                              opt["prior_window"])
     config["prior_window"] = (list(denoiser.window) if isinstance(denoiser, WindowedDenoiser)
                               else None)
+    if parts.wrap_denoiser is not None:
+        denoiser = parts.wrap_denoiser(denoiser)
     adapt = noise_denoiser = None
     if opt.get("steer"):  # steerable conditional diffusion (.steer): a fresh adapter per run
         steering = steer_denoiser(denoiser, likelihood, norm, n_steps, rank=opt["steer_rank"],

@@ -1,0 +1,87 @@
+"""``sirf-diffusion train-deft``: train PET-DEFT's h-network for a prior, resumable.
+
+``--out`` is the run folder of :func:`~sirf_diffusion.diffusion.deft_training.train_deft`
+(checkpoints, losses, ``train_config.json``) with the exported model in ``--out/model``, the
+folder ``reconstruct --method deft --deft-model`` reads.  Nothing is lost:
+
+* without ``--resume``, ``--out`` must be absent or empty, unless ``--overwrite`` (which starts
+  a new run there: its checkpoints are deleted, its files replaced);
+* ``--resume`` continues the run in ``--out`` (or starts one in an absent or empty folder, so one
+  command both starts and continues a run), and refuses a non-empty folder without checkpoints;
+* the configuration of a resumed run must match its checkpoint's (only ``steps`` and the
+  checkpoint/validation periods may change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from .arguments import add_precision_argument, positive_int
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``train-deft``."""
+    p.add_argument("--out", metavar="DIR", required=True,
+                   help="run folder (checkpoints, losses; the model in DIR/model); created, or "
+                        "empty, or continued with --resume")
+    p.add_argument("--config", metavar="JSON", default=None,
+                   help="JSON DEFT training config, e.g. configs/deft.json (default: the "
+                        "DEFTTrainConfig defaults)")
+    p.add_argument("--steps", metavar="N", type=positive_int, default=None,
+                   help="number of optimiser steps (default: the config's)")
+    p.add_argument("--prior", metavar="DIR", default=None,
+                   help="the frozen prior's model folder (default: the config's, else the "
+                        "shipped models/default/xy)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its latest checkpoint")
+    group.add_argument("--overwrite", action="store_true",
+                       help="start a new run in a non-empty --out (its checkpoints are deleted)")
+    add_precision_argument(p, None, "the config's, else auto")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from ..diffusion.deft_training import DEFTTrainConfig
+
+    if args.config is not None and not Path(args.config).is_file():
+        raise ValueError(f"--config {args.config}: file not found")
+    try:
+        cfg = DEFTTrainConfig() if args.config is None else DEFTTrainConfig.from_json(args.config)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"--config {args.config}: {exc}") from None
+    changes = {k: v for k, v in (("steps", args.steps), ("prior", args.prior),
+                                 ("precision", args.precision)) if v is not None}
+    if args.prior is not None and not Path(args.prior).is_dir():
+        raise ValueError(f"--prior {args.prior}: model folder not found")
+    return dataclasses.replace(cfg, **changes)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train (module docstring for what is refused)."""
+    from ..diffusion.checkpointing import list_checkpoints
+    from ..diffusion.deft_training import train_deft
+    from .output import check_location, entries, preview
+
+    cfg = _config(args)
+    folder = check_location(args.out, "--out", {"--config file": args.config,
+                                                 "--prior folder": cfg.prior})
+    old = entries(folder, "--out") if folder.is_dir() else []
+    has_run = bool(list_checkpoints(folder))
+    if old and args.resume and not has_run:
+        raise ValueError(f"--resume: --out {args.out} holds no DEFT training run (no checkpoint, "
+                         f"but {preview(old)}); choose another folder")
+    if old and not (args.resume or args.overwrite):
+        hint = ("it holds a DEFT training run: pass --resume to continue it, or --overwrite to "
+                "start again" if has_run else "pass --overwrite to replace its contents")
+        raise ValueError(f"--out {args.out} is not empty (it holds {preview(old)}): {hint}, or "
+                         "choose another folder")
+    model = train_deft(cfg, folder, resume=args.resume, overwrite=args.overwrite,
+                       progress=not args.no_progress)
+    print(f"train-deft: model in {Path(args.out) / model.name} ({cfg.steps} steps)")
+    return 0
