@@ -20,10 +20,8 @@ for bit (same device and thread count).  ``out_dir`` holds ``train_config.json``
 checkpoint, :func:`~.fbsem.save_fbsem`), whose ``config.json`` records the geometry and the
 count range of the training data (:func:`~.fbsem.check_applicability`) and the training cost.
 
-Paired data: :mod:`sirf_diffusion.data.pairs` (``PairConfig``, ``PairedDataset``) when present;
-until it lands, a small generator here with the same names (:class:`_PairConfig`,
-:class:`_PairedDataset`: one default slice per subject, simulated noise-free once, scaled to the
-dose and Poisson-sampled).
+Paired data: :mod:`sirf_diffusion.data.pairs` (``PairConfig``, ``PairedDataset``), the pairs
+PET-DEFT trains on.
 """
 
 from __future__ import annotations
@@ -153,94 +151,9 @@ class FBSEMTrainConfig:
         return cls.from_dict(d)
 
 
-# ----------------------------------------------------------------------------- paired data
-@dataclass(frozen=True)
-class _PairConfig:
-    """Stand-in for ``sirf_diffusion.data.pairs.PairConfig`` (module docstring)."""
-
-    split: str = "train"
-    num_subjects: int = 16
-    first_subject: int = 0
-    dose_range: tuple[float, float] = (0.5, 10.0)
-
-    def subjects(self) -> list[int]:
-        from ..data.splits import subject_seeds
-
-        if self.split not in ("train", "val"):
-            raise ValueError(f"pairs come from the 'train' or 'val' split, not {self.split!r}")
-        return subject_seeds(self.split, int(self.num_subjects), int(self.first_subject))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "dose_range": list(self.dose_range)}
-
-
-@dataclass
-class _Pair:
-    image: torch.Tensor
-    physics: Any
-    prompts: torch.Tensor
-    dose: float
-    subject: int
-
-    def likelihood(self, projector: Any = None) -> Any:
-        from ..likelihood import PoissonLogLikelihood
-
-        return PoissonLogLikelihood(self.physics, self.prompts)
-
-
-class _PairedDataset:
-    """Stand-in for ``sirf_diffusion.data.pairs.PairedDataset``: example ``k`` is a pure
-    function of ``(seed, k)`` (subject uniformly, dose log-uniformly, Poisson noise)."""
-
-    def __init__(self, config: _PairConfig, seed: int = 0) -> None:
-        self.config, self.seed = config, int(seed)
-        self.subjects = config.subjects()
-        self.projector = None
-        self._scans: dict[int, tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-
-    def _noise_free(self, subject: int) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
-        from ..data.simulate import SimulationConfig, simulate_scan
-
-        if subject not in self._scans:
-            scan = simulate_scan(SimulationConfig(seed=subject, counts_per_mm3=1.0),
-                                 progress=False)
-            model = scan.acquisition_model()
-            ybar = model.forward(scan.reference)
-            self._scans[subject] = (scan, ybar, scan.multiplicative, scan.additive)
-        return self._scans[subject]
-
-    def example(self, index: int) -> _Pair:
-        from ..physics.model import AcquisitionModel
-        from ..physics.noise import poisson_noise
-
-        rng = np.random.default_rng([self.seed, int(index)])
-        subject = self.subjects[int(rng.integers(len(self.subjects)))]
-        lo, hi = self.config.dose_range
-        dose = float(math.exp(rng.uniform(math.log(lo), math.log(hi)))) if hi > lo else lo
-        scan, ybar, mult, add = self._noise_free(subject)
-        g = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        physics = AcquisitionModel(scan.sinogram_geometry, scan.image_geometry,
-                                   multiplicative=mult, additive=add * dose,
-                                   psf_fwhm_mm=scan.config.psf_fwhm_mm or None)
-        return _Pair(scan.reference * dose, physics, poisson_noise(ybar * dose, g), dose, subject)
-
-    def batch(self, step: int, batch_size: int) -> list[_Pair]:
-        return [self.example(step * batch_size + k) for k in range(batch_size)]
-
-    def describe(self) -> dict[str, Any]:
-        return {"pairs": self.config.to_dict(), "seed": self.seed, "subjects": self.subjects,
-                "dose_law": "log-uniform over dose_range (counts/mm^3)",
-                "generator": "sirf_diffusion.recon.fbsem_training (one default slice per "
-                             "subject)"}
-
-
 def pair_sources(cfg: FBSEMTrainConfig) -> tuple[Any, Any]:
-    """The training and validation pair streams of a run (:mod:`sirf_diffusion.data.pairs`
-    when present, else this module's stand-in)."""
-    try:
-        from ..data.pairs import PairConfig, PairedDataset  # type: ignore[import-not-found]
-    except ImportError:
-        PairConfig, PairedDataset = _PairConfig, _PairedDataset  # noqa: N806
+    """The training and validation pair streams of a run (:mod:`sirf_diffusion.data.pairs`)."""
+    from ..data.pairs import PairConfig, PairedDataset
     train = PairedDataset(PairConfig(split="train", num_subjects=cfg.train_subjects,
                                      dose_range=cfg.dose_range),
                           seed=derive_seed(cfg.seed, _TAG_PAIRS))
