@@ -53,7 +53,7 @@ from ..diffusion.checkpointing import (
 )
 from ..diffusion.datasets import derive_seed
 from ..diffusion.ema import EMA
-from ..diffusion.training import _check_resumable
+from ..diffusion.training import _check_resumable, optimiser_step
 from ..io.atomic import OutputExistsError, make_dir, write_json
 from .fbsem import FBSEMConfig, FBSEMNet, counts_per_voxel, save_fbsem
 
@@ -332,15 +332,7 @@ def train_fbsem(config: FBSEMTrainConfig, out_dir: str | Path, *, resume: bool =
                 loss = relative_squared_error(x, ex.image) / cfg.batch_size
                 loss.backward()
                 total += float(loss.detach())
-            if not math.isfinite(total):
-                raise FloatingPointError(f"non-finite FBSEM-net training loss {total} at step "
-                                         f"{step + 1}")
-            params = [p for p in net.parameters() if p.grad is not None]
-            gn = (float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-                  if cfg.grad_clip is not None else
-                  float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))))
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            gn = optimiser_step(net, opt, cfg.grad_clip, total, step)
             ema.update(net)
             step += 1
             loss_w.writerow([step, repr(total), repr(lr), repr(gn),
