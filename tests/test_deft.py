@@ -26,6 +26,7 @@ from sirf_diffusion.diffusion.htransform import (
     HNetConfig,
     HTransformNet,
     likelihood_feature,
+    output_scale,
     weights_fingerprint,
 )
 from sirf_diffusion.diffusion.normalisation import IntensityNormalisation
@@ -191,14 +192,21 @@ def _optimal_loss(t: torch.Tensor, sigma_y: float) -> torch.Tensor:
     return 1 - b2 - ab * b2 / (b2 + sigma_y**2)
 
 
-def test_gaussian_h_transform_reaches_the_known_optimum():
+@pytest.mark.parametrize("scaling", ["none", "edm"])
+def test_gaussian_h_transform_reaches_the_known_optimum(scaling):
     """Analytic case (module docstring): the loss falls from the unconditional level to the
-    conditional variance (within 3 %), and s(t) approaches the optimal scale."""
+    conditional variance (within 3 %), and s(t) approaches the optimal scale; with EDM's
+    output scaling both are weighted by ``1 / kappa^2`` and ``s`` by ``1 / kappa``."""
     torch.manual_seed(0)
     sigma_y, gain, t_min = 0.5, 1.0, 0.05
     prior = _GaussianPrior(0.0, 1.0)
-    hnet = HTransformNet(HNetConfig(unet=TINY_UNET, gradient="raw", feature_gain=gain,
-                                    scale_channels=32), precision="fp32")
+    config = HNetConfig(unet=TINY_UNET, gradient="raw", feature_gain=gain, scale_channels=32,
+                        output_scaling=scaling, sigma_data=1.0)
+    hnet = HTransformNet(config, precision="fp32")
+
+    def weight(t: torch.Tensor) -> torch.Tensor:
+        ab = ContinuousVP().alpha_bar(t)
+        return output_scale(config, ((1 - ab) / ab).sqrt()) ** -2
     opt = torch.optim.Adam(hnet.parameters(), lr=1e-2)
 
     def batch(seed: int, n: int):
@@ -214,8 +222,8 @@ def test_gaussian_h_transform_reaches_the_known_optimum():
             loss = float(deft_loss(prior, hnet, x0, feat, g, t_min))
         g = torch.Generator().manual_seed(7)  # the same t as the loss drew
         t = t_min + (1 - t_min) * torch.rand(4096, generator=g)
-        best = float(_optimal_loss(t, sigma_y).mean())
-        uncond = float((1 - (1 - ContinuousVP().alpha_bar(t))).mean())
+        best = float((weight(t) * _optimal_loss(t, sigma_y)).mean())
+        uncond = float((weight(t) * ContinuousVP().alpha_bar(t)).mean())
         return loss, best, uncond
 
     start, best, uncond = evaluate()
@@ -232,6 +240,7 @@ def test_gaussian_h_transform_reaches_the_known_optimum():
     t = torch.tensor([0.2, 0.5])
     a2 = ContinuousVP().alpha_bar(t)
     s_opt = (a2.sqrt() * (1 - a2).sqrt() * sigma_y**2 / ((1 - a2) + sigma_y**2)) / gain
+    s_opt = s_opt * weight(t).sqrt()
     torch.testing.assert_close(hnet.scale(t).detach(), s_opt, rtol=0.15, atol=0.02)
 
 
@@ -378,3 +387,23 @@ def test_bench_deft_runs_quickly(capsys):
                    "--clock", "cpu", "--precision", "fp32"])
     assert "| chains | whole (s)" in md and "untrained h-network" in md
     assert md.splitlines()[-1].startswith("| 1 |")
+
+
+def test_models_saved_before_the_output_scaling_load_with_deft_published_form(problem, tmp_path):
+    """A config.json without ``output_scaling`` (saved before it existed) is DEFT's form."""
+    import json
+
+    lik, _, prior = problem
+    model = deft_model_for(prior, lik, randomise_parameters(tiny_hnet(), seed=4))
+    save_deft_model(tmp_path / "m", model)
+    cfg = tmp_path / "m" / "config.json"
+    meta = json.loads(cfg.read_text())
+    assert meta["hnet"]["output_scaling"] == "edm"
+    del meta["hnet"]["output_scaling"]
+    cfg.write_text(json.dumps(meta))
+    back = load_deft_model(tmp_path / "m", precision="fp32")
+    assert back.hnet.config.output_scaling == "none"
+    sigma = torch.tensor([0.1, 10.0])
+    assert torch.equal(output_scale(back.hnet.config, sigma), torch.ones(2))
+    kappa = output_scale(model.hnet.config, sigma)
+    torch.testing.assert_close(kappa, 0.5 / torch.sqrt(sigma**2 + 0.25))

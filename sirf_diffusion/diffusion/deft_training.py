@@ -70,6 +70,7 @@ from .htransform import (
     HTransformNet,
     fit_normalisation,
     likelihood_feature,
+    output_scale,
     weights_fingerprint,
 )
 from .precision import check_precision
@@ -79,6 +80,7 @@ from .training import (
     _export_ema,
     _lr_at,
     _seeded_rng,
+    lineage,
     optimiser_step,
     stage_record,
 )
@@ -121,6 +123,10 @@ class DEFTTrainConfig:
     init_subsets, init_epochs
         The OSEM image whose support mean normalises each pair (the recipe the model records
         and reconstructions repeat).
+    init_from
+        A DEFT model folder whose h-network weights start a new run (a warm start: the
+        architecture must match; ``output_scaling`` and ``sigma_data`` may differ); ignored
+        when resuming.
     """
 
     steps: int = 2000
@@ -145,6 +151,7 @@ class DEFTTrainConfig:
     precision: str = "auto"
     init_subsets: int = 12
     init_epochs: int = 2
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         from ..data.pairs import PairConfig
@@ -224,7 +231,10 @@ def deft_loss(prior: Any, hnet: HTransformNet, x0: torch.Tensor,
         g = feature(x0_hat)
     # 3. the h-network's correction and the conditional noise regression
     eps_h = DEFTDenoiser(prior, hnet).correction(x, sigma.reshape(-1), x0_hat, g)
-    return torch.mean((eps - eps_theta - eps_h) ** 2)
+    # 4. EDM's weighting 1 / kappa^2 = 1 + sigma^2 / sigma_data^2 with its output scaling: the
+    #    loss of UNet - s g against (x0 - x0_hat) / c_out, of unit size at every noise level
+    weight = output_scale(hnet.config, sigma) ** -2
+    return torch.mean(weight * (eps - eps_theta - eps_h) ** 2)
 
 
 # ----------------------------------------------------------------------------- the data
@@ -338,6 +348,16 @@ def train_deft(config: DEFTTrainConfig, out_dir: str | os.PathLike, *, resume: b
     t_min = float(getattr(getattr(prior, "config", None), "t_min", 1e-3))
     with _seeded_rng(derive_seed(cfg.seed, _TAG_INIT), torch.device("cpu")):
         hnet = HTransformNet(HNetConfig.from_dict(cfg.hnet), precision=cfg.precision)
+    if ckpt is None and cfg.init_from:
+        from .deftio import load_deft_model
+
+        warm = load_deft_model(cfg.init_from)
+        try:
+            hnet.load_state_dict(warm.hnet.state_dict())
+        except RuntimeError as e:
+            raise ValueError(f"init_from={cfg.init_from!r} does not fit the configured "
+                             f"h-network: {e}") from None
+        tqdm.write(f"warm start from {cfg.init_from}")
     ema = EMA(hnet, cfg.ema_decay, cfg.ema_warmup)
     opt = torch.optim.AdamW(hnet.parameters(), lr=cfg.lr, betas=cfg.betas,
                             weight_decay=cfg.weight_decay)
@@ -376,7 +396,8 @@ def train_deft(config: DEFTTrainConfig, out_dir: str | os.PathLike, *, resume: b
         stage = stage_record(cfg_dict, step, start,
                              time.perf_counter() - t_start, torch.device("cpu"), prior_dtype)
         extra = {"train_config": cfg_dict, "run_id": run_id, "train_step": step,
-                 "pairs": train_ds.describe(), "stages": _stages(out, stage)}
+                 "pairs": train_ds.describe(), "stages": _stages(out, stage),
+                 "warm_start": lineage(cfg.init_from)}
         meta = DEFTModel(hnet, fingerprint, geometry, tuple(train_ds.config.dose_range),
                          {"init_subsets": cfg.init_subsets, "init_epochs": cfg.init_epochs,
                           "kind": "support mean of OSEM (well-sampled voxels, 5 % threshold)"},

@@ -121,7 +121,10 @@ def load_deft_model(directory: str | os.PathLike[str], precision: str = "auto") 
         raise ValueError(f"{w_path}: sha256 mismatch with {cfg_path}: the weights file is "
                          "corrupt, truncated or was modified")
     try:
-        hnet = HTransformNet(HNetConfig.from_dict(meta["hnet"]), precision=precision)
+        hcfg = dict(meta["hnet"])
+        # models saved before the output scaling existed used DEFT's published form
+        hcfg.setdefault("output_scaling", "none")
+        hnet = HTransformNet(HNetConfig.from_dict(hcfg), precision=precision)
         sd = load(blob)
         hnet.load_state_dict(sd, strict=True)
         model = DEFTModel(hnet, str(meta["prior_fingerprint"]), dict(meta["geometry"]),

@@ -55,11 +55,14 @@ from .precision import check_precision, network_autocast, resolve_precision
 from .schedules import ContinuousVP, DiscreteVP
 from .unet import UNet, UNetConfig, timestep_embedding
 
-__all__ = ["GradientFeature", "HNetConfig", "TimeScale", "HTransformNet", "likelihood_feature",
+__all__ = ["GradientFeature", "HNetConfig", "TimeScale", "HTransformNet", "output_scale",
+           "likelihood_feature",
            "DEFTDenoiser", "weights_fingerprint", "fit_normalisation"]
 
 GradientFeature = Literal["em", "raw"]
 GRADIENT_FEATURES: tuple[str, ...] = ("em", "raw")
+OutputScaling = Literal["edm", "none"]
+OUTPUT_SCALINGS: tuple[str, ...] = ("edm", "none")
 
 
 def _default_unet() -> UNetConfig:
@@ -88,12 +91,23 @@ class HNetConfig:
         slowly.
     scale_channels
         Width of the time embedding and hidden layer of the scale ``s(t)``.
+    output_scaling
+        ``'none'``: DEFT's correction as published, ``eps_h = UNet - s(t) g``; ``'edm'``
+        (default): ``eps_h = kappa(sigma) (UNet - s(t) g)`` with
+        ``kappa = sigma_data / sqrt(sigma^2 + sigma_data^2)`` (:func:`output_scale`), so
+        that the correction of the Tweedie estimate, ``sigma eps_h``, stays of the image's
+        size at every noise level (EDM's output scaling, Karras et al. 2022, Table 1).
+    sigma_data
+        The ``sigma_data`` of ``'edm'`` in the prior's normalised units (images of support
+        mean 1).
     """
 
     unet: UNetConfig = field(default_factory=_default_unet)
     gradient: GradientFeature = "em"
     feature_gain: float = 10.0
     scale_channels: int = 32
+    output_scaling: OutputScaling = "edm"
+    sigma_data: float = 0.5
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, dict):
@@ -108,6 +122,11 @@ class HNetConfig:
             raise ValueError(f"feature_gain must be > 0, got {self.feature_gain}")
         if int(self.scale_channels) < 2:
             raise ValueError(f"scale_channels must be >= 2, got {self.scale_channels}")
+        if self.output_scaling not in OUTPUT_SCALINGS:
+            raise ValueError(f"output_scaling must be one of {OUTPUT_SCALINGS}, got "
+                             f"{self.output_scaling!r}")
+        if not float(self.sigma_data) > 0:
+            raise ValueError(f"sigma_data must be > 0, got {self.sigma_data}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -176,6 +195,22 @@ class HTransformNet(nn.Module):
         return u.to(x_vp.dtype) - s.reshape(-1, *([1] * (g.ndim - 1))) * g
 
 
+def output_scale(config: HNetConfig, sigma: torch.Tensor) -> torch.Tensor:
+    """``kappa(sigma)`` of ``eps_h = kappa (UNet - s g)`` (:class:`HNetConfig`), same shape.
+
+    With ``'edm'`` the conditional Tweedie estimate is
+    ``x0_DEFT = x0_hat - c_out(sigma) (UNet - s g)``, ``c_out = sigma kappa =
+    sigma sigma_data / sqrt(sigma^2 + sigma_data^2)``: EDM's output scaling (Karras et al.
+    2022, Table 1).  ``kappa -> 1`` as ``sigma -> 0`` (DEFT's form), while at the top of the
+    VP schedule (``sigma`` about 150) DEFT's form multiplies any error of the network by
+    ``sigma`` in the image (measured with ``benchmarks/diagnose_deft.py``, docs/deft.md).
+    """
+    if config.output_scaling == "none":
+        return torch.ones_like(sigma)
+    sd = float(config.sigma_data)
+    return sd * torch.rsqrt(sigma**2 + sd**2)
+
+
 def likelihood_feature(likelihood: Any, normalisation: IntensityNormalisation,
                        x0: torch.Tensor, kind: GradientFeature = "em") -> torch.Tensor:
     """The likelihood term ``g`` at ``max(x0, 0)`` in the prior's units (module docstring).
@@ -232,8 +267,9 @@ class DEFTDenoiser:
     def correction(self, x: torch.Tensor, sigma: torch.Tensor, x0: torch.Tensor,
                    g: torch.Tensor) -> torch.Tensor:
         """``eps_h`` for VE iterates ``x`` at ``sigma`` ``[B]`` (the h-network's inputs)."""
-        _, x_vp, t = vp_inputs(x, sigma, self.schedule)
-        return self.hnet(x_vp, x0, g, t / self.schedule.t_max)
+        s, x_vp, t = vp_inputs(x, sigma, self.schedule)
+        kappa = output_scale(self.hnet.config, s.to(x.dtype))
+        return kappa * self.hnet(x_vp, x0, g, t / self.schedule.t_max)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, context: Any) -> torch.Tensor:
         if context.likelihood is None or context.normalisation is None:
@@ -242,10 +278,14 @@ class DEFTDenoiser:
         x0 = context.unconditional()
         g = likelihood_feature(context.likelihood, context.normalisation, x0,
                                self.hnet.config.gradient)
-        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1)
         with torch.no_grad():
-            eps_h = self.correction(x, sigma, x0, g)
-        return x0 - s * eps_h
+            return self.estimate(x, sigma, x0, g)
+
+    def estimate(self, x: torch.Tensor, sigma: torch.Tensor, x0: torch.Tensor,
+                 g: torch.Tensor) -> torch.Tensor:
+        """``x0_DEFT = x0 - sigma eps_h`` from the prior's estimate ``x0`` and the feature ``g``."""
+        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1)
+        return x0 - s * self.correction(x, sigma, x0, g)
 
 
 def fit_normalisation(likelihood: Any, num_subsets: int, num_epochs: int,
