@@ -360,16 +360,22 @@ def test_reconstruct_command_runs_deft(cli_case, tiny_prior, tmp_path, capsys):
     args = ["reconstruct", str(cli_case), "--method", "deft", "--model", str(tiny_prior),
             "--deft-model", str(tmp_path / "deft"), "--steps", "2", "--samples", "2",
             "--no-progress", "--precision", "fp32"]
-    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    assert main([*args, "--t-start", "0.9", "--out", str(tmp_path / "out")]) == 0
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     assert summary.startswith("reconstruct: deft (2 steps, mean of 2)")
     cfg = json.loads((tmp_path / "out" / "config.json").read_text())
     assert cfg["sampler"]["deft_model"] == str(tmp_path / "deft")
+    assert cfg["sampler"]["t_start"] == 0.9
     assert 1.5 < cfg["sampler"]["estimated_dose"] < 4.0        # the case has 2.5 counts/mm^3
     # --deft-model is PET-DEFT's only; the shipped prior is not the one it was trained against
     assert main(["reconstruct", str(cli_case), "--method", "lisch", "--deft-model",
                  str(tmp_path / "deft"), "--out", str(tmp_path / "o2")]) == 2
     assert "--deft-model" in capsys.readouterr().err
+    assert main(["reconstruct", str(cli_case), "--method", "dds", "--t-start", "0.9",
+                 "--out", str(tmp_path / "o4")]) == 2
+    assert "--t-start" in capsys.readouterr().err
+    assert main([*args, "--t-start", "1.5", "--out", str(tmp_path / "o5")]) == 2
+    assert "t_start" in capsys.readouterr().err
     assert main(["reconstruct", str(cli_case), "--method", "deft", "--deft-model",
                  str(tmp_path / "deft"), "--steps", "1", "--no-progress",
                  "--out", str(tmp_path / "o3")]) == 2
@@ -407,3 +413,26 @@ def test_models_saved_before_the_output_scaling_load_with_deft_published_form(pr
     assert torch.equal(output_scale(back.hnet.config, sigma), torch.ones(2))
     kappa = output_scale(model.hnet.config, sigma)
     torch.testing.assert_close(kappa, 0.5 / torch.sqrt(sigma**2 + 0.25))
+
+
+def test_t_start_sets_the_first_noise_level(problem):
+    """``t_start``: steps uniform in t from it; the default (1) is the schedule's own levels;
+    explicit ``sigmas`` replace the default but not an explicit ``t_start``."""
+    from sirf_diffusion.diffusion.schedules import vp_sigmas
+    from sirf_diffusion.samplers.run import default_sigmas
+
+    lik, _, prior = problem
+    model = deft_model_for(prior, lik)
+    run = prepare("deft", lik, prior, deft_model=model, num_steps=3, t_start=0.8)
+    torch.testing.assert_close(run.sigmas.to(torch.float64),
+                               vp_sigmas(3, t_max=0.8, schedule=prior.schedule))
+    assert run.config["sigma_max"] == pytest.approx(float(prior.schedule.sigma(torch.tensor(0.8))))
+    torch.testing.assert_close(default_sigmas(prior, 4, 1.0), default_sigmas(prior, 4))
+    sig = default_sigmas(prior, 2, 0.5)
+    run = prepare("deft", lik, prior, deft_model=model, sigmas=sig)
+    assert run.config["sigma_max"] == pytest.approx(float(sig[0]))
+    with pytest.raises(ValueError, match="either sigmas or t_start"):
+        prepare("deft", lik, prior, deft_model=model, sigmas=sig, t_start=0.5)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="t_start"):
+            prepare("deft", lik, prior, deft_model=model, num_steps=2, t_start=bad)

@@ -72,6 +72,7 @@ APPLIES_TO: dict[str, tuple[str, ...]] = {
     "zeta": ("dps",),
     "axial_penalty": ("dds",),
     "deft_model": ("deft",),
+    "t_start": ("deft",),
     "resample_prior": DIFFUSION,
     "fbsem_model": ("fbsem",),
     "steer": ("lisch", "dds"),
@@ -153,6 +154,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="PET-DEFT: the h-network's model folder, trained for --model's prior by "
                         "`sirf-diffusion train-deft` (default: the shipped one, for the shipped "
                         "prior, mMR 2D 128 x 128, 0.5-10 counts/mm^3)")
+    p.add_argument("--t-start", metavar="T", type=positive_float, default=None,
+                   help="PET-DEFT: the first noise level, as a time of the prior's VP schedule "
+                        "in (0.001, 1]; the steps are uniform in t from it (default: "
+                        f"{d['deft']['t_start']:g})")
     p.add_argument("--resample-prior", action="store_const", const=True, default=None,
                    help="diffusion methods: denoise on the prior's training voxel size "
                         "(value-preserving resampling at the prior boundary); for images whose "
@@ -245,7 +250,7 @@ def run_diffusion_method(method: str, likelihood: Any, denoiser: Any, *,
                          num_samples: int | None = None, step_size: float | None = None,
                          axial_penalty: float | None = None, seed: int = 0,
                          progress: bool = True, steer: dict[str, Any] | None = None,
-                         deft_model: Any = None) -> Any:
+                         deft_model: Any = None, t_start: float | None = None) -> Any:
     """PET-LiSch / PET-DDS / DPS / PET-DEFT of ``likelihood`` with ``denoiser``.
 
     ``None`` means the method's default (steps, samples, ``K``, DPS's misfit-normalised
@@ -266,7 +271,7 @@ def run_diffusion_method(method: str, likelihood: Any, denoiser: Any, *,
         options["axial_penalty"] = axial_penalty
     options.update(steer or {})
     if method == "deft":
-        options["deft_model"] = deft_model
+        options.update(deft_model=deft_model, t_start=t_start)
     return reconstruct(method, likelihood, denoiser,
                        num_steps=d["num_steps"] if num_steps is None else num_steps,
                        num_samples=d["num_samples"] if num_samples is None else num_samples,
@@ -391,7 +396,7 @@ def run(args: argparse.Namespace) -> int:
                 step_size=args.zeta, axial_penalty=args.axial_penalty, seed=args.seed or 0,
                 progress=progress,
                 steer={k: getattr(args, k) for k in ("steer", *STEER_FLAGS)} if args.steer
-                else None, deft_model=args.deft_model)
+                else None, deft_model=args.deft_model, t_start=args.t_start)
             x = result.mean
             resolved["sampler"] = result.config
             resolved.update(num_network_evaluations=result.num_network_evaluations,

@@ -38,7 +38,7 @@ METHOD_DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
                              "init_epochs": 10}),
     # PET-DEFT (docs/deft.md): 5 steps as the paper's fastest setting; its normalisation
     # recipe comes from the DEFT model (what it was trained with), not from this table
-    "deft": MappingProxyType({"num_steps": 5, "num_samples": 4, "eta": 0.0}),
+    "deft": MappingProxyType({"num_steps": 5, "num_samples": 4, "eta": 0.0, "t_start": 1.0}),
 })
 
 

@@ -100,17 +100,32 @@ def _schedule_of(denoiser: Denoiser) -> Any:
     return None
 
 
-def default_sigmas(denoiser: Denoiser, num_steps: int) -> torch.Tensor:
-    """``num_steps`` VP noise levels (plus 0) from the denoiser's own schedule if it has one."""
+def default_sigmas(denoiser: Denoiser, num_steps: int, t_start: float | None = None
+                   ) -> torch.Tensor:
+    """``num_steps`` VP noise levels (plus 0) from the denoiser's own schedule if it has one,
+    uniform in ``t`` from ``t_start`` (default: the schedule's end, ``t = 1``) to ``t_min``."""
     from ..diffusion.sampling import sampling_sigmas
+    from ..diffusion.schedules import ContinuousVP, vp_sigmas
 
-    return sampling_sigmas(check_positive_int(num_steps, "num_steps"), "vp", _schedule_of(denoiser))
+    n = check_positive_int(num_steps, "num_steps")
+    if t_start is None:
+        return sampling_sigmas(n, "vp", _schedule_of(denoiser))
+    t_start = check_positive_float(t_start, "t_start")
+    if not 1e-3 < t_start <= 1:
+        raise ValueError(f"t_start must be in (0.001, 1], got {t_start}")
+    sched = _schedule_of(denoiser) or ContinuousVP()
+    if not isinstance(sched, ContinuousVP):
+        raise ValueError("t_start needs a prior with a continuous VP schedule")
+    return vp_sigmas(n, t_max=t_start * sched.t_max, schedule=sched)
 
 
 def _noise_levels(denoiser: Denoiser, num_steps: int | None, sigmas: Any,
-                  default_num_steps: int) -> torch.Tensor:
+                  default_num_steps: int, t_start: float | None = None) -> torch.Tensor:
     if sigmas is None:
-        return default_sigmas(denoiser, default_num_steps if num_steps is None else num_steps)
+        return default_sigmas(denoiser, default_num_steps if num_steps is None else num_steps,
+                              t_start)
+    if t_start is not None:
+        raise ValueError("give either sigmas or t_start, not both")
     sigmas = check_sigmas(torch.as_tensor(sigmas))  # before the initial reconstruction
     if num_steps is not None and num_steps != sigmas.numel() - 1:
         raise ValueError(f"num_steps={num_steps} but sigmas gives {sigmas.numel() - 1} steps")
@@ -247,7 +262,8 @@ def _prepare_deft(likelihood: Likelihood, opt: dict[str, Any], num_steps: int,
             opt["support_mask"])
     dose = check_deft_data(model, likelihood, image)
     config = {"deft_model": None if model.path is None else str(model.path),
-              "gradient": model.hnet.config.gradient, "estimated_dose": dose,
+              "gradient": model.hnet.config.gradient, "t_start": opt["t_start"],
+              "estimated_dose": dose,
               "dose_range": list(model.dose_range), **{
                   f"init_{k}": model.normalisation[f"init_{k}"] for k in ("subsets", "epochs")}}
     return _Parts(NoDataConsistency(), normalisation, image, cost, None, config,
@@ -284,7 +300,7 @@ METHODS: Mapping[str, MethodSpec] = MappingProxyType({
                       ("step_size", "step_normalisation", "init_subsets", "init_epochs"),
                       _prepare_dps),
     "deft": MethodSpec("deft", "Webber et al., MICCAI 2025 (arXiv 2506.24034); Denker et al., "
-                       "NeurIPS 2024", ("deft_model",), _prepare_deft),
+                       "NeurIPS 2024", ("deft_model", "t_start"), _prepare_deft),
 })
 
 
@@ -474,7 +490,9 @@ def prepare(method: Method, likelihood: Likelihood, denoiser: Denoiser,
     eta = check_positive_float(opt["eta"], "eta", allow_zero=True)
     if eta > 1:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
-    sigmas = _noise_levels(denoiser, given_steps, opt["sigmas"], opt["num_steps"])
+    # t_start (PET-DEFT's) sets the levels unless explicit sigmas replace its default
+    t_start = options.get("t_start") if opt["sigmas"] is not None else opt.get("t_start")
+    sigmas = _noise_levels(denoiser, given_steps, opt["sigmas"], opt["num_steps"], t_start)
     n_steps = sigmas.numel() - 1
     spec = METHODS[method]
     parts = spec.factory(likelihood, opt, n_steps, normalisation, bool(opt["progress"]))
