@@ -79,8 +79,10 @@ def time_deft(likelihood, prior, model, *, num_steps: int, num_samples: int, rep
 
 
 def nrmse_rows(model, prior, doses: list[float], seeds: list[int], num_steps: int,
-               num_samples: int) -> list[str]:
-    """Markdown rows ``| dose | subject | OSEM best | DEFT | prior alone |`` (``--nrmse``)."""
+               num_samples: int, t_starts: list[float] | None = None) -> list[str]:
+    """Markdown rows ``| dose | subject | OSEM best | DEFT per t_start | prior alone |``
+    (``--nrmse``; ``t_starts``: PET-DEFT's first noise levels, default ``[None]``, the
+    method's default)."""
     import dataclasses
 
     from sirf_diffusion import PoissonLogLikelihood, osem
@@ -101,11 +103,12 @@ def nrmse_rows(model, prior, doses: list[float], seeds: list[int], num_steps: in
                 x = osem(lik, x, num_subsets=12, num_epochs=1, progress=False)
                 best = min(best, float(nrmse(x, scan.reference, mask)))
             err = [float(nrmse(reconstruct("deft", lik, prior, num_steps=num_steps,
-                                           num_samples=num_samples, deft_model=m,
+                                           num_samples=num_samples, deft_model=m, t_start=t,
                                            generator=torch.Generator().manual_seed(0),
                                            progress=False).mean, scan.reference, mask))
-                   for m in (model, alone)]
-            rows.append(f"| {dose:g} | {seed} | {best:.3f} | {err[0]:.3f} | {err[1]:.3f} |")
+                   for m, t in [*((model, t) for t in (t_starts or [None])), (alone, None)]]
+            rows.append(f"| {dose:g} | {seed} | {best:.3f} | "
+                        + " | ".join(f"{e:.3f}" for e in err) + " |")
     return rows
 
 
@@ -125,29 +128,36 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     p.add_argument("--nrmse", action="store_true", help="compare accuracy instead of timing")
     p.add_argument("--doses", type=float, nargs="+", default=[2.5], help="--nrmse doses")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="--nrmse test subjects")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="--nrmse subjects")
+    p.add_argument("--split", choices=("test", "val"), default="test",
+                   help="--nrmse: the split of --seeds (val: to choose options; default test)")
+    p.add_argument("--t-start", type=float, nargs="+", default=None,
+                   help="--nrmse: PET-DEFT first noise levels to compare (default: the "
+                        "method's default)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     from sirf_diffusion.data.splits import check_split
     from sirf_diffusion.diffusion import load_slice_prior
 
-    check_split([args.seed], "test")
-    likelihood, _ = _problem(args.counts, args.seed)
     prior = load_slice_prior(precision=args.precision)
     model = _deft_model(args.deft_model, args.untrained, prior)
     model.hnet.precision = args.precision
     if args.nrmse:
-        check_split(args.seeds, "test")
+        check_split(args.seeds, args.split)
         n = args.samples[-1]
+        ts = args.t_start or [None]
+        heads = [f"PET-DEFT t_start {t:g}" if t is not None else "PET-DEFT" for t in ts]
         md = "\n".join([
             f"Posterior-mean NRMSE (head), PET-DEFT {args.steps} steps, mean of {n} chains; "
-            "OSEM at its best epoch of 1-10.", "",
-            "| dose (counts/mm^3) | subject | OSEM best | PET-DEFT | prior alone |",
-            "|---|---|---|---|---|",
-            *nrmse_rows(model, prior, args.doses, args.seeds, args.steps, n)])
+            f"OSEM at its best epoch of 1-10; {args.split} subjects.", "",
+            "| dose (counts/mm^3) | subject | OSEM best | " + " | ".join(heads)
+            + " | prior alone |", "|---|---|---|" + "---|" * (len(ts) + 1),
+            *nrmse_rows(model, prior, args.doses, args.seeds, args.steps, n, ts)])
         print(md)
         return md
+    check_split([args.seed], "test")
+    likelihood, _ = _problem(args.counts, args.seed)
     rows = []
     for n in args.samples:
         t = time_deft(likelihood, prior, model, num_steps=args.steps, num_samples=n,
