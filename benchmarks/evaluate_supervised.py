@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="a small run (1 subject, 2 x 2 scans)")
     p.add_argument("--out", default="docs/evaluation/supervised")
+    p.add_argument("--cache", default=None, metavar="DIR",
+                   help="store each scan's baseline results (OSEM, MAP-EM-RDP, PET-LiSch, "
+                        "PET-DDS) here and reuse them in later runs with the same settings")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -147,12 +150,71 @@ def _supervised_runs(job: ev.Job, args: dict[str, Any]) -> dict[str, dict[Any, A
     return runs
 
 
+# ----------------------------------------------------------------------------- baseline cache
+def _encode(obj: Any, arrays: dict[str, np.ndarray]) -> Any:
+    """JSON-able skeleton of ``obj`` with its arrays moved into ``arrays`` (no pickle)."""
+    if isinstance(obj, torch.Tensor):
+        obj = obj.detach().cpu().numpy()
+    if isinstance(obj, np.ndarray):
+        key = f"a{len(arrays)}"
+        arrays[key] = obj
+        return {"__array__": key}
+    if isinstance(obj, dict):
+        return {"__dict__": [[k, _encode(v, arrays)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return [_encode(v, arrays) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def _decode(obj: Any, arrays: Any) -> Any:
+    if isinstance(obj, dict) and "__array__" in obj:
+        return arrays[obj["__array__"]]
+    if isinstance(obj, dict):
+        return {(tuple(k) if isinstance(k, list) else k): _decode(v, arrays)
+                for k, v in obj["__dict__"]}
+    if isinstance(obj, list):
+        return [_decode(v, arrays) for v in obj]
+    return obj
+
+
+def cached_run_job(job: ev.Job, cache: str | None) -> dict[str, Any]:
+    """:func:`evaluate_methods.run_job`, stored in ``cache`` (``<sha256 of the job>.json`` +
+    ``.npz``, loaded without pickle) and reused by a later run with the same job, so that the
+    supervised methods can be re-evaluated with new models without rerunning the baselines.
+    The key is the job only: clear the folder when the baseline methods' code changes."""
+    import hashlib
+    import json
+
+    from sirf_diffusion.io.atomic import atomic_write_bytes, atomic_write_text
+
+    if cache is None:
+        return ev.run_job(job)
+    key = hashlib.sha256(json.dumps(asdict(job), sort_keys=True).encode()).hexdigest()[:24]
+    meta, data = Path(cache) / f"{key}.json", Path(cache) / f"{key}.npz"
+    if meta.is_file() and data.is_file():
+        with np.load(data, allow_pickle=False) as arrays:
+            return _decode(json.loads(meta.read_text()), {k: arrays[k] for k in arrays.files})
+    out = ev.run_job(job)
+    arrays: dict[str, np.ndarray] = {}
+    skeleton = _encode(out, arrays)
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    Path(cache).mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(data, buf.getvalue())
+    atomic_write_text(meta, json.dumps(skeleton))
+    return out
+
+
 def run_scan(jobs: list[ev.Job], args: dict[str, Any]) -> dict[str, Any]:
     """Every method on one scan: the baselines' runner, then the supervised methods."""
     torch.set_num_threads(jobs[0].threads)
     out = None
     for job in jobs:
-        o = ev.run_job(job)
+        o = cached_run_job(job, args.get("cache"))
         if out is None:
             out = o
         else:
@@ -247,10 +309,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "deft" in args.methods and "deft" in METHODS else []) + (
         ["fbsem"] if "fbsem" in args.methods else [])
     sup_args = {"methods": args.methods, "fbsem_model": args.fbsem_model,
-                "deft_model": args.deft_model, "deft_steps": args.deft_steps}
+                "deft_model": args.deft_model, "deft_steps": args.deft_steps,
+                "cache": args.cache}
     seeds = subject_seeds("test", s["subjects"])
-    scans = [_jobs(args, s, sub, c, r) for c in s["counts"] for sub in seeds
-             for r in range(s["realisations"])]
+    # realisation-major: any prefix of the run (and of --cache) covers every dose and subject
+    scans = [_jobs(args, s, sub, c, r) for r in range(s["realisations"]) for c in s["counts"]
+             for sub in seeds]
     print(f"[supervised] {len(scans)} scans, methods {methods}")
     t0 = time.perf_counter()
     if args.workers > 1:

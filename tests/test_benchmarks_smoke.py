@@ -340,3 +340,41 @@ def test_bench_precision_quick(tiny_model: Path, tmp_path: Path) -> None:
     assert row["sigma"] == 0.5 and row["rel_rms_bf16_vs_fp32"] == 0.0
     assert row["rel_rms_other_draw"] > 0 and data["tweedie"]["num_slices"] == 2
     assert data["settings"]["lisch_options"]["num_steps"] == 2
+
+
+def test_evaluate_supervised_cache_round_trips_without_pickle(tmp_path: Path, monkeypatch) -> None:
+    """The baseline cache gives back what the runner gave (arrays, nested dicts with numeric
+    keys, tensors as arrays) and does not run the job a second time."""
+    import numpy as np
+    import torch
+
+    sup = _load("evaluate_supervised")
+    calls = []
+    image = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
+    result = {"reference": image, "masks": {"brain": image > 3},
+              "info": {"counts": 2.5, "name": "x", "none": None},
+              "runs": {"osem": {3: {"image": image * 2, "time_s": 1.5, "x": torch.ones(2)}},
+                       "mapem-rdp": {0.5: {"image": image, "list": [1, 2.0]}}}}
+
+    def fake(job):
+        calls.append(job)
+        return result
+
+    monkeypatch.setattr(sup.ev, "run_job", fake)
+    job = sup.ev.Job(subject=0, counts=2.5, realisation=0, noise_seed=1, sampler_seed=2,
+                     num_views=None, subsets=12, osem_epochs=3, map_init_epochs=2,
+                     map_iterations=2, rdp_beta=[0.5], dps_zeta=[], dds_beta=[], dds_subsets=4,
+                     dds_epochs=1, lisch_k=[], lisch_max_steps=None, steps=2,
+                     methods=["osem"], model=None, threads=1)
+    first = sup.cached_run_job(job, str(tmp_path))
+    second = sup.cached_run_job(job, str(tmp_path))
+    assert len(calls) == 1 and first is result
+    np.testing.assert_array_equal(second["reference"], image)
+    np.testing.assert_array_equal(second["masks"]["brain"], image > 3)
+    np.testing.assert_array_equal(second["runs"]["osem"][3]["image"], image * 2)
+    np.testing.assert_array_equal(second["runs"]["osem"][3]["x"], np.ones(2, np.float32))
+    assert second["runs"]["mapem-rdp"][0.5]["list"] == [1, 2.0]
+    assert second["info"] == {"counts": 2.5, "name": "x", "none": None}
+    other = sup.ev.Job(**{**job.__dict__, "realisation": 1})
+    sup.cached_run_job(other, str(tmp_path))
+    assert len(calls) == 2
