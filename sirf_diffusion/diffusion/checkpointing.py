@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -33,14 +34,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..io.atomic import atomic_write_bytes, atomic_write_text, make_dir, remove_stale_temporaries
+from ..io.atomic import (
+    OutputExistsError,
+    atomic_write_bytes,
+    atomic_write_text,
+    make_dir,
+    remove_stale_temporaries,
+)
 from ..training_loop import LOSS_FIELDS as _LOSS_FIELDS  # noqa: F401  (re-exported)
 from ..training_loop import open_csv as _open_csv  # noqa: F401
 from ..training_loop import read_csv as _read_csv
 from ..training_loop import truncate_csv as _truncate_csv  # noqa: F401
 
 __all__ = ["CheckpointError", "load_checkpoint", "list_checkpoints", "checkpoint_run_id",
-           "remove_stale_checkpoint_temporaries", "plot_loss"]
+           "check_run_folder", "new_run_id", "remove_stale_checkpoint_temporaries", "plot_loss"]
 
 _CKPT_FORMAT = "sirf_diffusion.train_checkpoint/1"
 #: Fields of a training config that may differ between an interrupted run and its resumption.
@@ -100,6 +107,23 @@ def remove_stale_checkpoint_temporaries(out_dir: str | os.PathLike) -> list[Path
 def _delete_checkpoint(path: Path) -> None:
     path.unlink(missing_ok=True)
     path.with_suffix(".sha256").unlink(missing_ok=True)
+
+
+def check_run_folder(out: Path, resume: bool, overwrite: bool, run: str) -> list[Path]:
+    """The checkpoint files in the run folder ``out`` (:func:`list_checkpoints`), refusing a
+    file, and checkpoints without ``resume`` or ``overwrite`` (:class:`OutputExistsError`:
+    ``'<out> already holds the checkpoints of <run>'``, ``run`` saying how to go on)."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"the training run folder {out} is a file")
+    existing = list_checkpoints(out)
+    if existing and not (resume or overwrite):
+        raise OutputExistsError(f"{out} already holds the checkpoints of {run}")
+    return existing
+
+
+def new_run_id(ckpt: dict[str, Any] | None) -> str:
+    """The run id of a resumed run (its checkpoint ``ckpt``'s), or a fresh one (``None``)."""
+    return checkpoint_run_id(ckpt) if ckpt is not None else uuid.uuid4().hex
 
 
 def _checkpoints_of_run(out_dir: Path, run_id: str) -> list[Path]:

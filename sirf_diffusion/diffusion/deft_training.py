@@ -37,7 +37,6 @@ import json
 import math
 import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,15 +47,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._version import __version__
-from ..io.atomic import OutputExistsError, make_dir, write_json
+from ..io.atomic import make_dir, write_json
 from ..training_loop import StepStats, TrainingLoop
 from .checkpointing import (
     _CKPT_FORMAT,
     _delete_checkpoint,
     _load_latest,
     _save_checkpoint,
-    checkpoint_run_id,
-    list_checkpoints,
+    check_run_folder,
+    new_run_id,
     plot_loss,
 )
 from .datasets import derive_seed
@@ -325,12 +324,8 @@ def train_deft(config: DEFTTrainConfig, out_dir: str | os.PathLike, *, resume: b
 
     cfg = dataclasses.replace(config)
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"the training run folder {out} is a file")
-    existing = list_checkpoints(out)
-    if existing and not (resume or overwrite):
-        raise OutputExistsError(f"{out} already holds the checkpoints of a DEFT training run: "
-                                "continue it with --resume, or pass --overwrite to start again")
+    existing = check_run_folder(out, resume, overwrite, "a DEFT training run: continue it "
+                                "with --resume, or pass --overwrite to start again")
     make_dir(out)
     if existing and not resume:
         for path in existing:
@@ -340,7 +335,7 @@ def train_deft(config: DEFTTrainConfig, out_dir: str | os.PathLike, *, resume: b
     cfg_dict = cfg.to_dict()
     if ckpt is not None:
         _check_resumable(json.loads(ckpt["config"]), cfg_dict)
-    run_id = checkpoint_run_id(ckpt) if ckpt is not None else uuid.uuid4().hex
+    run_id = new_run_id(ckpt)
 
     prior = _load_prior(cfg, prior)
     t_min = float(getattr(getattr(prior, "config", None), "t_min", 1e-3))

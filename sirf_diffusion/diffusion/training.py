@@ -56,7 +56,6 @@ import math
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -88,10 +87,12 @@ from .checkpointing import (  # noqa: F401  (re-exported: these helpers lived he
     _read_csv,
     _save_checkpoint,
     _truncate_csv,
+    check_run_folder,
     checkpoint_run_id,
     legacy_run_id,
     list_checkpoints,
     load_checkpoint,
+    new_run_id,
     plot_loss,
     remove_stale_checkpoint_temporaries,
 )
@@ -720,13 +721,9 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
            overwrite: bool) -> Path:
     main = dist_ctx.is_main
     device = _resolve_device(cfg.device, dist_ctx)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"the training run folder {out} is a file")
-    existing = list_checkpoints(out)  # before any rank deletes anything
-    if existing and not (resume or overwrite):
-        raise OutputExistsError(f"{out} already holds the checkpoints of a training run: "
-                                "continue it with --resume (resume=True), or pass --overwrite "
-                                "(overwrite=True) to start again")
+    existing = check_run_folder(  # before any rank deletes anything
+        out, resume, overwrite, "a training run: continue it with --resume (resume=True), or "
+        "pass --overwrite (overwrite=True) to start again")
     if main:
         make_dir(out)
         _remove_stale_files(out, export_dir, cache_in_run=cfg.cache_dir is None)
@@ -747,7 +744,7 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
             if cfg.micro_batches is None:
                 cfg.micro_batches = saved.get("micro_batches")
     # the run's identity: drawn by a new run, kept by its resumptions
-    run_id = checkpoint_run_id(ckpt) if ckpt is not None else uuid.uuid4().hex
+    run_id = new_run_id(ckpt)
     _check_export_dir(export_dir, out, run_id if ckpt is not None else None, resume, overwrite)
     if cfg.micro_batches is None:
         cfg.micro_batches = dist_ctx.world_size

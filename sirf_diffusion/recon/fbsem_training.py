@@ -31,7 +31,6 @@ import json
 import math
 import platform
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -43,16 +42,17 @@ from tqdm.auto import tqdm
 from .._version import __version__
 from ..diffusion.checkpointing import (
     _CKPT_FORMAT,
+    _delete_checkpoint,
     _load_latest,
     _save_checkpoint,
-    checkpoint_run_id,
-    list_checkpoints,
+    check_run_folder,
+    new_run_id,
     remove_stale_checkpoint_temporaries,
 )
 from ..diffusion.datasets import derive_seed
 from ..diffusion.ema import EMA
 from ..diffusion.training import _check_resumable, optimiser_step
-from ..io.atomic import OutputExistsError, make_dir, write_json
+from ..io.atomic import make_dir, write_json
 from ..training_loop import StepStats, TrainingLoop
 from .fbsem import FBSEMConfig, FBSEMNet, counts_per_voxel, save_fbsem
 
@@ -232,12 +232,8 @@ def train_fbsem(config: FBSEMTrainConfig, out_dir: str | Path, *, resume: bool =
     out = Path(out_dir)
     export_path = Path(export_dir) if export_dir is not None else out / "model"
     device = torch.device(cfg.device)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"the training run folder {out} is a file")
-    existing = list_checkpoints(out)
-    if existing and not (resume or overwrite):
-        raise OutputExistsError(f"{out} already holds the checkpoints of an FBSEM-net run: "
-                                "continue it with --resume, or choose another folder")
+    existing = check_run_folder(out, resume, overwrite, "an FBSEM-net run: continue it with "
+                                "--resume, or choose another folder")
     make_dir(out)
     remove_stale_checkpoint_temporaries(out)
     ckpt = None
@@ -248,9 +244,8 @@ def train_fbsem(config: FBSEMTrainConfig, out_dir: str | Path, *, resume: bool =
             _check_resumable(json.loads(ckpt["config"]), cfg.to_dict())
     elif existing:  # overwrite
         for p in existing:
-            p.unlink(missing_ok=True)
-            p.with_suffix(".sha256").unlink(missing_ok=True)
-    run_id = checkpoint_run_id(ckpt) if ckpt is not None else uuid.uuid4().hex
+            _delete_checkpoint(p)
+    run_id = new_run_id(ckpt)
 
     train_src, val_src = sources if sources is not None else pair_sources(cfg)
     val_set = [(ex, _likelihood(val_src, ex))
