@@ -453,8 +453,7 @@ class DiffusionReconstructor:
     ``set_num_subsets(K)``: PET-DDS uses ``K`` subsets for its EM steps; PET-LiSch ignores it
     (its steps use all data, as in the paper); without it PET-DDS takes the default of
     :data:`~sirf_diffusion.samplers.defaults.METHOD_DEFAULTS`.  ``get_output()`` is the
-    posterior mean (of ``num_samples`` chains, default from the same table) as an ``ImageData``
-    like the current estimate; the full
+    posterior mean (of ``num_samples`` chains, default from the same table) as an ``ImageData`` like the current estimate; the full
     :class:`~sirf_diffusion.samplers.methods.ReconResult` is :attr:`result`.
 
     ``set_up(image)`` also resolves the prior into :attr:`denoiser`, so that a missing or
