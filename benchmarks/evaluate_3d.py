@@ -84,10 +84,7 @@ QUICK: dict[str, Any] = {"subjects": 1, "planes": 8, "image_size": 128, "num_vie
 
 # ----------------------------------------------------------------------------- arguments
 def build_parser() -> argparse.ArgumentParser:
-    def d(key: str, what: str | None = None) -> str:
-        full = FULL[key] if what is None else what
-        return f"(default {full}; --quick: {QUICK[key]})"
-
+    d = ev.defaults_note(FULL, QUICK)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--subjects", type=int, default=None,
                    help="number of test-split subjects, the first whose lesions lie inside the "
@@ -119,14 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "faster per slice than 16 on a CPU, see bench_3d)")
     p.add_argument("--subsets", type=int, default=None,
                    help=f"OSEM / MAP-EM subsets {d('subsets')}")
-    p.add_argument("--osem-epochs", type=int, default=None,
-                   help=f"largest OSEM epoch of the sweep {d('osem_epochs')}")
-    p.add_argument("--rdp-beta", type=float, nargs="+", default=None,
-                   help=f"MAP-EM-RDP penalisation factors {d('rdp_beta')}")
-    p.add_argument("--map-iterations", type=int, default=None,
-                   help=f"MAP-EM epochs {d('map_iterations')}")
-    p.add_argument("--map-init-epochs", type=int, default=2,
-                   help="OSEM epochs initialising MAP-EM (default 2)")
+    ev.add_classical_arguments(p, d, "OSEM epochs initialising MAP-EM (default 2)")
     p.add_argument("--dds-axial-penalty", type=float, nargs="+", default=None,
                    help="PET-DDS-3D axial RDP weights, swept (default: the best MAP-EM-RDP beta "
                         "of the same scan)")

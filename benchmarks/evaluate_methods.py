@@ -60,7 +60,7 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
@@ -124,10 +124,27 @@ class Job:
 
 
 # ----------------------------------------------------------------------------- arguments
-def build_parser() -> argparse.ArgumentParser:
-    def d(key: str) -> str:
-        return f"(default {FULL[key]}; --quick: {QUICK[key]})"
+def defaults_note(full: dict[str, Any], quick: dict[str, Any]) -> Callable[..., str]:
+    """``d(key, what=None)``: the help suffix ``(default <full[key] or what>; --quick: ...)``."""
+    def d(key: str, what: str | None = None) -> str:
+        return f"(default {full[key] if what is None else what}; --quick: {quick[key]})"
+    return d
 
+
+def add_classical_arguments(p: argparse.ArgumentParser, d: Callable[..., str],
+                            init_help: str) -> None:
+    """The flags of the OSEM and MAP-EM-RDP sweeps (``d``: :func:`defaults_note`)."""
+    p.add_argument("--osem-epochs", type=int, default=None,
+                   help=f"largest OSEM epoch of the sweep {d('osem_epochs')}")
+    p.add_argument("--rdp-beta", type=float, nargs="+", default=None,
+                   help=f"MAP-EM-RDP penalisation factors {d('rdp_beta')}")
+    p.add_argument("--map-iterations", type=int, default=None,
+                   help=f"MAP-EM epochs {d('map_iterations')}")
+    p.add_argument("--map-init-epochs", type=int, default=2, help=init_help)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = defaults_note(FULL, QUICK)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--subjects", type=int, default=None,
                    help=f"test-split subjects {d('subjects')}")
@@ -143,14 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"generative steps of the diffusion methods {d('steps')}")
     p.add_argument("--subsets", type=int, default=12,
                    help="OSEM / MAP-EM view subsets (must divide the number of views)")
-    p.add_argument("--osem-epochs", type=int, default=None,
-                   help=f"largest OSEM epoch of the sweep {d('osem_epochs')}")
-    p.add_argument("--rdp-beta", type=float, nargs="+", default=None,
-                   help=f"MAP-EM-RDP penalisation factors {d('rdp_beta')}")
-    p.add_argument("--map-iterations", type=int, default=None,
-                   help=f"MAP-EM epochs {d('map_iterations')}")
-    p.add_argument("--map-init-epochs", type=int, default=2,
-                   help="OSEM epochs initialising MAP-EM (also the image that scales --dds-beta)")
+    add_classical_arguments(
+        p, d, "OSEM epochs initialising MAP-EM (also the image that scales --dds-beta)")
     p.add_argument("--dps-zeta", type=float, nargs="+", default=None,
                    help=f"DPS step sizes zeta (misfit-normalised) {d('dps_zeta')}")
     p.add_argument("--dds-beta", type=float, nargs="+", default=None,

@@ -44,7 +44,8 @@ __all__ = [
     "QuadraticPrior",
     # data and files
     "brain_phantom", "BrainPhantom", "subject_seeds", "subject_split",
-    "read_image", "write_image", "read_sinogram", "write_sinogram", "Case", "read_case", "write_case",
+    "read_image", "write_image", "read_sinogram", "write_sinogram", "Case", "read_case",
+    "write_case",
     # priors and samplers
     "ScoreModel", "load_model", "save_model", "load_prior", "PerpendicularPrior3D",
     "IntensityNormalisation", "reverse_diffusion",

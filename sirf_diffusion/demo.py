@@ -122,11 +122,12 @@ def run_demo(out: Path, *, counts_per_mm3: float = 2.5, subject_index: int = 0, 
     for name, r in zip(images, [None] + list(rows.values())):
         if r is not None:
             titles[name] += f"\nNRMSE {r['nrmse']:.3f}  SSIM {r['ssim']:.3f}"
-    save_image_row({k: v.reshape(shape) for k, v in images.items()}, out / "demo.png", titles=titles,
-                   suptitle=f"2D FDG brain, {counts_per_mm3} counts/mm^3, "
-                            f"{scan.info['prompt_counts']:.0f} prompts")
-    save_curves({"OSEM (x: epochs)": (range(1, len(per_epoch) + 1), per_epoch)}, out / "demo_osem_nrmse.png",
-                xlabel="epoch", ylabel="NRMSE in brain", title="OSEM: NRMSE vs epochs")
+    save_image_row({k: v.reshape(shape) for k, v in images.items()}, out / "demo.png",
+                   titles=titles, suptitle=f"2D FDG brain, {counts_per_mm3} counts/mm^3, "
+                                           f"{scan.info['prompt_counts']:.0f} prompts")
+    save_curves({"OSEM (x: epochs)": (range(1, len(per_epoch) + 1), per_epoch)},
+                out / "demo_osem_nrmse.png", xlabel="epoch", ylabel="NRMSE in brain",
+                title="OSEM: NRMSE vs epochs")
     save_curves({"MAP-EM-RDP": ([s[0] for s in sweep], [s[1]["nrmse"] for s in sweep])},
                 out / "demo_rdp_nrmse.png", xlabel="beta", ylabel="NRMSE in brain",
                 title="MAP-EM-RDP: NRMSE vs beta", logx=True)
@@ -137,7 +138,8 @@ def run_demo(out: Path, *, counts_per_mm3: float = 2.5, subject_index: int = 0, 
         f"({scan.info['prompt_counts']:.0f} prompts).\n\n{table}\n")
     write_json(out / "metrics.json", rows)
     write_json(out / "config.json", {"command": "demo", "counts_per_mm3": counts_per_mm3,
-                                     "subject_seed": seed, "quick": quick, "num_subsets": num_subsets,
+                                     "subject_seed": seed, "quick": quick,
+                                     "num_subsets": num_subsets,
                                      "osem_max_epochs": max_epochs, "rdp_betas": betas,
                                      "map_iterations": map_iters})
     write_simulated_case(out / "case", scan, osem_image=x_osem.reshape(shape))

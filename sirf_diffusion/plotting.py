@@ -38,8 +38,9 @@ def _save_png(plt: Any, fig: Any, path: str | Path) -> Path:
     return path
 
 
-def save_image_row(images: Mapping[str, Any], path: str | Path, *, titles: Mapping[str, str] | None = None,
-                   vmax: float | None = None, cmap: str = "gray", extra_row: Mapping[str, Any] | None = None,
+def save_image_row(images: Mapping[str, Any], path: str | Path, *,
+                   titles: Mapping[str, str] | None = None, vmax: float | None = None,
+                   cmap: str = "gray", extra_row: Mapping[str, Any] | None = None,
                    extra_cmap: str = "magma", suptitle: str | None = None) -> Path:
     """Save images side by side (one shared intensity scale) as a PNG.
 
@@ -69,7 +70,8 @@ def save_image_row(images: Mapping[str, Any], path: str | Path, *, titles: Mappi
         axes[0, j].set_title((titles or {}).get(k, k), fontsize=8)
     for j, (k, v) in enumerate((extra_row or {}).items()):
         s = central_slice(v)
-        im = axes[1, j].imshow(s, cmap=extra_cmap, vmin=0, vmax=float(np.percentile(s, 99.5)) or 1.0)
+        im = axes[1, j].imshow(s, cmap=extra_cmap, vmin=0,
+                               vmax=float(np.percentile(s, 99.5)) or 1.0)
         axes[1, j].set_title(k, fontsize=8)
         fig.colorbar(im, ax=axes[1, j], fraction=0.046, pad=0.02)
     if suptitle:

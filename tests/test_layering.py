@@ -35,6 +35,8 @@ LAYERS: dict[str, int] = {
     "sirf_diffusion.io": 2,
     "sirf_diffusion.metrics": 2,
     "sirf_diffusion.plotting": 2,
+    # the per-step bookkeeping of every trainer (logs, cadences, callback, progress bar)
+    "sirf_diffusion.training_loop": 2,
     "sirf_diffusion.physics": 2,
     "sirf_diffusion.data": 3,
     "sirf_diffusion.likelihood": 3,

@@ -10,11 +10,15 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 __all__ = ["positive_int", "non_negative_int", "positive_float", "non_negative_float",
            "unit_interval", "fraction", "flag_name", "check_applicable", "check_device",
-           "add_precision_argument"]
+           "add_precision_argument", "add_config_argument", "add_steps_argument",
+           "add_run_arguments", "add_progress_argument", "load_config"]
 
 
 def _int(text: str) -> int:
@@ -95,6 +99,47 @@ def add_precision_argument(p: argparse.ArgumentParser, default: str | None = "au
                    help="score-network precision: auto = bfloat16 autocast where the CPU/GPU "
                         "runs it natively (AVX512-BF16/AMX, Ampere+), else float32; fp32 for "
                         f"reference results (default: {default_text})")
+
+
+# ------------------------------------------------------------------ the flags of a training run
+def add_config_argument(p: argparse.ArgumentParser, what: str, example: str,
+                        defaults: str) -> None:
+    """``--config JSON``: the run's ``what`` config file (``None``: the ``defaults`` class's)."""
+    p.add_argument("--config", metavar="JSON", default=None,
+                   help=f"JSON {what} config, e.g. {example} (default: the {defaults} defaults)")
+
+
+def add_steps_argument(p: argparse.ArgumentParser) -> None:
+    """``--steps N``: optimiser steps replacing the config's."""
+    p.add_argument("--steps", metavar="N", type=positive_int, default=None,
+                   help="number of optimiser steps (default: the config's)")
+
+
+def add_run_arguments(p: argparse.ArgumentParser, overwrite_help: str | None) -> None:
+    """``--resume`` and (unless ``overwrite_help`` is ``None``) ``--overwrite``, exclusive."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its latest checkpoint")
+    if overwrite_help is not None:
+        group.add_argument("--overwrite", action="store_true", help=overwrite_help)
+
+
+def add_progress_argument(p: argparse.ArgumentParser, what: str = "progress bars") -> None:
+    """``--no-progress``."""
+    p.add_argument("--no-progress", action="store_true", help=f"hide {what}")
+
+
+def load_config(path: str | None, read: Callable[[str], T], default: Callable[[], T]) -> T:
+    """The config ``read(path)`` (``default()`` without ``--config``); a missing or invalid file
+    raises ``ValueError`` naming ``--config`` and the file."""
+    if path is None:
+        return default()
+    if not Path(path).is_file():
+        raise ValueError(f"--config {path}: file not found")
+    try:
+        return read(path)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"--config {path}: {exc}") from None
 
 
 def check_device(name: str, flag: str = "--device") -> str:

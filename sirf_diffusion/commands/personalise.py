@@ -17,7 +17,14 @@ import argparse
 import shutil
 from pathlib import Path
 
-from .arguments import add_precision_argument, check_device, non_negative_int, positive_int
+from .arguments import (
+    add_precision_argument,
+    add_progress_argument,
+    add_run_arguments,
+    check_device,
+    non_negative_int,
+    positive_int,
+)
 
 __all__ = ["add_arguments", "run"]
 
@@ -49,15 +56,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", metavar="S", type=non_negative_int, default=d.seed,
                    help="seed of the pseudo-PET mixing and the fine-tuning (default: "
                         "%(default)s)")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--resume", action="store_true",
-                       help="continue the run in --out from its latest checkpoint")
-    group.add_argument("--overwrite", action="store_true",
-                       help="replace what --out holds (all of it)")
+    add_run_arguments(p, "replace what --out holds (all of it)")
     p.add_argument("--device", metavar="DEVICE", default="cpu",
                    help="torch device of the fine-tuning (default: %(default)s)")
     add_precision_argument(p)
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_progress_argument(p)
 
 
 def _tracer(args: argparse.Namespace, meta: dict) -> str:

@@ -25,7 +25,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .arguments import add_precision_argument, check_device, positive_int
+from .arguments import (
+    add_config_argument,
+    add_precision_argument,
+    add_progress_argument,
+    add_run_arguments,
+    add_steps_argument,
+    check_device,
+    load_config,
+)
 
 __all__ = ["add_arguments", "run"]
 
@@ -37,33 +45,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "<orientation>; created, or empty, or continued with --resume")
     p.add_argument("--orientation", choices=("xy", "yz", "xz", "all"), default="xy",
                    help="slice orientation(s) to train (default: %(default)s)")
-    p.add_argument("--config", metavar="JSON", default=None,
-                   help="JSON training config, e.g. configs/default_prior.json (default: the "
-                        "TrainConfig defaults)")
-    p.add_argument("--steps", metavar="N", type=positive_int, default=None,
-                   help="number of optimiser steps (default: the config's)")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--resume", action="store_true",
-                       help="continue the run in --out from its latest checkpoint")
-    group.add_argument("--overwrite", action="store_true",
-                       help="replace what --out holds (all of it) with a new run")
+    add_config_argument(p, "training", "configs/default_prior.json", "TrainConfig")
+    add_steps_argument(p)
+    add_run_arguments(p, "replace what --out holds (all of it) with a new run")
     p.add_argument("--device", metavar="DEVICE", default=None,
                    help="torch device, e.g. cpu or cuda (default: the config's, else cpu)")
     add_precision_argument(p, None, "the config's, else auto")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_progress_argument(p)
 
 
 def _load_config(path: str | None) -> Any:
     from ..diffusion.training import TrainConfig
 
-    if path is None:
-        return TrainConfig()
-    if not Path(path).is_file():
-        raise ValueError(f"--config {path}: file not found")
-    try:
-        return TrainConfig.from_json(path)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"--config {path}: {exc}") from None
+    return load_config(path, TrainConfig.from_json, TrainConfig)
 
 
 def _check_resume(folder: Path, shown: str, orientations: tuple[str, ...]) -> bool:

@@ -19,7 +19,14 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from .arguments import add_precision_argument, positive_int
+from .arguments import (
+    add_config_argument,
+    add_precision_argument,
+    add_progress_argument,
+    add_run_arguments,
+    add_steps_argument,
+    load_config,
+)
 
 __all__ = ["add_arguments", "run"]
 
@@ -29,32 +36,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", required=True,
                    help="run folder (checkpoints, losses; the model in DIR/model); created, or "
                         "empty, or continued with --resume")
-    p.add_argument("--config", metavar="JSON", default=None,
-                   help="JSON DEFT training config, e.g. configs/deft.json (default: the "
-                        "DEFTTrainConfig defaults)")
-    p.add_argument("--steps", metavar="N", type=positive_int, default=None,
-                   help="number of optimiser steps (default: the config's)")
+    add_config_argument(p, "DEFT training", "configs/deft.json", "DEFTTrainConfig")
+    add_steps_argument(p)
     p.add_argument("--prior", metavar="DIR", default=None,
                    help="the frozen prior's model folder (default: the config's, else the "
                         "shipped models/default/xy)")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--resume", action="store_true",
-                       help="continue the run in --out from its latest checkpoint")
-    group.add_argument("--overwrite", action="store_true",
-                       help="start a new run in a non-empty --out (its checkpoints are deleted)")
+    add_run_arguments(p, "start a new run in a non-empty --out (its checkpoints are deleted)")
     add_precision_argument(p, None, "the config's, else auto")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_progress_argument(p, "the progress bar")
 
 
 def _config(args: argparse.Namespace) -> Any:
     from ..diffusion.deft_training import DEFTTrainConfig
 
-    if args.config is not None and not Path(args.config).is_file():
-        raise ValueError(f"--config {args.config}: file not found")
-    try:
-        cfg = DEFTTrainConfig() if args.config is None else DEFTTrainConfig.from_json(args.config)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"--config {args.config}: {exc}") from None
+    cfg = load_config(args.config, DEFTTrainConfig.from_json, DEFTTrainConfig)
     changes = {k: v for k, v in (("steps", args.steps), ("prior", args.prior),
                                  ("precision", args.precision)) if v is not None}
     if args.prior is not None and not Path(args.prior).is_dir():

@@ -12,13 +12,20 @@ before its first checkpoint leaves no folder behind.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-from .arguments import positive_int
+from .arguments import (
+    add_config_argument,
+    add_progress_argument,
+    add_run_arguments,
+    add_steps_argument,
+    load_config,
+)
 
 __all__ = ["add_arguments", "run"]
 
@@ -28,28 +35,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", required=True,
                    help="run folder (checkpoints, losses; the model in DIR/model): created, or "
                         "empty, or continued with --resume")
-    p.add_argument("--config", metavar="JSON", default=None,
-                   help="JSON training config, e.g. configs/fbsem.json (default: the "
-                        "FBSEMTrainConfig defaults)")
-    p.add_argument("--steps", metavar="N", type=positive_int, default=None,
-                   help="number of optimiser steps (default: the config's)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its latest checkpoint")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_config_argument(p, "training", "configs/fbsem.json", "FBSEMTrainConfig")
+    add_steps_argument(p)
+    add_run_arguments(p, None)
+    add_progress_argument(p)
 
 
 def _load_config(path: str | None, steps: int | None) -> Any:
     from ..recon.fbsem_training import FBSEMTrainConfig
 
-    if path is not None and not Path(path).is_file():
-        raise ValueError(f"--config {path}: file not found")
-    try:
-        cfg = FBSEMTrainConfig() if path is None else FBSEMTrainConfig.from_json(path)
-        if steps is not None:
-            cfg = FBSEMTrainConfig.from_dict({**cfg.to_dict(), "steps": steps})
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"--config {path}: {exc}") from None
-    return cfg
+    cfg = load_config(path, FBSEMTrainConfig.from_json, FBSEMTrainConfig)
+    return cfg if steps is None else dataclasses.replace(cfg, steps=steps)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -82,7 +82,8 @@ class SimulatedScan:
 
         return AcquisitionModel(self.sinogram_geometry, self.image_geometry,
                                 multiplicative=self.multiplicative, additive=self.additive,
-                                psf_fwhm_mm=self.config.psf_fwhm_mm or None, num_subsets=num_subsets)
+                                psf_fwhm_mm=self.config.psf_fwhm_mm or None,
+                                num_subsets=num_subsets)
 
 
 def sinogram_geometry_for(config: SimulationConfig, num_planes: int) -> SinogramGeometry:
@@ -92,7 +93,8 @@ def sinogram_geometry_for(config: SimulationConfig, num_planes: int) -> Sinogram
     if config.dims == 2:
         return SinogramGeometry(scanner.with_rings(1), views, arc_corrected=config.arc_corrected)
     rings = config.rings or (num_planes + 1) // 2
-    mrd = config.max_ring_difference if config.max_ring_difference is not None else min(rings - 1, 4)
+    mrd = (config.max_ring_difference if config.max_ring_difference is not None
+           else min(rings - 1, 4))
     return SinogramGeometry(scanner.with_rings(rings), views, arc_corrected=config.arc_corrected,
                             span=config.span, max_ring_difference=mrd)
 
@@ -141,12 +143,14 @@ def simulate_scan(config: SimulationConfig, *, progress: bool = True,
     img_geom = phantom.geometry
     sino_geom = sinogram_geometry_for(config, img_geom.shape[0])
 
-    g = torch.Generator().manual_seed(config.noise_seed if config.noise_seed is not None else config.seed)
+    g = torch.Generator().manual_seed(
+        config.noise_seed if config.noise_seed is not None else config.seed)
     mu = torch.from_numpy(np.ascontiguousarray(phantom.mu_map, dtype=np.float32))
     model = AcquisitionModel(sino_geom, img_geom, psf_fwhm_mm=config.psf_fwhm_mm or None,
                              projector=projector)
     af = attenuation_factors(mu, img_geom, sino_geom, projector=model.projector)
-    eff = random_crystal_efficiencies(sino_geom.scanner, generator=g, spread=config.efficiency_spread)
+    eff = random_crystal_efficiencies(sino_geom.scanner, generator=g,
+                                      spread=config.efficiency_spread)
     norm = normalisation_from_efficiencies(eff, sino_geom)
     mult = (af * norm).to(torch.float32)
 

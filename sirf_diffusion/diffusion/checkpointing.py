@@ -1,5 +1,5 @@
-"""Checkpoints and logs of :func:`~.training.train`: checkpoint files with SHA-256 sidecars and
-their housekeeping, the loss CSV files and the loss plot.
+"""Checkpoints of the trainers: checkpoint files with SHA-256 sidecars and their housekeeping,
+and the loss plot.
 
 * ``checkpoints/step_XXXXXXXX.pt``: a ``torch.save`` payload (format
   ``sirf_diffusion.train_checkpoint/1``: model, EMA, optimiser, step, config, run id), loadable
@@ -13,19 +13,19 @@ their housekeeping, the loss CSV files and the loss plot.
   because of it;
 * :func:`remove_stale_checkpoint_temporaries` removes the temporary files of a write that a
   kill interrupted (called when a run starts);
-* ``loss.csv`` / ``val_loss.csv``: one row per step / validation, truncated to the resumed step
-  on resume; ``loss.png``: :func:`plot_loss`.
+* ``loss.png``: :func:`plot_loss` of the ``loss.csv`` / ``val_loss.csv`` logs that
+  :mod:`sirf_diffusion.training_loop` writes.
 
 Everything here is re-exported by :mod:`sirf_diffusion.diffusion.training`.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
 import os
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..io.atomic import atomic_write_bytes, atomic_write_text, make_dir, remove_stale_temporaries
+from ..io.atomic import (
+    OutputExistsError,
+    atomic_write_bytes,
+    atomic_write_text,
+    make_dir,
+    remove_stale_temporaries,
+)
+from ..training_loop import LOSS_FIELDS as _LOSS_FIELDS  # noqa: F401  (re-exported)
+from ..training_loop import open_csv as _open_csv  # noqa: F401
+from ..training_loop import read_csv as _read_csv
+from ..training_loop import truncate_csv as _truncate_csv  # noqa: F401
 
 __all__ = ["CheckpointError", "load_checkpoint", "list_checkpoints", "checkpoint_run_id",
-           "remove_stale_checkpoint_temporaries", "plot_loss"]
+           "check_run_folder", "new_run_id", "remove_stale_checkpoint_temporaries", "plot_loss"]
 
 _CKPT_FORMAT = "sirf_diffusion.train_checkpoint/1"
 #: Fields of a training config that may differ between an interrupted run and its resumption.
@@ -97,6 +107,23 @@ def remove_stale_checkpoint_temporaries(out_dir: str | os.PathLike) -> list[Path
 def _delete_checkpoint(path: Path) -> None:
     path.unlink(missing_ok=True)
     path.with_suffix(".sha256").unlink(missing_ok=True)
+
+
+def check_run_folder(out: Path, resume: bool, overwrite: bool, run: str) -> list[Path]:
+    """The checkpoint files in the run folder ``out`` (:func:`list_checkpoints`), refusing a
+    file, and checkpoints without ``resume`` or ``overwrite`` (:class:`OutputExistsError`:
+    ``'<out> already holds the checkpoints of <run>'``, ``run`` saying how to go on)."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"the training run folder {out} is a file")
+    existing = list_checkpoints(out)
+    if existing and not (resume or overwrite):
+        raise OutputExistsError(f"{out} already holds the checkpoints of {run}")
+    return existing
+
+
+def new_run_id(ckpt: dict[str, Any] | None) -> str:
+    """The run id of a resumed run (its checkpoint ``ckpt``'s), or a fresh one (``None``)."""
+    return checkpoint_run_id(ckpt) if ckpt is not None else uuid.uuid4().hex
 
 
 def _checkpoints_of_run(out_dir: Path, run_id: str) -> list[Path]:
@@ -196,41 +223,6 @@ def _load_latest(out_dir: Path, verbose: bool) -> tuple[dict[str, Any], Path] | 
         raise CheckpointError(f"no usable checkpoint in {out_dir / 'checkpoints'} to resume "
                               f"from ({len(files)} unreadable: " + "; ".join(errors) + ")")
     return None
-
-
-# ---------------------------------------------------------------------------------- logging
-_LOSS_FIELDS = ["step", "loss", "lr", "grad_norm", "seconds"]
-
-
-def _truncate_csv(path: Path, last_step: int) -> None:
-    """Keep the rows of ``path`` with ``step <= last_step`` (steps redone after a resume)."""
-    if not path.is_file():
-        return
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        return
-    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= last_step]
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows(kept)
-    atomic_write_text(path, buf.getvalue())
-
-
-def _open_csv(path: Path, fields: list[str]):
-    new = not path.is_file() or path.stat().st_size == 0
-    f = open(path, "a", newline="")
-    w = csv.writer(f, lineterminator="\n")
-    if new:
-        w.writerow(fields)
-    return f, w
-
-
-def _read_csv(path: Path) -> dict[str, list[float]]:
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return {k: [float(r[k]) for r in rows] for k in (rows[0] if rows else {})}
 
 
 def plot_loss(out_dir: str | os.PathLike, path: str | os.PathLike | None = None) -> Path:

@@ -37,7 +37,6 @@ import json
 import math
 import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,17 +47,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._version import __version__
-from ..io.atomic import OutputExistsError, make_dir, write_json
+from ..io.atomic import make_dir, write_json
+from ..training_loop import StepStats, TrainingLoop
 from .checkpointing import (
     _CKPT_FORMAT,
-    _LOSS_FIELDS,
     _delete_checkpoint,
     _load_latest,
-    _open_csv,
     _save_checkpoint,
-    _truncate_csv,
-    checkpoint_run_id,
-    list_checkpoints,
+    check_run_folder,
+    new_run_id,
     plot_loss,
 )
 from .datasets import derive_seed
@@ -327,12 +324,8 @@ def train_deft(config: DEFTTrainConfig, out_dir: str | os.PathLike, *, resume: b
 
     cfg = dataclasses.replace(config)
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"the training run folder {out} is a file")
-    existing = list_checkpoints(out)
-    if existing and not (resume or overwrite):
-        raise OutputExistsError(f"{out} already holds the checkpoints of a DEFT training run: "
-                                "continue it with --resume, or pass --overwrite to start again")
+    existing = check_run_folder(out, resume, overwrite, "a DEFT training run: continue it "
+                                "with --resume, or pass --overwrite to start again")
     make_dir(out)
     if existing and not resume:
         for path in existing:
@@ -342,7 +335,7 @@ def train_deft(config: DEFTTrainConfig, out_dir: str | os.PathLike, *, resume: b
     cfg_dict = cfg.to_dict()
     if ckpt is not None:
         _check_resumable(json.loads(ckpt["config"]), cfg_dict)
-    run_id = checkpoint_run_id(ckpt) if ckpt is not None else uuid.uuid4().hex
+    run_id = new_run_id(ckpt)
 
     prior = _load_prior(cfg, prior)
     t_min = float(getattr(getattr(prior, "config", None), "t_min", 1e-3))
@@ -385,11 +378,6 @@ def train_deft(config: DEFTTrainConfig, out_dir: str | os.PathLike, *, resume: b
         "_prior_fingerprint": fingerprint, "_hnet_parameters": hnet.num_parameters,
         "_prior_parameters": sum(p.numel() for p in prior.parameters()),
         "_network_dtype": str(prior_dtype)})
-    for name in ("loss.csv", "val_loss.csv"):
-        if start == 0:
-            (out / name).unlink(missing_ok=True)
-        else:
-            _truncate_csv(out / name, start)
     t_start = time.perf_counter()
 
     def export(step: int) -> None:
@@ -416,55 +404,28 @@ def train_deft(config: DEFTTrainConfig, out_dir: str | os.PathLike, *, resume: b
         plot_loss(out)
         return path
 
-    loss_f, loss_w = _open_csv(out / "loss.csv", _LOSS_FIELDS)
-    val_f, val_w = _open_csv(out / "val_loss.csv", ["step", "loss"])
-    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc="training DEFT h-net",
-               unit="step", dynamic_ncols=True)
+    def one_step(step: int) -> StepStats:
+        lr = _lr_at(cfg, step)  # type: ignore[arg-type]
+        for group in opt.param_groups:
+            group["lr"] = lr
+        batch = _normalised_batch(train_ds.batch(step, cfg.batch_size),
+                                  _shared_projector(train_ds), cfg)
+        g = _cpu_generator(cfg.seed, _TAG_NOISE, step)
+        with _seeded_rng(derive_seed(cfg.seed, _TAG_DROPOUT, step), torch.device("cpu")):
+            loss = deft_loss(prior, hnet, batch.x0, batch.feature(hnet.config.gradient), g, t_min)
+            loss.backward()
+        value = float(loss.detach())
+        gn = optimiser_step(hnet, opt, cfg.grad_clip, value, step)
+        ema.update(hnet)
+        return StepStats(value, lr, gn)
+
     hnet.train()
-    t0 = time.perf_counter()
-    last_ckpt = start if start > 0 else -1
-    try:
-        step = start
-        while step < cfg.steps:
-            lr = _lr_at(cfg, step)  # type: ignore[arg-type]
-            for group in opt.param_groups:
-                group["lr"] = lr
-            batch = _normalised_batch(train_ds.batch(step, cfg.batch_size),
-                                      _shared_projector(train_ds), cfg)
-            g = _cpu_generator(cfg.seed, _TAG_NOISE, step)
-            with _seeded_rng(derive_seed(cfg.seed, _TAG_DROPOUT, step), torch.device("cpu")):
-                loss = deft_loss(prior, hnet, batch.x0, batch.feature(hnet.config.gradient), g,
-                                 t_min)
-                loss.backward()
-            value = float(loss.detach())
-            gn = optimiser_step(hnet, opt, cfg.grad_clip, value, step)
-            ema.update(hnet)
-            step += 1
-            loss_w.writerow([step, repr(value), repr(lr), repr(gn),
-                             f"{time.perf_counter() - t0:.3f}"])
-            loss_f.flush()
-            bar.update(1)
-            bar.set_postfix(loss=f"{value:.4f}", refresh=False)
-            if val_batches and (step % cfg.val_every == 0 or step == cfg.steps):
-                val_w.writerow([step, repr(_validation_loss(prior, hnet, ema, val_batches, cfg,
-                                                            t_min))])
-                val_f.flush()
-            path = None
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                path = checkpoint(step)
-                last_ckpt = step
-            if callback is not None:
-                try:
-                    callback({"step": step, "loss": value, "lr": lr, "grad_norm": gn,
-                              "checkpoint": path})
-                except StopIteration:
-                    if last_ckpt != step:
-                        checkpoint(step)
-                    break
-    finally:
-        bar.close()
-        loss_f.close()
-        val_f.close()
+    TrainingLoop(
+        out, cfg.steps, start, cfg.checkpoint_every, checkpoint, val_every=cfg.val_every,
+        validate=((lambda step: _validation_loss(prior, hnet, ema, val_batches, cfg, t_min))
+                  if val_batches else None),
+        val_log=True, callback=callback, progress=progress,
+        desc="training DEFT h-net").run(one_step)
     return out / "model"
 
 

@@ -15,21 +15,22 @@ dose range.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..io.atomic import atomic_write_bytes, atomic_write_text, make_dir
+from ..io.weights import CONFIG_FILE, WEIGHTS_FILE, WeightsFolder
 from .htransform import HNetConfig, HTransformNet
 
 __all__ = ["DEFT_FORMAT", "DEFTModel", "save_deft_model", "load_deft_model"]
 
 DEFT_FORMAT = "sirf-diffusion-deft-model/1"
-_WEIGHTS, _CONFIG = "model.safetensors", "config.json"
+_FOLDER = WeightsFolder(
+    DEFT_FORMAT, "DEFT model", "not a DEFT model",
+    config_hint=f" (a DEFT model folder holds {CONFIG_FILE} and {WEIGHTS_FILE})",
+    format_hint="; a prior folder goes to --model, a DEFT model to --deft-model")
 
 
 @dataclass
@@ -76,21 +77,10 @@ class DEFTModel:
 
 def save_deft_model(directory: str | os.PathLike[str], model: DEFTModel) -> Path:
     """Write ``model`` to ``directory`` (weights first, then ``config.json``, each atomically)."""
-    from safetensors.torch import save
-
-    directory = make_dir(Path(directory))
-    sd = {k: v.detach().float().cpu().contiguous() for k, v in model.hnet.state_dict().items()}
-    blob = save(sd, metadata={"format": DEFT_FORMAT})
+    weights = _FOLDER.encode(model.hnet.state_dict())
     meta = model.metadata()
-    meta["weights"] = {"file": _WEIGHTS, "sha256": hashlib.sha256(blob).hexdigest(),
-                       "num_parameters": model.hnet.num_parameters, "num_tensors": len(sd)}
-    try:
-        text = json.dumps(meta, indent=1, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"DEFT model metadata is not JSON-serialisable: {e}") from e
-    atomic_write_bytes(directory / _WEIGHTS, blob)
-    atomic_write_text(directory / _CONFIG, text + "\n")
-    return directory
+    meta["weights"] = weights.record(num_parameters=model.hnet.num_parameters)
+    return _FOLDER.save(directory, weights, meta, indent=1)
 
 
 def load_deft_model(directory: str | os.PathLike[str], precision: str = "auto") -> DEFTModel:
@@ -99,33 +89,15 @@ def load_deft_model(directory: str | os.PathLike[str], precision: str = "auto") 
     Raises ``FileNotFoundError`` for a missing folder or file and ``ValueError`` naming the file
     for anything else (not a DEFT model, sha256 mismatch, names or shapes that do not fit).
     """
-    from safetensors.torch import load
-
     directory = Path(directory)
-    cfg_path, w_path = directory / _CONFIG, directory / _WEIGHTS
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{directory}: DEFT model folder not found")
-    for p in (cfg_path, w_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: not found (a DEFT model folder holds {_CONFIG} and "
-                                    f"{_WEIGHTS})")
-    try:
-        meta = json.loads(cfg_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from e
-    if not isinstance(meta, dict) or meta.get("format") != DEFT_FORMAT:
-        raise ValueError(f"{cfg_path}: not a DEFT model (expected format {DEFT_FORMAT!r}; a "
-                         "prior folder goes to --model, a DEFT model to --deft-model)")
-    blob = w_path.read_bytes()
-    if hashlib.sha256(blob).hexdigest() != meta.get("weights", {}).get("sha256"):
-        raise ValueError(f"{w_path}: sha256 mismatch with {cfg_path}: the weights file is "
-                         "corrupt, truncated or was modified")
+    cfg_path = directory / CONFIG_FILE
+    meta = _FOLDER.read_config(directory)
+    sd = _FOLDER.read_weights(directory, meta)
     try:
         hcfg = dict(meta["hnet"])
         # models saved before the output scaling existed used DEFT's published form
         hcfg.setdefault("output_scaling", "none")
         hnet = HTransformNet(HNetConfig.from_dict(hcfg), precision=precision)
-        sd = load(blob)
         hnet.load_state_dict(sd, strict=True)
         model = DEFTModel(hnet, str(meta["prior_fingerprint"]), dict(meta["geometry"]),
                           tuple(float(v) for v in meta["dose_range"]),  # type: ignore[arg-type]

@@ -23,7 +23,6 @@ same digest :func:`~.modelio.save_model` records for a float32 model) in its met
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 
 from ..io.atomic import atomic_write_bytes
+from ..io.weights import encode_weights
 from .modelio import FORMAT as MODEL_FORMAT
 from .unet import Attention, ResBlock
 
@@ -111,13 +111,9 @@ def base_weights_sha256(model: nn.Module) -> str:
 
     Refused while the model holds adapters (their weights are not the base model's).
     """
-    from safetensors.torch import save
-
     if any(isinstance(m, LoRALayer) for m in model.modules()):
         raise ValueError("the model already holds LoRA adapters; hash it before injecting them")
-    sd = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous()
-          for k, v in model.state_dict().items()}
-    return hashlib.sha256(save(sd, metadata={"format": MODEL_FORMAT})).hexdigest()
+    return encode_weights(model.state_dict(), MODEL_FORMAT).sha256
 
 
 @dataclass

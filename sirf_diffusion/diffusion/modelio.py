@@ -12,18 +12,14 @@ directories named after their orientation::
 
     prior_dir/{xy,yz,xz}/model.safetensors + config.json
 
-Both files are written atomically with the user's umask
-(:func:`sirf_diffusion.io.atomic.atomic_write_bytes`: temporary file in the same directory,
-``fsync``, ``os.replace``), weights first, so an interrupted save never leaves a config that
-validates against the wrong weights.  :func:`load_model` verifies the sha256 and that every
-tensor name and shape matches the model the config builds; any problem raises
-``FileNotFoundError`` or ``ValueError`` naming the file.
+Writing and checking the files is :mod:`sirf_diffusion.io.weights`' (atomic, weights first,
+sha256 recorded and verified).  :func:`load_model` also checks that every tensor name and shape
+matches the model the config builds; any problem raises ``FileNotFoundError`` or ``ValueError``
+naming the file.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -31,16 +27,16 @@ from typing import Any
 import torch
 
 from .._version import __version__
-from ..io.atomic import atomic_write_bytes, atomic_write_text
+from ..io.weights import CONFIG_FILE, WEIGHTS_FILE, WeightsFolder, check_tensor_fit
 from .model import ORIENTATIONS, ScoreModel, ScoreModelConfig
 
 __all__ = ["WEIGHTS_FILE", "CONFIG_FILE", "FORMAT", "save_model", "load_model", "save_prior",
            "load_prior"]
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 #: Format tag written into ``config.json``.
 FORMAT = "sirf-diffusion-score-model/1"
+_FOLDER = WeightsFolder(FORMAT, "model", "not a sirf-diffusion model config",
+                        folder_word="directory", sections=("model",))
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -60,52 +56,19 @@ def save_model(directory: str | os.PathLike[str], model: ScoreModel,
         Storage dtype of floating-point tensors: ``'float32'``, ``'float16'`` (halves the file;
         loaded back as float32) or ``'bfloat16'``.
     """
-    from safetensors.torch import save
-
     if not isinstance(model, ScoreModel):
         raise TypeError(f"save_model expects a ScoreModel, got {type(model).__name__}")
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    sd = {k: (v.detach().to(_DTYPES[dtype]) if v.is_floating_point() else v.detach())
-          .cpu().contiguous() for k, v in model.state_dict().items()}
-    blob = save(sd, metadata={"format": FORMAT})
+    weights = _FOLDER.encode(model.state_dict(), _DTYPES[dtype])
     meta = {
         "format": FORMAT,
         "model": model.config.to_dict(),
-        "weights": {
-            "file": WEIGHTS_FILE,
-            "sha256": hashlib.sha256(blob).hexdigest(),
-            "dtype": dtype,
-            "num_parameters": model.num_parameters,
-            "num_tensors": len(sd),
-        },
+        "weights": weights.record(dtype=dtype, num_parameters=model.num_parameters),
         "saved_by": {"package": "sirf-diffusion", "version": __version__},
         "extra": extra or {},
     }
-    try:
-        text = json.dumps(meta, indent=2, sort_keys=False, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"model config or 'extra' metadata is not JSON-serialisable: {e}") from e
-    atomic_write_bytes(directory / WEIGHTS_FILE, blob)
-    atomic_write_text(directory / CONFIG_FILE, text + "\n")
-    return directory
-
-
-def _read_config(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: model config file not found")
-    try:
-        meta = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a sirf-diffusion model config (expected format {FORMAT!r})")
-    for key in ("model", "weights"):
-        if not isinstance(meta.get(key), dict):
-            raise ValueError(f"{path}: missing the {key!r} section")
-    return meta
+    return _FOLDER.save(directory, weights, meta)
 
 
 def load_model(directory: str | os.PathLike[str], map_location: str | torch.device = "cpu",
@@ -123,43 +86,17 @@ def load_model(directory: str | os.PathLike[str], map_location: str | torch.devi
         Invalid config, sha256 mismatch (corrupt, truncated or tampered weights), unreadable
         safetensors, or tensor names/shapes that do not match the configured architecture.
     """
-    from safetensors.torch import load
-
     directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{directory}: model directory not found")
+    meta = _FOLDER.read_config(directory)
     cfg_path = directory / CONFIG_FILE
-    meta = _read_config(cfg_path)
-    w = meta["weights"]
-    w_path = directory / str(w.get("file", WEIGHTS_FILE))
-    if not w_path.is_file():
-        raise FileNotFoundError(f"{w_path}: weights file not found")
     try:
         config = ScoreModelConfig.from_dict(meta["model"])
     except (TypeError, ValueError) as e:
         raise ValueError(f"{cfg_path}: invalid model configuration ({e})") from e
-    blob = w_path.read_bytes()
-    digest = hashlib.sha256(blob).hexdigest()
-    if digest != w.get("sha256"):
-        raise ValueError(f"{w_path}: sha256 mismatch (file {digest[:12]}..., config.json says "
-                         f"{str(w.get('sha256'))[:12]}...): the weights file is corrupt, "
-                         "truncated or was modified")
-    try:
-        sd = load(blob)
-    except Exception as e:  # safetensors raises its own error types
-        raise ValueError(f"{w_path}: not a readable safetensors file ({e})") from e
+    sd = _FOLDER.read_weights(directory, meta)
     model = ScoreModel(config, precision=precision)
     ref = model.state_dict()
-    missing, unexpected = sorted(set(ref) - set(sd)), sorted(set(sd) - set(ref))
-    if missing or unexpected:
-        raise ValueError(f"{w_path}: tensor names do not match the architecture in {cfg_path}: "
-                         f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                         f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
-    wrong = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
-             for k, v in ref.items() if tuple(sd[k].shape) != tuple(v.shape)]
-    if wrong:
-        raise ValueError(f"{w_path}: tensor shapes do not match the architecture in {cfg_path}: "
-                         + "; ".join(wrong[:5]))
+    check_tensor_fit(sd, ref, _FOLDER.weights_path(directory, meta), cfg_path)
     model.load_state_dict({k: v.to(ref[k].dtype) for k, v in sd.items()}, strict=True)
     return model.to(map_location).eval()
 

@@ -6,7 +6,8 @@ is trained on images of unit-order intensity.  Every crossing between the two is
 
 .. math::
 
-    x_{\\mathrm{prior}} = x_{\\mathrm{image}} / s, \\qquad x_{\\mathrm{image}} = s \\, x_{\\mathrm{prior}}
+    x_{\\mathrm{prior}} = x_{\\mathrm{image}} / s, \\qquad
+    x_{\\mathrm{image}} = s \\, x_{\\mathrm{prior}}
 
 with ``s`` the mean activity over the object support (training: of the reference image;
 reconstruction: of a short MLEM/OSEM image of the data, as in Singh et al. 2024 and
@@ -92,9 +93,11 @@ class IntensityNormalisation:
         return s.reshape(*s.shape, *([1] * ndim_core))
 
     def to_prior(self, image: torch.Tensor) -> torch.Tensor:
-        """``[B, z, y, x]`` image -> prior tensor ``[B, 1, y, x]`` (z == 1) or ``[B, 1, z, y, x]``."""
+        """``[B, z, y, x]`` image -> prior tensor ``[B, 1, y, x]`` (z == 1) or
+        ``[B, 1, z, y, x]``."""
         if image.ndim != 4:
-            raise ValueError(f"expected an image batch [B, z, y, x], got shape {tuple(image.shape)}")
+            raise ValueError("expected an image batch [B, z, y, x], got shape "
+                             f"{tuple(image.shape)}")
         x = image / self._scale_like(image, 3)
         return x if image.shape[1] == 1 else x.unsqueeze(1)
 
@@ -105,7 +108,8 @@ class IntensityNormalisation:
         elif x.ndim == 5 and x.shape[1] == 1:
             img = x[:, 0]
         else:
-            raise ValueError(f"expected a prior tensor [B, 1, y, x] or [B, 1, z, y, x], got {tuple(x.shape)}")
+            raise ValueError("expected a prior tensor [B, 1, y, x] or [B, 1, z, y, x], got "
+                             f"{tuple(x.shape)}")
         return img * self._scale_like(img, 3)
 
     def to_dict(self) -> dict:

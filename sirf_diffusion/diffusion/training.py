@@ -56,7 +56,6 @@ import math
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -76,6 +75,7 @@ from ..io.atomic import (
     temporary_dir,
     write_json,
 )
+from ..training_loop import StepStats, TrainingLoop
 from .checkpointing import (  # noqa: F401  (re-exported: these helpers lived here)
     _CKPT_FORMAT,
     _LOSS_FIELDS,
@@ -87,10 +87,12 @@ from .checkpointing import (  # noqa: F401  (re-exported: these helpers lived he
     _read_csv,
     _save_checkpoint,
     _truncate_csv,
+    check_run_folder,
     checkpoint_run_id,
     legacy_run_id,
     list_checkpoints,
     load_checkpoint,
+    new_run_id,
     plot_loss,
     remove_stale_checkpoint_temporaries,
 )
@@ -719,13 +721,9 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
            overwrite: bool) -> Path:
     main = dist_ctx.is_main
     device = _resolve_device(cfg.device, dist_ctx)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"the training run folder {out} is a file")
-    existing = list_checkpoints(out)  # before any rank deletes anything
-    if existing and not (resume or overwrite):
-        raise OutputExistsError(f"{out} already holds the checkpoints of a training run: "
-                                "continue it with --resume (resume=True), or pass --overwrite "
-                                "(overwrite=True) to start again")
+    existing = check_run_folder(  # before any rank deletes anything
+        out, resume, overwrite, "a training run: continue it with --resume (resume=True), or "
+        "pass --overwrite (overwrite=True) to start again")
     if main:
         make_dir(out)
         _remove_stale_files(out, export_dir, cache_in_run=cfg.cache_dir is None)
@@ -746,7 +744,7 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
             if cfg.micro_batches is None:
                 cfg.micro_batches = saved.get("micro_batches")
     # the run's identity: drawn by a new run, kept by its resumptions
-    run_id = checkpoint_run_id(ckpt) if ckpt is not None else uuid.uuid4().hex
+    run_id = new_run_id(ckpt)
     _check_export_dir(export_dir, out, run_id if ckpt is not None else None, resume, overwrite)
     if cfg.micro_batches is None:
         cfg.micro_batches = dist_ctx.world_size
@@ -804,11 +802,6 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
                     "_network_dtype": str(dtype),
                     "_train_seeds": seeds, "_run_id": run_id}
         write_json(out / "train_config.json", resolved)
-        for name in ("loss.csv", "val_loss.csv"):
-            if start == 0:
-                (out / name).unlink(missing_ok=True)
-            else:
-                _truncate_csv(out / name, start)
 
     loss_module: nn.Module = _LossModule(model, LossRecipe(**cfg.recipe))
     if dist_ctx.world_size > 1:
@@ -843,51 +836,18 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
         dist_ctx.barrier()
         return path
 
-    loss_f = val_f = None
-    if main:
-        loss_f, loss_w = _open_csv(out / "loss.csv", _LOSS_FIELDS)
-        if val_ds is not None:
-            val_f, val_w = _open_csv(out / "val_loss.csv", ["step", "loss"])
-    bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and main),
-               desc=f"training {cfg.orientation} prior", unit="step", dynamic_ncols=True)
+    def one_step(step: int) -> StepStats:
+        lr = _lr_at(cfg, step)
+        loss_value, gn = _step(cfg, step, lr, model, loss_module, opt, train_ds, dist_ctx, device)
+        ema.update(model)
+        return StepStats(loss_value, lr, gn)
+
     model.train()
-    last_ckpt = start if start > 0 else -1
-    t0 = time.perf_counter()
-    smooth = None
-    try:
-        step = start
-        while step < cfg.steps:
-            lr = _lr_at(cfg, step)
-            loss_value, gn = _step(cfg, step, lr, model, loss_module, opt, train_ds, dist_ctx,
-                                   device)
-            ema.update(model)
-            step += 1
-            if main:
-                loss_w.writerow([step, repr(loss_value), repr(lr), repr(gn),
-                                 f"{time.perf_counter() - t0:.3f}"])
-                loss_f.flush()
-            smooth = loss_value if smooth is None else 0.98 * smooth + 0.02 * loss_value
-            bar.update(1)
-            bar.set_postfix(loss=f"{smooth:.4f}", refresh=False)
-            if val_ds is not None and (step % cfg.val_every == 0 or step == cfg.steps) and main:
-                val_w.writerow([step, repr(_validation_loss(model, ema, val_ds, cfg, device))])
-                val_f.flush()
-            path = None
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                path = checkpoint(step)
-                last_ckpt = step
-            if callback is not None:
-                try:
-                    callback({"step": step, "loss": loss_value, "lr": lr, "grad_norm": gn,
-                              "checkpoint": path})
-                except StopIteration:
-                    if last_ckpt != step:
-                        checkpoint(step)
-                    break
-    finally:
-        bar.close()
-        for f in (loss_f, val_f):
-            if f is not None:
-                f.close()
+    TrainingLoop(
+        out, cfg.steps, start, cfg.checkpoint_every, checkpoint, val_every=cfg.val_every,
+        validate=(None if val_ds is None else
+                  lambda step: _validation_loss(model, ema, val_ds, cfg, device)),
+        callback=callback, progress=progress, desc=f"training {cfg.orientation} prior",
+        main=main, smoothing=0.98).run(one_step)
     return export_dir
 

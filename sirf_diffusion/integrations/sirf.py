@@ -611,7 +611,8 @@ def sirf_case_likelihood(folder: str | os.PathLike[str], *, psf_fwhm_mm: Any = N
     check_prompts(acquisition_to_torch(prompts))
     if projector == "parallelproj":
         if not hasattr(pet, "AcquisitionModelUsingParallelproj"):
-            raise ImportError("this SIRF has no Parallelproj projector; use projector='ray-tracing'")
+            raise ImportError("this SIRF has no Parallelproj projector; use "
+                              "projector='ray-tracing'")
         am = pet.AcquisitionModelUsingParallelproj()
     elif projector == "ray-tracing":
         am = pet.AcquisitionModelUsingRayTracingMatrix()

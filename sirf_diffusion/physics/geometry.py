@@ -216,7 +216,8 @@ class SinogramGeometry:
     def __post_init__(self) -> None:
         sc = self.scanner
         if self.num_tangential is None:
-            n = sc.default_num_arccorrected_bins if self.arc_corrected else sc.max_num_non_arccorrected_bins
+            n = (sc.default_num_arccorrected_bins if self.arc_corrected
+                 else sc.max_num_non_arccorrected_bins)
             object.__setattr__(self, "num_tangential", int(n))
         if self.tangential_sampling_mm is None:
             object.__setattr__(self, "tangential_sampling_mm", float(sc.default_bin_size_mm))
@@ -277,7 +278,8 @@ class SinogramGeometry:
         raise KeyError(f"no segment {number}")
 
     def sinogram_offset(self, number: int) -> int:
-        """Index of the first sinogram of a segment in the ``[sinogram, view, tangential]`` array."""
+        """Index of the first sinogram of a segment in the ``[sinogram, view, tangential]``
+        array."""
         off = 0
         for s in self.segments:
             if s.number == number:
@@ -306,7 +308,8 @@ class SinogramGeometry:
         (the mean angle of the merged unmashed views).
         """
         sc = self.scanner
-        phi0 = sc.intrinsic_azimuthal_tilt_rad + (self.view_mashing_factor - 1) * math.pi / sc.num_detectors_per_ring
+        phi0 = (sc.intrinsic_azimuthal_tilt_rad
+                + (self.view_mashing_factor - 1) * math.pi / sc.num_detectors_per_ring)
         return phi0 + np.arange(self.num_views) * (math.pi / self.num_views)
 
     def tangential_indices(self) -> np.ndarray:
@@ -339,13 +342,15 @@ class SinogramGeometry:
         return (self.scanner == other.scanner and self.shape == other.shape
                 and self.arc_corrected == other.arc_corrected and self.span == other.span
                 and self.max_ring_difference == other.max_ring_difference
-                and math.isclose(float(self.tangential_sampling_mm), float(other.tangential_sampling_mm)))
+                and math.isclose(float(self.tangential_sampling_mm),
+                                 float(other.tangential_sampling_mm)))
 
     def check_data_shape(self, shape: tuple[int, ...], name: str = "sinogram") -> None:
         """Raise ``ValueError`` unless ``shape`` ends with this geometry's shape."""
         if tuple(shape[-3:]) != self.shape:
             raise ValueError(
-                f"{name} has shape {tuple(shape)}, expected (..., {', '.join(map(str, self.shape))}) "
+                f"{name} has shape {tuple(shape)}, expected "
+                f"(..., {', '.join(map(str, self.shape))}) "
                 "= (..., sinogram, view, tangential) for this scanner geometry")
 
     @classmethod
@@ -376,7 +381,8 @@ class ImageGeometry:
         if len(self.shape) != 3 or min(self.shape) <= 0:
             raise ValueError(f"image shape must be 3 positive ints (z, y, x), got {self.shape}")
         if len(self.voxel_size_mm) != 3 or not min(self.voxel_size_mm) > 0:
-            raise ValueError(f"voxel sizes must be 3 positive floats (z, y, x), got {self.voxel_size_mm}")
+            raise ValueError("voxel sizes must be 3 positive floats (z, y, x), got "
+                             f"{self.voxel_size_mm}")
         object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
         object.__setattr__(self, "voxel_size_mm", tuple(float(v) for v in self.voxel_size_mm))
 
@@ -396,5 +402,6 @@ class ImageGeometry:
     def check_image_shape(self, shape: tuple[int, ...], name: str = "image") -> None:
         if tuple(shape[-3:]) != self.shape:
             raise ValueError(
-                f"{name} has shape {tuple(shape)}, expected (..., {', '.join(map(str, self.shape))}) "
+                f"{name} has shape {tuple(shape)}, expected "
+                f"(..., {', '.join(map(str, self.shape))}) "
                 "= (..., z, y, x) for this image geometry")

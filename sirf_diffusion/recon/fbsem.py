@@ -55,8 +55,6 @@ count level outside the range.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import time
@@ -68,7 +66,7 @@ import torch
 from torch import nn
 
 from .._version import __version__
-from ..io.atomic import atomic_write_bytes, atomic_write_text, make_dir
+from ..io.weights import CONFIG_FILE, WeightsFolder, check_tensor_fit
 from ..likelihood import Likelihood
 from .em import Callback, em_step, initial_image, run_iterations
 from .map import _surrogate_maximiser
@@ -79,8 +77,9 @@ __all__ = ["FBSEMConfig", "FBSEMNet", "FBSEMResult", "ResidualRegulariser", "fus
 
 #: Format tag of an FBSEM-net model folder's ``config.json``.
 FORMAT = "sirf-diffusion-fbsem/1"
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
+_FOLDER = WeightsFolder(FORMAT, "FBSEM-net model", "not an FBSEM-net model config",
+                        sections=("network", "trained_on"),
+                        config_hint=" (train a model with `sirf-diffusion train-fbsem --out DIR`)")
 #: Voxel sizes may differ from the training data's by this fraction before a model is refused.
 VOXEL_TOLERANCE = 0.1
 #: Count levels up to this fraction outside the training range pass without a warning.
@@ -314,49 +313,22 @@ def save_fbsem(directory: str | os.PathLike[str], net: FBSEMNet,
     ``voxel_size_mm``, ``data_shape``, ``scanner``, ``counts_per_mm3`` and
     ``counts_per_voxel`` as ``[min, max]``); ``extra``: free JSON metadata (training record).
     """
-    from safetensors.torch import save
-
     missing = {"image_shape", "voxel_size_mm", "counts_per_voxel"} - set(trained_on)
     if missing:
         raise ValueError(f"trained_on lacks {sorted(missing)}")
-    directory = make_dir(Path(directory))
-    sd = {k: v.detach().to(torch.float32).cpu().contiguous() for k, v in net.state_dict().items()}
-    blob = save(sd, metadata={"format": FORMAT})
+    weights = _FOLDER.encode(net.state_dict())
     meta = {"format": FORMAT, "network": net.config.to_dict(),
-            "weights": {"file": WEIGHTS_FILE, "sha256": hashlib.sha256(blob).hexdigest(),
-                        "num_parameters": net.num_parameters, "num_tensors": len(sd)},
+            "weights": weights.record(num_parameters=net.num_parameters),
             "trained_on": trained_on,
             "saved_by": {"package": "sirf-diffusion", "version": __version__},
             "extra": extra or {}}
-    try:
-        text = json.dumps(meta, indent=2, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"FBSEM-net metadata is not JSON-serialisable: {e}") from e
-    atomic_write_bytes(directory / WEIGHTS_FILE, blob)
-    atomic_write_text(directory / CONFIG_FILE, text + "\n")
-    return directory
+    return _FOLDER.save(directory, weights, meta)
 
 
 def read_fbsem_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """The checked ``config.json`` of an FBSEM-net folder (``FileNotFoundError`` /
     ``ValueError`` naming the file)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{directory}: FBSEM-net model folder not found")
-    path = directory / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: FBSEM-net config file not found (train a model with "
-                                "`sirf-diffusion train-fbsem --out DIR`)")
-    try:
-        meta = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an FBSEM-net model config (expected format {FORMAT!r})")
-    for key in ("network", "weights", "trained_on"):
-        if not isinstance(meta.get(key), dict):
-            raise ValueError(f"{path}: missing the {key!r} section")
-    return meta
+    return _FOLDER.read_config(directory)
 
 
 def load_fbsem(directory: str | os.PathLike[str] | None = None,
@@ -375,8 +347,6 @@ def load_fbsem(directory: str | os.PathLike[str] | None = None,
         Invalid config, sha256 mismatch (corrupt or modified weights), unreadable safetensors,
         or tensors that do not fit the configured network.
     """
-    from safetensors.torch import load
-
     directory = Path(directory) if directory is not None else default_fbsem_dir()
     if not (directory / CONFIG_FILE).exists() and (directory / "model" / CONFIG_FILE).is_file():
         directory = directory / "model"  # a train-fbsem run folder
@@ -386,25 +356,9 @@ def load_fbsem(directory: str | os.PathLike[str] | None = None,
         config = FBSEMConfig.from_dict(meta["network"])
     except (TypeError, ValueError) as e:
         raise ValueError(f"{cfg_path}: invalid FBSEM-net configuration ({e})") from None
-    w_path = directory / str(meta["weights"].get("file", WEIGHTS_FILE))
-    if not w_path.is_file():
-        raise FileNotFoundError(f"{w_path}: FBSEM-net weights file not found")
-    blob = w_path.read_bytes()
-    digest = hashlib.sha256(blob).hexdigest()
-    if digest != meta["weights"].get("sha256"):
-        raise ValueError(f"{w_path}: sha256 mismatch (file {digest[:12]}..., {CONFIG_FILE} "
-                         f"says {str(meta['weights'].get('sha256'))[:12]}...): the weights file "
-                         "is corrupt, truncated or was modified")
-    try:
-        sd = load(blob)
-    except Exception as e:  # safetensors raises its own error types
-        raise ValueError(f"{w_path}: not a readable safetensors file ({e})") from None
+    sd = _FOLDER.read_weights(directory, meta)
     net = FBSEMNet(config)
-    ref = net.state_dict()
-    bad = sorted(set(ref) ^ set(sd)) + [k for k in ref if k in sd and sd[k].shape != ref[k].shape]
-    if bad:
-        raise ValueError(f"{w_path}: tensors do not fit the network in {cfg_path} "
-                         f"({', '.join(bad[:5])})")
+    check_tensor_fit(sd, net.state_dict(), _FOLDER.weights_path(directory, meta), cfg_path)
     net.load_state_dict(sd, strict=True)
     return net.to(map_location).eval(), meta
 

@@ -31,7 +31,6 @@ import json
 import math
 import platform
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -43,18 +42,18 @@ from tqdm.auto import tqdm
 from .._version import __version__
 from ..diffusion.checkpointing import (
     _CKPT_FORMAT,
+    _delete_checkpoint,
     _load_latest,
-    _open_csv,
     _save_checkpoint,
-    _truncate_csv,
-    checkpoint_run_id,
-    list_checkpoints,
+    check_run_folder,
+    new_run_id,
     remove_stale_checkpoint_temporaries,
 )
 from ..diffusion.datasets import derive_seed
 from ..diffusion.ema import EMA
 from ..diffusion.training import _check_resumable, optimiser_step
-from ..io.atomic import OutputExistsError, make_dir, write_json
+from ..io.atomic import make_dir, write_json
+from ..training_loop import StepStats, TrainingLoop
 from .fbsem import FBSEMConfig, FBSEMNet, counts_per_voxel, save_fbsem
 
 __all__ = ["FBSEMTrainConfig", "train_fbsem", "relative_squared_error", "pair_sources"]
@@ -233,12 +232,8 @@ def train_fbsem(config: FBSEMTrainConfig, out_dir: str | Path, *, resume: bool =
     out = Path(out_dir)
     export_path = Path(export_dir) if export_dir is not None else out / "model"
     device = torch.device(cfg.device)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"the training run folder {out} is a file")
-    existing = list_checkpoints(out)
-    if existing and not (resume or overwrite):
-        raise OutputExistsError(f"{out} already holds the checkpoints of an FBSEM-net run: "
-                                "continue it with --resume, or choose another folder")
+    existing = check_run_folder(out, resume, overwrite, "an FBSEM-net run: continue it with "
+                                "--resume, or choose another folder")
     make_dir(out)
     remove_stale_checkpoint_temporaries(out)
     ckpt = None
@@ -249,9 +244,8 @@ def train_fbsem(config: FBSEMTrainConfig, out_dir: str | Path, *, resume: bool =
             _check_resumable(json.loads(ckpt["config"]), cfg.to_dict())
     elif existing:  # overwrite
         for p in existing:
-            p.unlink(missing_ok=True)
-            p.with_suffix(".sha256").unlink(missing_ok=True)
-    run_id = checkpoint_run_id(ckpt) if ckpt is not None else uuid.uuid4().hex
+            _delete_checkpoint(p)
+    run_id = new_run_id(ckpt)
 
     train_src, val_src = sources if sources is not None else pair_sources(cfg)
     val_set = [(ex, _likelihood(val_src, ex))
@@ -281,11 +275,6 @@ def train_fbsem(config: FBSEMTrainConfig, out_dir: str | Path, *, resume: bool =
         "_num_parameters": net.num_parameters, "_trained_on": trained_on,
         "_data": {"train": _describe(train_src), "val": _describe(val_src)},
         "_torch": str(torch.__version__), "_sirf_diffusion": __version__})
-    for name in ("loss.csv", "val_loss.csv"):
-        if start == 0:
-            (out / name).unlink(missing_ok=True)
-        else:
-            _truncate_csv(out / name, start)
 
     t0 = time.perf_counter()
 
@@ -313,52 +302,28 @@ def train_fbsem(config: FBSEMTrainConfig, out_dir: str | Path, *, resume: bool =
         export(step, val_loss)
         return path
 
-    loss_f, loss_w = _open_csv(out / "loss.csv", ["step", "loss", "lr", "grad_norm", "seconds"])
-    val_f, val_w = _open_csv(out / "val_loss.csv", ["step", "loss"])
-    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc="training FBSEM-net",
-               unit="step", dynamic_ncols=True)
-    val_loss: float | None = None
-    try:
-        step = start
-        net.train()
-        while step < cfg.steps:
-            lr = _lr_at(cfg, step)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            total = 0.0
-            for j in range(cfg.batch_size):
-                ex = train_src.example(step * cfg.batch_size + j)
-                x = net(_likelihood(train_src, ex))
-                loss = relative_squared_error(x, ex.image) / cfg.batch_size
-                loss.backward()
-                total += float(loss.detach())
-            gn = optimiser_step(net, opt, cfg.grad_clip, total, step)
-            ema.update(net)
-            step += 1
-            loss_w.writerow([step, repr(total), repr(lr), repr(gn),
-                             f"{time.perf_counter() - t0:.3f}"])
-            loss_f.flush()
-            bar.update(1)
-            bar.set_postfix(loss=f"{total:.4f}", refresh=False)
-            if val_set and (step % cfg.val_every == 0 or step == cfg.steps):
-                val_loss = _validation_loss(net_cfg, ema, val_set)
-                val_w.writerow([step, repr(val_loss)])
-                val_f.flush()
-            path = None
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                path = checkpoint(step, val_loss)
-            if callback is not None:
-                try:
-                    callback({"step": step, "loss": total, "lr": lr, "grad_norm": gn,
-                              "checkpoint": path})
-                except StopIteration:
-                    if path is None:
-                        checkpoint(step, val_loss)
-                    break
-    finally:
-        bar.close()
-        loss_f.close()
-        val_f.close()
+    def one_step(step: int) -> StepStats:
+        lr = _lr_at(cfg, step)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        total = 0.0
+        for j in range(cfg.batch_size):
+            ex = train_src.example(step * cfg.batch_size + j)
+            x = net(_likelihood(train_src, ex))
+            loss = relative_squared_error(x, ex.image) / cfg.batch_size
+            loss.backward()
+            total += float(loss.detach())
+        gn = optimiser_step(net, opt, cfg.grad_clip, total, step)
+        ema.update(net)
+        return StepStats(total, lr, gn)
+
+    net.train()
+    loop = TrainingLoop(
+        out, cfg.steps, start, cfg.checkpoint_every, lambda s: checkpoint(s, loop.val_loss),
+        val_every=cfg.val_every,
+        validate=(lambda s: _validation_loss(net_cfg, ema, val_set)) if val_set else None,
+        val_log=True, callback=callback, progress=progress, desc="training FBSEM-net")
+    loop.run(one_step)
     return export_path
 
 
