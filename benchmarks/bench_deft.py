@@ -79,7 +79,8 @@ def time_deft(likelihood, prior, model, *, num_steps: int, num_samples: int, rep
 
 
 def nrmse_rows(model, prior, doses: list[float], seeds: list[int], num_steps: int,
-               num_samples: int, t_starts: list[float] | None = None) -> list[str]:
+               num_samples: int, t_starts: list[float] | None = None,
+               tracer: str = "fdg") -> list[str]:
     """Markdown rows ``| dose | subject | OSEM best | DEFT per t_start | prior alone |``
     (``--nrmse``; ``t_starts``: PET-DEFT's first noise levels, default ``[None]``, the
     method's default)."""
@@ -95,7 +96,8 @@ def nrmse_rows(model, prior, doses: list[float], seeds: list[int], num_steps: in
     rows = []
     for dose in doses:
         for seed in seeds:
-            scan = simulate_scan(SimulationConfig(seed=seed, counts_per_mm3=dose), progress=False)
+            scan = simulate_scan(SimulationConfig(seed=seed, counts_per_mm3=dose, tracer=tracer),
+                                 progress=False)
             lik = PoissonLogLikelihood(scan.acquisition_model(num_subsets=12), scan.prompts)
             mask = torch.from_numpy(scan.masks["whole_object"])
             x, best = None, float("inf")
@@ -134,6 +136,8 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--t-start", type=float, nargs="+", default=None,
                    help="--nrmse: PET-DEFT first noise levels to compare (default: the "
                         "method's default)")
+    p.add_argument("--tracer", default="fdg", choices=("fdg", "amyloid"),
+                   help="--nrmse: the simulated tracer (fdg, the training tracer, or amyloid)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -150,10 +154,10 @@ def main(argv: list[str] | None = None) -> str:
         heads = [f"PET-DEFT t_start {t:g}" if t is not None else "PET-DEFT" for t in ts]
         md = "\n".join([
             f"Posterior-mean NRMSE (head), PET-DEFT {args.steps} steps, mean of {n} chains; "
-            f"OSEM at its best epoch of 1-10; {args.split} subjects.", "",
+            f"OSEM at its best epoch of 1-10; {args.split} subjects, tracer {args.tracer}.", "",
             "| dose (counts/mm^3) | subject | OSEM best | " + " | ".join(heads)
             + " | prior alone |", "|---|---|---|" + "---|" * (len(ts) + 1),
-            *nrmse_rows(model, prior, args.doses, args.seeds, args.steps, n, ts)])
+            *nrmse_rows(model, prior, args.doses, args.seeds, args.steps, n, ts, args.tracer)])
         print(md)
         return md
     check_split([args.seed], "test")
