@@ -1,24 +1,27 @@
 """numba kernels of :mod:`.raytrace_numba` (imported lazily: this module imports numba).
 
-Every kernel walks the stored transaxial elements once and serves *all* oblique segments of a
-group from each element (the element's image row stays in the L1 cache while the segments use
-it).  Segment ``s`` of the group is described by
+The kernels walk the bins ``(view, t)``; for each bin, the segments of a group, and for each
+segment, the bin's stored transaxial elements, so the elements' image rows stay in the L1
+cache while all segments use them and the elements are read from memory once.  Segment ``s``
+of the group is described by
 
 * ``rt[s, t] = tan(theta_s(t)) / vz`` and ``ct[s, t] = sqrt(1 + tan^2) / n`` per tangential bin;
 * ``f0s[s]``: the axial coordinate of the ray's foot point minus the base plane (plane units);
+* ``mirror[s]`` and ``refl[s]``: the segment with the opposite ``tan`` and the same ``f0``, whose
+  plane offset ``refl[s] - q`` (``refl = 2 f0``) gets the weight of offset ``q`` of ``s``, so
+  the weights of a pair are computed once (STIR's segment symmetry); ``-1``: none;
 * ``qmins[s]`` and ``lut[s, q - qmins[s]]``: the position in a row of ``planes`` of the plane
   that plane offset ``q`` sees at axial position 0 (planes ``k + a n`` of the axial positions
   ``a`` are contiguous: plane ``k`` sits at ``(k % n) J + k // n``);
 * ``offs[s]``, ``nas[s]``: its first sinogram and its number of axial positions;
 * ``aoffs[s]``: its first slot in the per-bin buffer of axial positions; the buffer gives every
   segment a multiple of ``W`` slots (``aoffs[S]`` in all), so that the inner loops run over
-  whole SIMD blocks (the spare slots read planes that exist and are never written out; in the
-  adjoint they hold zeros and add nothing).
+  whole SIMD blocks (:func:`axpy_block`; the spare slots read planes that exist and are never
+  written out; in the adjoint they hold zeros and add nothing).
 
-An element's axial interval ``[umin, umax]`` usually meets one or two planes; those weights are
-computed for all segments at once (a loop numba vectorises), and the rare element that meets
-more falls back to :func:`weights`.  Indices are unsigned so that numba leaves out its
-negative-index wraparound, which otherwise keeps LLVM from vectorising the inner loops.
+An element's axial interval ``[umin, umax]`` nearly always meets one or two planes
+(:func:`element`); the rare element that meets more falls back to the loop of :func:`weights`.
+Ranges are stepped by hand (a stepped ``range`` divides).
 """
 
 from __future__ import annotations

@@ -12,12 +12,14 @@ offset ``q`` gets ``L sqrt(1 + tan^2) / n`` times the fraction of ``[umin, umax]
     X^{(n)}[k] = \\sum_{r < n} x[k + r]
 
 The transaxial path of a 3D line of response is its 2D one (a cylindrical scanner), so one pass
-over the elements serves every oblique segment: the kernels loop over the elements of a bin
-``(view, t)`` and, for each, over all segments, accumulating the bin's axial positions of all
-segments in one buffer in the input's dtype (written once per bin).  The forward pass is
-parallel over views; the adjoint is the transpose of the very same loop, parallel over groups
-of views with one private accumulator ``[voxel, plane]`` per group, summed at the end.
-Nothing of size ``bins x voxels`` is stored.
+over the elements serves every oblique segment: per bin ``(view, t)``, the kernels loop over
+the segments and, for each, over the bin's elements (cached in L1 after the first segment),
+accumulating the bin's axial positions of all segments in one buffer in the input's dtype
+(written once per bin).  Segments ``+d`` and ``-d`` share their weights by reflection
+(:func:`_mirrors`), and the axial positions are applied in SIMD blocks
+(:mod:`._raytrace_kernels`).  The forward pass is parallel over views; the adjoint is the
+transpose of the very same loop, parallel over groups of views with one private accumulator
+``[voxel, plane]`` per group, summed at the end.  Nothing of size ``bins x voxels`` is stored.
 
 numba is imported on first use only (:func:`available`); without it :mod:`.projector` uses its
 torch path.  The kernels are compiled once per dtype (cached on disk by numba).
