@@ -11,7 +11,10 @@ Every (case, implementation) runs in a subprocess of its own, so that its peak r
 (``ru_maxrss``) is its own; the table is printed as Markdown.  Columns: setup (construction,
 ray tracing or matrix build, JIT, first forward + adjoint), forward and adjoint over all views,
 and one OSEM epoch (forward + adjoint of every subset, after the setup; subset matrices are
-built during it for ``matrix``).
+built during it for ``matrix``), each as the best wall time and the best process CPU time
+(``time.process_time``, all threads: on a shared machine it is less inflated by the load than
+the wall time; with ``--threads 1`` it is the single-thread cost).  The load average is printed
+with the table.
 
 Examples
 --------
@@ -113,29 +116,33 @@ def run_one(case: str, implementation: str, *, num_subsets: int, device: str, dt
     _sync(dev)
     setup = time.perf_counter() - t0
 
-    def best(fn) -> float:
-        times = []
+    def best(fn) -> tuple[float, float]:
+        """Shortest wall time and shortest process CPU time (all threads) of ``repeats`` runs."""
+        wall, cpu = [], []
         for _ in range(repeats):
             _sync(dev)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             fn()
             _sync(dev)
-            times.append(time.perf_counter() - t)
-        return min(times)
+            wall.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
+        return min(wall), min(cpu)
 
-    t_fwd = best(lambda: fwd(x))
-    t_adj = best(lambda: adj(y))
+    t_fwd, c_fwd = best(lambda: fwd(x))
+    t_adj, c_adj = best(lambda: adj(y))
 
     def epoch() -> None:
         for s in subsets:
             adj(fwd(x, s), s)
-    t_epoch = best(epoch)
+    t_epoch, c_epoch = best(epoch)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20       # KiB -> GiB
     if dev.type == "cuda":
         extra["GPU peak [GiB]"] = f"{torch.cuda.max_memory_allocated(dev) / 2 ** 30:.2f}"
     return {"setup [s]": f"{setup:.2f}", "forward [s]": f"{t_fwd:.3f}",
             "adjoint [s]": f"{t_adj:.3f}", f"OSEM epoch, {num_subsets} subsets [s]":
-            f"{t_epoch:.2f}", "peak RSS [GiB]": f"{peak:.2f}", **extra}
+            f"{t_epoch:.2f}", "forward CPU [s]": f"{c_fwd:.3f}", "adjoint CPU [s]":
+            f"{c_adj:.3f}", "epoch CPU [s]": f"{c_epoch:.2f}", "peak RSS [GiB]": f"{peak:.2f}",
+            **extra}
 
 
 def _subsets_for(case: str, args) -> int:
@@ -170,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         print("RESULT " + json.dumps(row), flush=True)
         return
 
+    load0 = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
                NUMBA_NUM_THREADS=str(args.threads))
     rows = []
@@ -207,9 +215,10 @@ def main(argv: list[str] | None = None) -> None:
     keys: list[str] = []
     for row in rows:
         keys += [k for k in row if k not in keys]
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     print(f"device: {args.device}, dtype: {args.dtype}, threads: {args.threads}, "
-          f"torch {torch.__version__}, load average at the end: {load:.1f}\n")
+          f"torch {torch.__version__}, load average at the start: {load0[0]:.1f}, at the end: "
+          f"{load[0]:.1f} (1 min), {load[2]:.1f} (15 min)\n")
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))
     for row in rows:

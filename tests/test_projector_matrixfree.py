@@ -202,3 +202,57 @@ def test_without_numba_the_torch_path_runs_and_numba_is_never_imported_early(mon
     x = _rand(P.image_shape, 13)
     torch.testing.assert_close(P.forward(x), _tiny("span3", mode="matrix").forward(x),
                                rtol=1e-12, atol=1e-12)
+
+
+#: a small, steep scanner: oblique rays through 6 mm voxels climb more than two 2 mm planes,
+#: and segments have more axial positions than one SIMD block of the numba kernels
+STEEP = Scanner(name="steep", num_rings=20, num_detectors_per_ring=64, inner_ring_radius_mm=40.0,
+                average_depth_of_interaction_mm=0.0, ring_spacing_mm=4.0, default_bin_size_mm=2.0,
+                max_num_non_arccorrected_bins=30, default_num_arccorrected_bins=30)
+STEEP_IMG = ImageGeometry((39, 12, 12), (2.0, 6.0, 6.0))
+needs_numba = pytest.mark.skipif(not raytrace_numba.available(), reason="numba is not installed")
+
+
+@needs_numba
+@pytest.mark.parametrize("span,mrd", [(1, 6), (3, 7)])
+def test_numba_on_steep_segments_and_long_axial_runs_equals_matrix(span, mrd):
+    from sirf_diffusion.physics._raytrace_kernels import W
+    from sirf_diffusion.physics.raytrace import _axial_span
+
+    sg = SinogramGeometry(STEEP, 16, span=span, max_ring_difference=mrd)
+    matrix = RayTracingProjector(sg, STEEP_IMG, mode="matrix")
+    free = RayTracingProjector(sg, STEEP_IMG, mode="matrix-free", kernels="numba")
+    oblique = [ax for ax in free._axial if not ax.direct]
+    assert max(ax.num_axial for ax in oblique) > W                  # several SIMD blocks
+    e = free.elements()
+    planes_met = 0
+    for ax in oblique:                      # the kernels' fallback for > 2 planes is exercised
+        tan = free._tan_t(ax)[e.rows % sg.num_tangential]
+        umin, umax = _axial_span(e, tan, ax, STEEP_IMG.voxel_size_mm[0])
+        planes_met = max(planes_met, int((torch.floor(umax + 0.5) - torch.floor(umin + 0.5)).max()))
+    assert planes_met >= 2
+    x = _rand((2, *STEEP_IMG.shape), 14)
+    y = _rand((2, *sg.shape), 15)
+    torch.testing.assert_close(free.forward(x), matrix.forward(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(free.adjoint(y), matrix.adjoint(y), rtol=1e-12, atol=1e-12)
+    lhs, rhs = float((free.forward(x) * y).sum()), float((x * free.adjoint(y)).sum())
+    assert abs(lhs - rhs) <= 1e-12 * abs(lhs)
+
+
+@needs_numba
+def test_numba_mirrored_segments_equal_their_own_weights(monkeypatch):
+    import numpy as np
+
+    P = _tiny("span1", mode="matrix-free", kernels="numba")
+    args = P._numba_arguments(None)
+    group, = raytrace_numba._groups(args["packed"], args["segments"], args["tan_t"],
+                                    args["q_ranges"], P.image_shape[0], args["vz"])
+    mirror = group.tables["mirror"]
+    assert (mirror >= 0).all() and (mirror[mirror] == np.arange(len(mirror))).all()
+    x = _rand((2, *P.image_shape), 16)
+    y = _rand((2, *P.data_shape), 17)
+    shared = P.forward(x), P.adjoint(y)
+    monkeypatch.setattr(raytrace_numba, "_mirrors", lambda f0s, tans: np.full(len(f0s), -1))
+    own = P.forward(x), P.adjoint(y)
+    for a, b in zip(shared, own):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)

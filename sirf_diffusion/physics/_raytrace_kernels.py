@@ -1,4 +1,28 @@
-"""numba kernels of :mod:`.raytrace_numba` (imported lazily: this module imports numba)."""
+"""numba kernels of :mod:`.raytrace_numba` (imported lazily: this module imports numba).
+
+The kernels walk the bins ``(view, t)``; for each bin, the segments of a group, and for each
+segment, the bin's stored transaxial elements, so the elements' image rows stay in the L1
+cache while all segments use them and the elements are read from memory once.  Segment ``s``
+of the group is described by
+
+* ``rt[s, t] = tan(theta_s(t)) / vz`` and ``ct[s, t] = sqrt(1 + tan^2) / n`` per tangential bin;
+* ``f0s[s]``: the axial coordinate of the ray's foot point minus the base plane (plane units);
+* ``mirror[s]`` and ``refl[s]``: the segment with the opposite ``tan`` and the same ``f0``, whose
+  plane offset ``refl[s] - q`` (``refl = 2 f0``) gets the weight of offset ``q`` of ``s``, so
+  the weights of a pair are computed once (STIR's segment symmetry); ``-1``: none;
+* ``qmins[s]`` and ``lut[s, q - qmins[s]]``: the position in a row of ``planes`` of the plane
+  that plane offset ``q`` sees at axial position 0 (planes ``k + a n`` of the axial positions
+  ``a`` are contiguous: plane ``k`` sits at ``(k % n) J + k // n``);
+* ``offs[s]``, ``nas[s]``: its first sinogram and its number of axial positions;
+* ``aoffs[s]``: its first slot in the per-bin buffer of axial positions; the buffer gives every
+  segment a multiple of ``W`` slots (``aoffs[S]`` in all), so that the inner loops run over
+  whole SIMD blocks (:func:`axpy_block`; the spare slots read planes that exist and are never
+  written out; in the adjoint they hold zeros and add nothing).
+
+An element's axial interval ``[umin, umax]`` nearly always meets one or two planes
+(:func:`element`); the rare element that meets more falls back to the loop of :func:`weights`.
+Ranges are stepped by hand (a stepped ``range`` divides).
+"""
 
 from __future__ import annotations
 
@@ -6,94 +30,189 @@ import math
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
 
 _TINY = 1e-12
+#: SIMD block of the inner loops over axial positions (slots per segment are a multiple of it)
+W = 16
 
 
 @numba.njit(inline="always", cache=True)
-def weights(tau0, tau1, tan, val, f0, vz, n, qs, ws):
-    """Plane offsets ``qs`` and weights ``ws`` of one element; returns their number."""
-    ua = f0 + tau0 * tan / vz
-    ub = f0 + tau1 * tan / vz
+def weights(ua, ub, scale, qs, ws):
+    """Plane offsets ``qs`` and weights ``ws`` of one element; returns their number.
+
+    The axial interval ``[min(ua, ub), max(ua, ub)]`` gives plane offset ``q`` the fraction of
+    it inside ``[q - 1/2, q + 1/2]``, times ``scale`` (``extended_triplets``).
+    """
     umin, umax = min(ua, ub), max(ua, ub)
     width = umax - umin
-    scale = val * math.sqrt(1 + tan * tan) / n
     q_lo = math.floor(umin + 0.5)
     q_hi = math.floor(umax + 0.5)
+    if width <= _TINY:
+        qs[0] = int(q_lo)
+        ws[0] = scale
+        return 1
     m = 0
     q = q_lo
     while q <= q_hi:
-        if width > _TINY:
-            ov = min(umax, q + 0.5) - max(umin, q - 0.5)
-            frac = (ov if ov > 0 else 0.0) / width
-        else:
-            frac = 1.0 if q == q_lo else 0.0
-        if frac > 0:
+        ov = min(umax, q + 0.5) - max(umin, q - 0.5)
+        if ov > 0:
             qs[m] = int(q)
-            ws[m] = scale * frac
+            ws[m] = scale * (ov / width)
             m += 1
         q += 1.0
     return m
 
 
-@numba.njit(parallel=True, cache=True)
-def forward(ptr, views, rows, cols, vals, tau0, tau1, tan_t, T, f0, vz, n, base0,
-            planes, out, off, na, kmax):
-    for p in numba.prange(len(views)):
-        v = views[p]
-        acc = np.zeros(na)
-        qs = np.empty(kmax, np.int64)
-        ws = np.empty(kmax)
-        cur = -1
-        for e in range(ptr[v], ptr[v + 1]):
-            t = rows[e] - v * T
-            if t != cur:
-                if cur >= 0:
-                    for a in range(na):
-                        out[off + a, p, cur] = acc[a]
-                        acc[a] = 0.0
-                cur = t
-            m = weights(tau0[e], tau1[e], tan_t[t], vals[e], f0, vz, n, qs, ws)
-            row = planes[cols[e]]
-            for j in range(m):
-                k = base0 + qs[j]
-                w = ws[j]
-                if n == 1:                  # contiguous: lets LLVM vectorise
-                    for a in range(na):
-                        acc[a] += w * row[k + a]
-                else:
-                    for a in range(na):
-                        acc[a] += w * row[k + a * n]
-        if cur >= 0:
-            for a in range(na):
-                out[off + a, p, cur] = acc[a]
+@intrinsic
+def axpy_block(typingctx, dst, di, w, src, si):
+    """``dst[di:di + W] += w * src[si:si + W]`` as one SIMD block (no bounds checks; ``w`` is
+    first rounded to the arrays' dtype).  LLVM cannot vectorise this short loop itself: it
+    cannot rule out that ``dst`` and ``src`` overlap."""
+    if not (isinstance(di, types.Integer) and isinstance(si, types.Integer)):
+        raise TypeError("axpy_block: the indices must be integers")
+    dt = dst.dtype
+    sig = types.void(dst, di, w, src, si)
+
+    def codegen(context, builder, signature, args):
+        dst_v, di_v, w_v, src_v, si_v = args
+        da = context.make_array(signature.args[0])(context, builder, dst_v)
+        sa = context.make_array(signature.args[3])(context, builder, src_v)
+        lty = context.get_data_type(dt)
+        vty = ir.VectorType(lty, W)
+        align = context.get_abi_sizeof(lty)
+        wv = context.cast(builder, w_v, signature.args[2], dt)
+        zero = ir.Constant(ir.IntType(32), 0)
+        splat = builder.insert_element(ir.Constant(vty, ir.Undefined), wv, zero)
+        splat = builder.shuffle_vector(splat, ir.Constant(vty, ir.Undefined),
+                                       ir.Constant(ir.VectorType(ir.IntType(32), W), [0] * W))
+        pd = builder.bitcast(builder.gep(da.data, [di_v]), vty.as_pointer())
+        ps = builder.bitcast(builder.gep(sa.data, [si_v]), vty.as_pointer())
+        vs = builder.load(ps, align=align, typ=vty)
+        vd = builder.load(pd, align=align, typ=vty)
+        builder.store(builder.fadd(vd, builder.fmul(splat, vs)), pd, align=align)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@numba.njit(inline="always", cache=True)
+def element(u0, u1, scale):
+    """``(q, w0, w1, many)``: the weights of an element whose axial interval runs from ``u0`` to
+    ``u1`` when it meets at most two planes (plane offset ``q`` gets ``w0``, ``q + 1`` gets
+    ``w1``), with the formulas of :func:`weights` (one plane: the whole ``scale``); ``many``:
+    it meets more, use :func:`weights`."""
+    umin, umax = min(u0, u1), max(u0, u1)
+    width = umax - umin
+    q = math.floor(umin + 0.5)
+    if width <= _TINY or umax + 0.5 < q + 1.0:
+        return int(q), scale, 0.0, False
+    if umax + 0.5 >= q + 2.0:
+        return int(q), 0.0, 0.0, True
+    ov0 = min(umax, q + 0.5) - max(umin, q - 0.5)
+    ov1 = min(umax, q + 1.5) - max(umin, q + 0.5)
+    w0 = scale * (ov0 / width) if ov0 > 0 else 0.0
+    w1 = scale * (ov1 / width) if ov1 > 0 else 0.0
+    return int(q), w0, w1, False
+
+
+@numba.njit(inline="always", cache=True)
+def axpy(dst, d0, w, src, s0, count):
+    """``dst[d0:d0 + count] += w * src[s0:s0 + count]``, ``count`` a multiple of ``W``."""
+    end = d0 + count
+    while d0 < end:                         # (a stepped range would divide)
+        axpy_block(dst, d0, w, src, s0)
+        d0 += W
+        s0 += W
+
+
+@numba.njit(inline="always", cache=True)
+def add(adjoint, s, q, w, buf, row, lut, qmins, aoffs):
+    """Weight ``w`` of plane offset ``q`` of segment ``s``: ``buf[slots of s] += w row[...]``
+    (forward) or its transpose ``row[...] += w buf[slots of s]`` (adjoint)."""
+    i = lut[s, q - qmins[s]]
+    if adjoint:
+        axpy(row, i, w, buf, aoffs[s], aoffs[s + 1] - aoffs[s])
+    else:
+        axpy(buf, aoffs[s], w, row, i, aoffs[s + 1] - aoffs[s])
+
+
+@numba.njit(inline="always", cache=True)
+def serve(adjoint, s, t, e0, e1, cols, vals, tau0, tau1, buf, rows, rt, ct, f0s, mirror, refl,
+          qmins, lut, aoffs, qs, ws):
+    """The elements ``e0 .. e1`` of bin ``(view, t)`` for segment ``s`` and its mirror
+    ``mirror[s]`` (``tan`` of the opposite sign: plane offset ``refl[s] - q`` gets the weight of
+    ``q``; ``-1``: none), so that the weights are computed once for both.
+
+    Forward: ``buf`` is the bin's buffer of axial positions and ``rows`` the plane sums; adjoint:
+    ``buf`` holds the bin's values and ``rows`` is the accumulator.
+    """
+    s2 = mirror[s]
+    r, c, f0 = rt[s, t], ct[s, t], f0s[s]
+    for e in range(e0, e1):
+        row = rows[cols[e]]
+        scale = vals[e] * c
+        u0, u1 = f0 + tau0[e] * r, f0 + tau1[e] * r
+        q, w0, w1, many = element(u0, u1, scale)
+        if many:
+            for j in range(weights(u0, u1, scale, qs, ws)):
+                add(adjoint, s, qs[j], ws[j], buf, row, lut, qmins, aoffs)
+                if s2 >= 0:
+                    add(adjoint, s2, refl[s] - qs[j], ws[j], buf, row, lut, qmins, aoffs)
+            continue
+        if w0 != 0:
+            add(adjoint, s, q, w0, buf, row, lut, qmins, aoffs)
+            if s2 >= 0:
+                add(adjoint, s2, refl[s] - q, w0, buf, row, lut, qmins, aoffs)
+        if w1 != 0:
+            add(adjoint, s, q + 1, w1, buf, row, lut, qmins, aoffs)
+            if s2 >= 0:
+                add(adjoint, s2, refl[s] - q - 1, w1, buf, row, lut, qmins, aoffs)
+
 
 @numba.njit(parallel=True, cache=True)
-def adjoint(ptr, views, rows, cols, vals, tau0, tau1, tan_t, T, f0, vz, n, base0,
-            y, off, na, kmax, acc):
+def forward(bin_ptr, views, cols, vals, tau0, tau1, T, rt, ct, f0s, mirror, refl, qmins, lut,
+            offs, nas, aoffs, planes, out, kmax):
+    S = len(f0s)
+    for p in numba.prange(len(views)):
+        v = views[p]
+        acc = np.zeros(aoffs[S], planes.dtype)
+        qs = np.empty(kmax, np.int64)
+        ws = np.empty(kmax)
+        for t in range(T):
+            acc[:] = 0
+            for s in range(S):
+                if not 0 <= mirror[s] < s:          # else served with its mirror
+                    serve(False, s, t, bin_ptr[v * T + t], bin_ptr[v * T + t + 1], cols, vals,
+                          tau0, tau1, acc, planes, rt, ct, f0s, mirror, refl, qmins, lut, aoffs,
+                          qs, ws)
+            for s in range(S):
+                ao = aoffs[s]
+                for a in range(nas[s]):
+                    out[offs[s] + a, p, t] = acc[ao + a]
+
+
+@numba.njit(parallel=True, cache=True)
+def adjoint(bin_ptr, views, cols, vals, tau0, tau1, T, rt, ct, f0s, mirror, refl, qmins, lut,
+            offs, nas, aoffs, y, kmax, acc):
+    S = len(f0s)
     groups = acc.shape[0]
     for g in numba.prange(groups):
-        mine = acc[g]
-        ybuf = np.zeros(na)
+        ybuf = np.zeros(aoffs[S], acc.dtype)
         qs = np.empty(kmax, np.int64)
         ws = np.empty(kmax)
         for p in range(g, len(views), groups):
             v = views[p]
-            cur = -1
-            for e in range(ptr[v], ptr[v + 1]):
-                t = rows[e] - v * T
-                if t != cur:
-                    for a in range(na):
-                        ybuf[a] = y[off + a, p, t]
-                    cur = t
-                m = weights(tau0[e], tau1[e], tan_t[t], vals[e], f0, vz, n, qs, ws)
-                row = mine[cols[e]]
-                for j in range(m):
-                    k = base0 + qs[j]
-                    w = ws[j]
-                    if n == 1:
-                        for a in range(na):
-                            row[k + a] += w * ybuf[a]
-                    else:
-                        for a in range(na):
-                            row[k + a * n] += w * ybuf[a]
+            for t in range(T):
+                e0, e1 = bin_ptr[v * T + t], bin_ptr[v * T + t + 1]
+                if e0 == e1:
+                    continue
+                for s in range(S):
+                    ao = aoffs[s]
+                    for a in range(nas[s]):
+                        ybuf[ao + a] = y[offs[s] + a, p, t]
+                for s in range(S):
+                    if not 0 <= mirror[s] < s:
+                        serve(True, s, t, e0, e1, cols, vals, tau0, tau1, ybuf, acc[g], rt, ct,
+                              f0s, mirror, refl, qmins, lut, aoffs, qs, ws)

@@ -47,14 +47,11 @@ from .raytrace import (
     _csr_pair,
     _nbytes,
     _slice_views,
-    add_plane_sums_adjoint,
     chunk_elements,
     extended_triplets,
     fov_radius_mm,
     gather_planes,
-    plane_bounds,
     plane_offset_range,
-    plane_sums,
     scatter_planes,
     tan_theta_per_tangential,
     trace_rays_2d,
@@ -188,7 +185,7 @@ class RayTracingProjector:
         self._implementation: str | None = None
         self._ptr: torch.Tensor | None = None
         self._q_ranges: dict[int, tuple[int, int]] = {}
-        self._numpy_elements: tuple | None = None
+        self._numpy_elements: raytrace_numba.PackedElements | None = None
         self._traced_bins: torch.Tensor | None = None
 
     # ------------------------------------------------------------ implementation choice
@@ -452,61 +449,19 @@ class RayTracingProjector:
         return (device.type == "cpu" and self.kernels != "torch"
                 and raytrace_numba.available())
 
-    def _numba_arguments(self, ax: _AxialSegment, views: torch.Tensor | None) -> dict:
+    def _numba_arguments(self, views: torch.Tensor | None) -> dict:
         """Arguments of :mod:`.raytrace_numba` shared by the forward and adjoint kernels."""
         import numpy as np
 
-        e = self.elements()
         if self._numpy_elements is None:
-            span = float((e.tau1 - e.tau0).abs().max()) if len(e.rows) else 0.0
-            self._numpy_elements = (tuple(t.numpy() for t in (e.rows, e.cols, e.values, e.tau0,
-                                                               e.tau1)), span)
-        arrays, span = self._numpy_elements
-        tan_t = self._tan_t(ax)
-        vz = self.image_geometry.voxel_size_mm[0]
-        nv = self.data_shape[1]
-        vs = np.arange(nv) if views is None else views.numpy().astype(np.int64)
-        return dict(elements=arrays, ptr=self._view_ptr().numpy(), views=vs,
-                    tan_t=tan_t.numpy(), num_tangential=self.data_shape[2],
-                    f0=ax.frac - (ax.n_axial_rays - 1) / 2, vz=vz, n=ax.n_axial_rays,
-                    offset=ax.offset, num_axial=ax.num_axial,
-                    max_offsets=int(span * self._tan_max(ax) / vz) + 3)
-
-    @staticmethod
-    def _numba_threads() -> int:
-        import numba
-
-        n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-        numba.set_num_threads(n)
-        return n
-
-    def _forward_oblique_numba(self, X: torch.Tensor, out: torch.Tensor, ax: _AxialSegment,
-                               views: torch.Tensor | None) -> None:
-        qmin, nq = self._q_range(ax)
-        _, lo, hi = plane_bounds(ax, qmin, nq, X.shape[1])
-        X2 = plane_sums(X.detach(), ax.n_axial_rays, lo, hi)          # [B, L, npix]
-        args = self._numba_arguments(ax, views)
-        self._numba_threads()
-        for b in range(X.shape[0]):
-            planes = X2[b].T.contiguous().numpy()                        # [npix, L]
-            raytrace_numba.forward_segment(**args, base0=ax.first_plane - lo, planes=planes,
-                                           out=out[b].numpy())
-
-    def _adjoint_oblique_numba(self, Y: torch.Tensor, out: torch.Tensor, ax: _AxialSegment,
-                               views: torch.Tensor | None) -> None:
-        qmin, nq = self._q_range(ax)
-        nz = self.image_shape[0]
-        npix = self.image_shape[1] * self.image_shape[2]
-        _, lo, hi = plane_bounds(ax, qmin, nq, nz)
-        L = hi - lo + 2 - ax.n_axial_rays
-        args = self._numba_arguments(ax, views)
-        groups = self._numba_threads()
-        for b in range(Y.shape[0]):
-            acc = raytrace_numba.adjoint_segment(
-                **args, base0=ax.first_plane - lo, y=Y[b].detach().contiguous().numpy(),
-                num_pixels=npix, num_planes=L, groups=groups)
-            X2 = torch.from_numpy(acc).T[None]                            # [1, L, npix]
-            add_plane_sums_adjoint(out[b:b + 1], X2, ax.n_axial_rays, lo, hi)
+            self._numpy_elements = raytrace_numba.pack(self.elements(), *self.data_shape[1:])
+        segments = [ax for ax in self._axial if not ax.direct]
+        vs = np.arange(self.data_shape[1]) if views is None else views.numpy().astype(np.int64)
+        return dict(packed=self._numpy_elements, segments=segments,
+                    tan_t=[self._tan_t(ax).numpy() for ax in segments],
+                    q_ranges=[self._q_range(ax) for ax in segments], views=vs,
+                    vz=self.image_geometry.voxel_size_mm[0],
+                    threads=max(1, torch.get_num_threads()))
 
     def _apply_forward(self, x: torch.Tensor, views: torch.Tensor | None) -> torch.Tensor:
         lead = x.shape[:-3]
@@ -517,15 +472,17 @@ class RayTracingProjector:
         B = X.shape[0]
         out = x.new_zeros(B, S, V, T)
         chunked = self.implementation == "matrix-free"
+        fused = chunked and self._has_oblique and self._use_numba(x.device)
+        if fused:                             # every oblique segment in one pass
+            raytrace_numba.forward_oblique(X=X.detach(), out=out.numpy(),
+                                           **self._numba_arguments(views))
         for ax in self._axial:
             if ax.direct:
                 A, _ = self.matrix_2d(views, device=x.device, dtype=x.dtype)
                 W = ax.weights.to(device=x.device, dtype=x.dtype)
                 rhs = torch.einsum("ak,bkp->pab", W, X).reshape(ny * nx, ax.num_axial * B)
             elif chunked:
-                if self._use_numba(x.device):
-                    self._forward_oblique_numba(X, out, ax, views)
-                else:
+                if not fused:
                     self._forward_oblique_chunked(X, out, ax, views)
                 continue
             else:
@@ -544,11 +501,13 @@ class RayTracingProjector:
         B = Y.shape[0]
         out = y.new_zeros(B, nz, ny * nx)
         chunked = self.implementation == "matrix-free"
+        fused = chunked and self._has_oblique and self._use_numba(y.device)
+        if fused:                             # every oblique segment in one pass
+            raytrace_numba.adjoint_oblique(Y=Y.detach().contiguous().numpy(), out=out,
+                                           **self._numba_arguments(views))
         for ax in self._axial:
             if not ax.direct and chunked:
-                if self._use_numba(y.device):
-                    self._adjoint_oblique_numba(Y, out, ax, views)
-                else:
+                if not fused:
                     self._adjoint_oblique_chunked(Y, out, ax, views)
                 continue
             ys = Y[:, ax.offset:ax.offset + ax.num_axial].permute(2, 3, 1, 0)

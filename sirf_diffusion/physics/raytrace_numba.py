@@ -1,6 +1,6 @@
 """Matrix-free CPU kernels of the oblique segments (numba, optional).
 
-For one oblique segment, every stored transaxial element ``(view, t, voxel, L, tau0, tau1)``
+For an oblique segment, every stored transaxial element ``(view, t, voxel, L, tau0, tau1)``
 (:mod:`.raytrace`) is turned on the fly into the axial weights of
 :func:`~sirf_diffusion.physics.raytrace.extended_triplets` (the same float64 formulas: plane
 offset ``q`` gets ``L sqrt(1 + tan^2) / n`` times the fraction of ``[umin, umax]`` inside
@@ -11,9 +11,15 @@ offset ``q`` gets ``L sqrt(1 + tan^2) / n`` times the fraction of ``[umin, umax]
     y_{a, p, t} \\mathrel{+}= w \\, X^{(n)}_{\\mathrm{voxel}}[b_0 + q + a n], \\qquad
     X^{(n)}[k] = \\sum_{r < n} x[k + r]
 
-(forward, parallel over views, each bin accumulated in float64 and written once), and the
-transpose of the very same loop (adjoint, parallel over groups of views with one private
-accumulator per group, summed at the end).  Nothing of size ``bins x voxels`` is stored.
+The transaxial path of a 3D line of response is its 2D one (a cylindrical scanner), so one pass
+over the elements serves every oblique segment: per bin ``(view, t)``, the kernels loop over
+the segments and, for each, over the bin's elements (cached in L1 after the first segment),
+accumulating the bin's axial positions of all segments in one buffer in the input's dtype
+(written once per bin).  Segments ``+d`` and ``-d`` share their weights by reflection
+(:func:`_mirrors`), and the axial positions are applied in SIMD blocks
+(:mod:`._raytrace_kernels`).  The forward pass is parallel over views; the adjoint is the
+transpose of the very same loop, parallel over groups of views with one private accumulator
+``[voxel, plane]`` per group, summed at the end.  Nothing of size ``bins x voxels`` is stored.
 
 numba is imported on first use only (:func:`available`); without it :mod:`.projector` uses its
 torch path.  The kernels are compiled once per dtype (cached on disk by numba).
@@ -22,10 +28,15 @@ torch path.  The kernels are compiled once per dtype (cached on disk by numba).
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-__all__ = ["available", "forward_segment", "adjoint_segment"]
+from .raytrace import RayElements, _AxialSegment, add_plane_sums_adjoint, plane_bounds, plane_sums
+
+__all__ = ["PackedElements", "adjoint_oblique", "available", "forward_oblique", "pack"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -46,33 +57,183 @@ def _kernels():
     return _raytrace_kernels.forward, _raytrace_kernels.adjoint
 
 
-def forward_segment(elements, ptr: np.ndarray, views: np.ndarray, tan_t: np.ndarray, *,
-                    num_tangential: int, f0: float, vz: float, n: int, base0: int,
-                    planes: np.ndarray, out: np.ndarray, offset: int, num_axial: int,
-                    max_offsets: int) -> None:
-    """Write one oblique segment of one image into ``out`` ``[sinogram, len(views), T]``.
+@dataclass(frozen=True)
+class PackedElements:
+    """The transaxial elements as the kernels read them.
 
-    ``elements``: the row-sorted float64 :class:`~sirf_diffusion.physics.raytrace.RayElements`
-    as numpy arrays ``(rows, cols, values, tau0, tau1)``; ``ptr`` their view pointers;
-    ``planes`` the pixel-major plane sums ``[voxel, plane]`` with plane ``base0 + q + a n`` seen
-    by plane offset ``q`` at axial position ``a``; ``max_offsets`` bounds the plane offsets one
-    element reaches.
+    Attributes
+    ----------
+    bin_ptr
+        ``bin_ptr[v T + t] .. bin_ptr[v T + t + 1]``: the elements of bin ``(v, t)`` (int64).
+    cols
+        Voxel ``iy * nx + ix`` of each element (int32).
+    values, tau0, tau1
+        As in :class:`~sirf_diffusion.physics.raytrace.RayElements` (float64).
+    num_tangential
+        ``T``.
+    max_span
+        Largest ``|tau1 - tau0|`` (mm).
+    traced
+        Tangential bins that have elements (bool ``[T]``).
+    """
+
+    bin_ptr: np.ndarray
+    cols: np.ndarray
+    values: np.ndarray
+    tau0: np.ndarray
+    tau1: np.ndarray
+    num_tangential: int
+    max_span: float
+    traced: np.ndarray
+
+
+def pack(e: RayElements, num_views: int, num_tangential: int) -> PackedElements:
+    """:class:`PackedElements` of the row-sorted elements ``e`` of all ``num_views`` views."""
+    rows = e.rows.numpy()
+    counts = np.bincount(rows, minlength=num_views * num_tangential)
+    bin_ptr = np.zeros(len(counts) + 1, np.int64)
+    np.cumsum(counts, out=bin_ptr[1:])
+    tau0, tau1 = e.tau0.numpy(), e.tau1.numpy()
+    span = float(np.abs(tau1 - tau0).max()) if len(rows) else 0.0
+    traced = counts.reshape(num_views, num_tangential).sum(0) > 0
+    return PackedElements(bin_ptr, e.cols.numpy().astype(np.int32), e.values.numpy(), tau0, tau1,
+                          int(num_tangential), span, traced)
+
+
+@dataclass(frozen=True)
+class _Group:
+    """Kernel tables of the oblique segments that share ``n`` (see :mod:`._raytrace_kernels`):
+    the padded plane range ``lo .. hi``, ``J`` planes per residue modulo ``n`` and ``width``
+    entries per row of the kernels' ``planes`` (``n J`` and a spare SIMD block)."""
+
+    n: int
+    lo: int
+    hi: int
+    J: int
+    width: int
+    tables: dict
+
+
+def _mirrors(f0s: np.ndarray, tans: np.ndarray) -> np.ndarray:
+    """``mirror[s]``: the segment whose weights are those of ``s`` reflected (``tan`` of the
+    opposite sign, the same ``f0`` with ``2 f0`` an integer), or -1."""
+    mirror = np.full(len(f0s), -1, np.int64)
+    for a in range(len(f0s)):
+        if mirror[a] >= 0 or 2 * f0s[a] != round(2 * f0s[a]):
+            continue
+        for b in range(a + 1, len(f0s)):
+            if mirror[b] < 0 and f0s[b] == f0s[a] and np.array_equal(tans[b], -tans[a]):
+                mirror[a], mirror[b] = b, a
+                break
+    return mirror
+
+
+def _groups(packed: PackedElements, segments: Sequence[_AxialSegment],
+            tan_t: Sequence[np.ndarray], q_ranges: Sequence[tuple[int, int]], nz: int,
+            vz: float) -> list[_Group]:
+    from ._raytrace_kernels import W
+
+    out = []
+    for n in sorted({ax.n_axial_rays for ax in segments}):
+        pick = [i for i, ax in enumerate(segments) if ax.n_axial_rays == n]
+        segs = [segments[i] for i in pick]
+        f0s = np.array([ax.frac - (n - 1) / 2 for ax in segs])
+        tans = np.stack([np.asarray(tan_t[i], np.float64) for i in pick])       # [S, T]
+        mirror = _mirrors(f0s, tans)
+        refl = np.round(2 * f0s).astype(np.int64)
+        # plane offsets: a segment's own range and the reflection of its mirror's
+        first = np.array([q_ranges[i][0] for i in pick], np.int64)
+        last = first + np.array([q_ranges[i][1] for i in pick], np.int64) - 1
+        qmins, qmaxs = first.copy(), last.copy()
+        for a, b in enumerate(mirror):
+            if b >= 0:
+                qmins[a] = min(first[a], refl[b] - last[b])
+                qmaxs[a] = max(last[a], refl[b] - first[b])
+        bounds = [plane_bounds(ax, int(q0), int(q1 - q0 + 1), nz)[1:]
+                  for ax, q0, q1 in zip(segs, qmins, qmaxs)]
+        lo, hi = min(b[0] for b in bounds), max(b[1] for b in bounds)
+        J = -(-(hi - lo + 2 - n) // n)
+        lut = np.zeros((len(segs), int((qmaxs - qmins).max()) + 1), np.int64)
+        for row, ax in enumerate(segs):
+            k = ax.first_plane - lo + np.arange(qmins[row], qmaxs[row] + 1)
+            lut[row, :len(k)] = (k % n) * J + k // n
+        traced = np.abs(tans[:, packed.traced])
+        tan_max = float(traced.max()) if traced.size else 0.0
+        nas = np.array([ax.num_axial for ax in segs], np.int64)
+        tables = dict(rt=tans / vz, ct=np.sqrt(1 + tans * tans) / n, f0s=f0s, mirror=mirror,
+                      refl=refl, qmins=qmins, lut=lut,
+                      offs=np.array([ax.offset for ax in segs], np.int64), nas=nas,
+                      aoffs=np.concatenate([[0], np.cumsum(-(-nas // W) * W)]).astype(np.int64),
+                      kmax=int(packed.max_span * tan_max / vz) + 3)
+        out.append(_Group(n, lo, hi, J, n * J + W, tables))
+    return out
+
+
+def _split_residues(X2: torch.Tensor, n: int, J: int, width: int) -> np.ndarray:
+    """``[L, npix]`` plane sums -> ``[npix, width]`` with plane ``k`` at ``(k % n) J + k // n``
+    (zeros beyond)."""
+    L, npix = X2.shape
+    padded = X2.new_zeros(n * J, npix)
+    padded[:L] = X2
+    rows = X2.new_zeros(npix, width)
+    rows[:, :n * J] = padded.reshape(J, n, npix).permute(2, 1, 0).reshape(npix, n * J)
+    return rows.numpy()
+
+
+def _merge_residues(acc: np.ndarray, n: int, J: int, L: int) -> torch.Tensor:
+    """Transpose of :func:`_split_residues`: ``[npix, width]`` -> ``[L, npix]``."""
+    npix = acc.shape[0]
+    rows = torch.from_numpy(acc)[:, :n * J]
+    return rows.reshape(npix, n, J).permute(2, 1, 0).reshape(n * J, npix)[:L]
+
+
+def _set_threads(threads: int) -> None:
+    import numba
+
+    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+
+
+def forward_oblique(packed: PackedElements, segments: Sequence[_AxialSegment],
+                    tan_t: Sequence[np.ndarray], q_ranges: Sequence[tuple[int, int]],
+                    X: torch.Tensor, out: np.ndarray, views: np.ndarray, *, vz: float,
+                    threads: int) -> None:
+    """Write the oblique ``segments`` of the images ``X`` ``[B, nz, npix]`` into ``out``
+    ``[B, sinogram, len(views), T]``.
+
+    ``tan_t[i]`` is :func:`~sirf_diffusion.physics.raytrace.tan_theta_per_tangential` of
+    ``segments[i]`` and ``q_ranges[i]`` its
+    :func:`~sirf_diffusion.physics.raytrace.plane_offset_range` ``(qmin, nq)`` (a superset of
+    the plane offsets its elements reach); ``views`` the view numbers (int64).
     """
     fwd, _ = _kernels()
-    rows, cols, vals, tau0, tau1 = elements
-    fwd(ptr, views, rows, cols, vals, tau0, tau1, tan_t, num_tangential, f0, vz, n, base0,
-        planes, out, offset, num_axial, max_offsets)
+    _set_threads(threads)
+    B, nz, _ = X.shape
+    views = np.ascontiguousarray(views, np.int64)
+    for g in _groups(packed, segments, tan_t, q_ranges, nz, vz):
+        X2 = plane_sums(X, g.n, g.lo, g.hi)                                   # [B, L, npix]
+        for b in range(B):
+            planes = _split_residues(X2[b], g.n, g.J, g.width)
+            fwd(packed.bin_ptr, views, packed.cols, packed.values, packed.tau0, packed.tau1,
+                packed.num_tangential, planes=planes, out=out[b], **g.tables)
 
 
-def adjoint_segment(elements, ptr: np.ndarray, views: np.ndarray, tan_t: np.ndarray, *,
-                    num_tangential: int, f0: float, vz: float, n: int, base0: int,
-                    y: np.ndarray, offset: int, num_axial: int, num_pixels: int,
-                    num_planes: int, groups: int, max_offsets: int) -> np.ndarray:
-    """Transpose of :func:`forward_segment`: pixel-major plane sums ``[voxel, plane]`` of one
-    sinogram array ``y`` ``[sinogram, len(views), T]`` (``groups`` private accumulators)."""
+def adjoint_oblique(packed: PackedElements, segments: Sequence[_AxialSegment],
+                    tan_t: Sequence[np.ndarray], q_ranges: Sequence[tuple[int, int]],
+                    Y: np.ndarray, out: torch.Tensor, views: np.ndarray, *, vz: float,
+                    threads: int) -> None:
+    """Transpose of :func:`forward_oblique`: accumulate the back projection of the oblique
+    ``segments`` of ``Y`` ``[B, sinogram, len(views), T]`` into ``out`` ``[B, nz, npix]``
+    (``threads`` private accumulators of the image's plane sums)."""
     _, adj = _kernels()
-    rows, cols, vals, tau0, tau1 = elements
-    acc = np.zeros((max(1, groups), num_pixels, num_planes), dtype=y.dtype)
-    adj(ptr, views, rows, cols, vals, tau0, tau1, tan_t, num_tangential, f0, vz, n, base0,
-        y, offset, num_axial, max_offsets, acc)
-    return acc.sum(0) if groups > 1 else acc[0]
+    _set_threads(threads)
+    B, nz, npix = out.shape
+    views = np.ascontiguousarray(views, np.int64)
+    for g in _groups(packed, segments, tan_t, q_ranges, nz, vz):
+        L = g.hi - g.lo + 2 - g.n
+        for b in range(B):
+            acc = np.zeros((max(1, threads), npix, g.width), dtype=Y.dtype)
+            adj(packed.bin_ptr, views, packed.cols, packed.values, packed.tau0, packed.tau1,
+                packed.num_tangential, y=Y[b], acc=acc, **g.tables)
+            total = acc.sum(0) if len(acc) > 1 else acc[0]
+            add_plane_sums_adjoint(out[b:b + 1], _merge_residues(total, g.n, g.J, L)[None],
+                                   g.n, g.lo, g.hi)
