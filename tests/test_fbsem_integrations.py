@@ -93,7 +93,6 @@ def test_reconstruct_callback_sees_every_update_and_may_stop_it():
 # ============================================================================ CIL
 def test_cil_algorithm_is_fbsem_reconstruct_step_by_step(cil, tmp_path):  # noqa: F811
     from cil.optimisation.algorithms import Algorithm
-    from cil.optimisation.utilities.callbacks import Callback
 
     import sirf_diffusion.integrations as integrations
 
@@ -103,20 +102,16 @@ def test_cil_algorithm_is_fbsem_reconstruct_step_by_step(cil, tmp_path):  # noqa
     ref = fbsem_reconstruct(lik, net)
     template = cil_image(np.zeros((1, 4, 4), np.float32))
 
-    class Record(Callback):
-        def __init__(self):
-            super().__init__(verbose=0)
-            self.seen = []
+    seen = []
 
-        def __call__(self, algorithm):
-            self.seen.append((algorithm.iteration, algorithm.step_info.get("subset")))
+    def record(algorithm):
+        seen.append((algorithm.iteration, algorithm.step_info.get("subset")))
 
     algo = cil.FBSEMNetAlgorithm(lik, net, template=template)
     assert isinstance(algo, Algorithm) and algo.num_steps == 6
-    rec = Record()
-    algo.run(100, callbacks=[rec])               # more iterations than updates: stops by itself
+    algo.run(100, callbacks=[record])            # more iterations than updates: stops by itself
     assert algo.iteration == 6
-    assert rec.seen == [(0, None), (1, 0), (2, 1), (3, 0), (4, 1), (5, 0), (6, 1)]
+    assert seen == [(0, None), (1, 0), (2, 1), (3, 0), (4, 1), (5, 0), (6, 1)]
     sol = algo.solution
     assert type(sol) is type(template) and sol.shape == template.shape
     np.testing.assert_array_equal(sol.as_array(), ref.image.numpy().reshape(sol.shape))
