@@ -636,7 +636,7 @@ _FBSEM_OBJECTIVE_SCALE = (
     "FBSEM-net on a SIRF objective function: the network's data scale (its input "
     "normalisation, initial image and count level) is taken from the objective's gradients, "
     "the uniform image of best likelihood, not the net counts the network was trained with; "
-    "with a background term it differs (about 20 % lower on a simulated mMR slice, 6 % in the "
+    "with a background term it differs (18 % lower on a simulated mMR slice, 5 % in the "
     "image): for the network's own scale call set_acquisition_model and set_acquisition_data "
     "instead of set_objective_function")
 
