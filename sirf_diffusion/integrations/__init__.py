@@ -7,7 +7,8 @@
   MAP algorithms of :mod:`sirf_diffusion.recon.map` and by SIRF/CIL scripts;
 * :mod:`.cil`: CIL ``Function``, ``Operator`` and ``Algorithm`` classes
   (``DiffusionPriorFunction``, ``PETPhysicsOperator``, ``LikelihoodScheduledDiffusion``,
-  ``DecomposedDiffusion``, ``DiffusionPosteriorSampling``, ``PETDEFT``); importing it imports CIL;
+  ``DecomposedDiffusion``, ``DiffusionPosteriorSampling``, ``PETDEFT``, ``FBSEMNetAlgorithm``);
+  importing it imports CIL;
 * :mod:`.sirf`: SIRF physics (``SIRFPhysics``, ``sirf_likelihood``), SIRF objective functions
   (``ObjectiveFunctionLikelihood``) and the drop-in ``DiffusionReconstructor``.
 
@@ -28,7 +29,7 @@ from .prior import DiffusionPrior
 __all__ = ["DiffusionPrior", "to_torch", "to_numpy", "like", "container_kind"]
 
 _LAZY_CIL = ("DiffusionPriorFunction", "LikelihoodScheduledDiffusion", "DecomposedDiffusion",
-             "DiffusionPosteriorSampling", "PETDEFT", "PETPhysicsOperator")
+             "DiffusionPosteriorSampling", "PETDEFT", "FBSEMNetAlgorithm", "PETPhysicsOperator")
 
 
 def __getattr__(name: str) -> Any:

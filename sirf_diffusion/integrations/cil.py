@@ -32,6 +32,12 @@ import it: ``from sirf_diffusion.integrations import DiffusionPriorFunction`` re
     ``template`` (CIL or SIRF ``ImageData``, STIR image, numpy array or torch tensor; default a
     torch tensor ``(z, y, x)``).
 
+``FBSEMNetAlgorithm``
+    FBSEM-net (Mehranian & Reader, IEEE TRPMS 2021), the supervised unrolled baseline, as a CIL
+    ``Algorithm``: one unrolled update (OSEM sub-iteration, CNN regulariser, fusion) per
+    ``update()``, equal to :func:`sirf_diffusion.recon.fbsem.fbsem_reconstruct` bit for bit;
+    the objective and ``solution`` follow the same conventions.
+
 ``PETPhysicsOperator``
     The linear part ``m * G P`` of any physics backend as a CIL ``LinearOperator``
     (``direct``/``adjoint`` with ``out=``), for CIL's own solvers with e.g.
@@ -65,7 +71,8 @@ from .containers import Restore, to_torch  # noqa: E402
 from .prior import DiffusionPrior  # noqa: E402
 
 __all__ = ["DiffusionPriorFunction", "LikelihoodScheduledDiffusion", "DecomposedDiffusion",
-           "DiffusionPosteriorSampling", "PETDEFT", "PETPhysicsOperator", "require_cil",
+           "DiffusionPosteriorSampling", "PETDEFT", "FBSEMNetAlgorithm", "PETPhysicsOperator",
+           "require_cil",
            "CIL_INSTALL_HINT"]
 
 CIL_INSTALL_HINT = INSTALL_HINTS["cil"]
@@ -268,6 +275,87 @@ class PETDEFT(_DiffusionAlgorithm):
     """
 
     _method = "deft"
+
+
+class FBSEMNetAlgorithm(Algorithm):
+    r"""FBSEM-net (Mehranian & Reader, IEEE TRPMS 2021) as a CIL ``Algorithm``.
+
+    Each ``update()`` is one unrolled update of the trained network (an OSEM step on one view
+    subset, the CNN regulariser, their closed-form fusion: :mod:`sirf_diffusion.recon.fbsem`),
+    a step of the same :class:`~sirf_diffusion.recon.fbsem.FBSEMRun` that
+    :func:`~sirf_diffusion.recon.fbsem.fbsem_reconstruct` drives, so after all ``N x K``
+    updates ``solution`` is ``fbsem_reconstruct``'s image bit for bit; ``update()`` then raises
+    ``StopIteration``, which ends ``run``.  Per CIL's convention the recorded objective is the
+    negative Poisson log-likelihood :math:`-L(x)` of the current image (at iteration 0 that of
+    the initial uniform image; one forward projection each, outside the run's own count: raise
+    ``update_objective_interval`` to save them).
+
+    Parameters
+    ----------
+    likelihood
+        Any :class:`~sirf_diffusion.likelihood.Likelihood` of the data (embedded, SIRF or STIR
+        physics, a SIRF objective function).
+    model
+        An FBSEM-net model folder (or ``train-fbsem`` run folder), a loaded
+        :class:`~sirf_diffusion.recon.fbsem.FBSEMNet` or ``None`` for the shipped one.
+    meta
+        The ``config.json`` contents of a loaded ``model``, to check the data against.
+    template
+        Image whose kind the solution takes (CIL/SIRF ``ImageData``, STIR image, numpy, torch;
+        default: torch tensor ``(z, y, x)``).
+    update_objective_interval
+        CIL's.
+    warn
+        Issue the model's applicability warnings (another grid, a count level outside its
+        training range) as :class:`UserWarning`; they are kept in :attr:`warnings` either way.
+    """
+
+    def __init__(self, likelihood: Likelihood, model: Any = None, *,
+                 meta: dict[str, Any] | None = None, template: Any = None,
+                 update_objective_interval: int = 1, warn: bool = True) -> None:
+        super().__init__(update_objective_interval=update_objective_interval)
+        self.set_up(likelihood, model, meta=meta, template=template, warn=warn)
+
+    def set_up(self, likelihood: Likelihood, model: Any = None, *,
+               meta: dict[str, Any] | None = None, template: Any = None,
+               warn: bool = True) -> None:
+        """Load and check the model, plan the updates (no update yet)."""
+        from ..recon.fbsem import FBSEMRun
+
+        self._to_output = _output_converter(template, tuple(likelihood.image_shape))
+        self.run_state = FBSEMRun(likelihood, model, meta=meta, warn=warn)
+        self.step_info: dict[str, Any] = {}
+        self.x = self._to_output(self.run_state.x)
+        self.configured = True
+
+    @property
+    def num_steps(self) -> int:
+        """``N x K`` unrolled updates (``run`` stops by itself after them)."""
+        return self.run_state.num_updates
+
+    @property
+    def warnings(self) -> list[str]:
+        """The model's applicability warnings for these data."""
+        return list(self.run_state.warnings)
+
+    def update(self) -> None:
+        """One unrolled update; ``StopIteration`` after the last one."""
+        self.step_info = self.run_state.step()
+        self.x = self._to_output(self.run_state.x)
+
+    def update_objective(self) -> None:
+        """Append :math:`-L(x)`, the negative Poisson log-likelihood of the current image."""
+        with torch.no_grad():
+            value = self.run_state.likelihood.value(self.run_state.x)
+        self.loss.append(-float(value.reshape(-1).sum()))
+
+    def should_stop(self) -> bool:  # CIL 24.0-24.2 check this before each iteration
+        base = getattr(super(), "should_stop", None)
+        return self.run_state.done or (bool(base()) if base is not None else False)
+
+    def result(self) -> Any:
+        """The :class:`~sirf_diffusion.recon.fbsem.FBSEMResult` of the updates so far."""
+        return self.run_state.result()
 
 
 # ============================================================================ LinearOperator

@@ -71,7 +71,8 @@ from ..likelihood import Likelihood
 from .em import Callback, em_step, initial_image, run_iterations
 from .map import _surrogate_maximiser
 
-__all__ = ["FBSEMConfig", "FBSEMNet", "FBSEMResult", "ResidualRegulariser", "fusion_step",
+__all__ = ["FBSEMConfig", "FBSEMNet", "FBSEMPlan", "FBSEMRun", "FBSEMResult",
+           "ResidualRegulariser", "fusion_step",
            "data_scale", "counts_per_voxel", "save_fbsem", "load_fbsem", "read_fbsem_config",
            "check_applicability", "fbsem_reconstruct", "default_fbsem_dir", "FORMAT"]
 
@@ -196,11 +197,15 @@ def counts_per_voxel(likelihood: Likelihood) -> float:
     """``nu``: net counts (prompts minus background) per voxel the scanner sees,
     ``c * sum(s) / #{s > 0}`` -- the count level FBSEM's ``beta`` adapts to and the model's
     training range is recorded in."""
+    return _counts_per_voxel(likelihood, data_scale(likelihood))
+
+
+def _counts_per_voxel(likelihood: Likelihood, scale: float) -> float:
     sens = likelihood.sensitivity(None)
     seen = int((sens > 0).sum())
     if seen == 0:
         raise ValueError("the sensitivity image is zero everywhere: the scanner sees no voxel")
-    return data_scale(likelihood) * float(sens.sum()) / seen
+    return scale * float(sens.sum()) / seen
 
 
 class ResidualRegulariser(nn.Module):
@@ -270,6 +275,35 @@ class FBSEMNet(nn.Module):
         ratio = math.log(self.config.reference_counts_per_voxel / nu)
         return torch.exp(self.log_beta + self.beta_exponent * ratio)
 
+    def plan(self, likelihood: Likelihood, x0: torch.Tensor | None = None) -> "FBSEMPlan":
+        """What the unrolled reconstruction of ``likelihood``'s data fixes before its first
+        update: the data's scale ``c`` and count level ``nu``, the weight ``r``, the subsets and
+        the initial image (``x0``, default the uniform image with the measured counts,
+        :func:`data_scale`).  ``r`` keeps the autograd graph of the parameters."""
+        uniform = likelihood.uniform_image()
+        scale = float(uniform.reshape(-1)[0])
+        if not scale > 0:
+            raise ValueError("the data have no net counts above the background: FBSEM-net "
+                             "has nothing to reconstruct")
+        nu = _counts_per_voxel(likelihood, scale)
+        x = uniform if x0 is None else initial_image(likelihood, x0)
+        x = x.to(next(self.parameters()).dtype)
+        return FBSEMPlan(scale=scale, counts_per_voxel=nu,
+                         beta_relative=self.relative_beta(nu).to(x),
+                         subsets=likelihood.subsets(self.config.num_subsets),
+                         num_updates=self.config.num_iterations * self.config.num_subsets,
+                         initial_image=x)
+
+    def step(self, likelihood: Likelihood, plan: "FBSEMPlan", x: torch.Tensor,
+             subset: Any) -> torch.Tensor:
+        """One unrolled update of ``x`` on ``subset`` (module docstring: EM, regularise, fuse)."""
+        x_em, _, _ = em_step(likelihood, x, subset)
+        sens = likelihood.sensitivity(subset, like=x)
+        mean_sens = sens[sens > 0].mean()
+        x_reg = plan.scale * self.regulariser(x / plan.scale)
+        beta = plan.beta_relative * mean_sens / plan.scale
+        return fusion_step(x_em, x_reg, sens, beta)
+
     def forward(self, likelihood: Likelihood, x0: torch.Tensor | None = None, *,
                 callback: Callback | None = None, progress: bool = False) -> torch.Tensor:
         """Run the ``N x K`` unrolled updates on ``likelihood``'s data; returns the image.
@@ -278,30 +312,134 @@ class FBSEMNet(nn.Module):
         :func:`data_scale`).  Differentiable in the network's parameters (and in ``x0``) when
         the likelihood's physics is.  ``callback`` as :func:`~sirf_diffusion.recon.em.osem`'s.
         """
+        plan = self.plan(likelihood, x0)
         c = self.config
-        scale = data_scale(likelihood)
-        if not scale > 0:
-            raise ValueError("the data have no net counts above the background: FBSEM-net "
-                             "has nothing to reconstruct")
-        nu = counts_per_voxel(likelihood)
-        x = likelihood.uniform_image() if x0 is None else initial_image(likelihood, x0)
-        x = x.to(next(self.parameters()).dtype)
-        r = self.relative_beta(nu).to(x)
-        subsets = likelihood.subsets(c.num_subsets)
-
-        def update(z: torch.Tensor, subset: Any) -> tuple[torch.Tensor, None]:
-            x_em, _, _ = em_step(likelihood, z, subset)
-            sens = likelihood.sensitivity(subset, like=z)
-            mean_sens = sens[sens > 0].mean()
-            x_reg = scale * self.regulariser(z / scale)
-            beta = r * mean_sens / scale
-            return fusion_step(x_em, x_reg, sens, beta), None
-
-        x, _ = run_iterations(likelihood, x, update=update, objective=likelihood.value,
-                              num_updates=c.num_iterations * len(subsets), subsets=subsets,
-                              callback=callback, progress=progress, record=False,
-                              desc=f"FBSEM-net ({c.num_iterations} x {len(subsets)})")
+        x, _ = run_iterations(likelihood, plan.initial_image,
+                              update=lambda z, sub: (self.step(likelihood, plan, z, sub), None),
+                              objective=likelihood.value, num_updates=plan.num_updates,
+                              subsets=plan.subsets, callback=callback, progress=progress,
+                              record=False,
+                              desc=f"FBSEM-net ({c.num_iterations} x {len(plan.subsets)})")
         return x
+
+
+@dataclass
+class FBSEMPlan:
+    """What an FBSEM-net reconstruction fixes before its first update (:meth:`FBSEMNet.plan`).
+
+    Attributes
+    ----------
+    scale, counts_per_voxel
+        The data's scale ``c`` (:func:`data_scale`) and count level ``nu``
+        (:func:`counts_per_voxel`).
+    beta_relative
+        ``r`` at ``nu`` (a 0-d tensor of the image's dtype).
+    subsets, num_updates
+        The ``K`` view subsets and the ``N K`` updates; update ``n`` (from 0) uses
+        :meth:`subset`.
+    initial_image
+        The image the first update starts from.
+    """
+
+    scale: float
+    counts_per_voxel: float
+    beta_relative: torch.Tensor
+    subsets: tuple[Any, ...]
+    num_updates: int
+    initial_image: torch.Tensor
+
+    def subset(self, n: int) -> Any:
+        """The subset of update ``n`` (0, 1, ...): ``subsets[n % K]``, ``None`` (all data) when
+        ``K = 1`` (the order of :func:`~sirf_diffusion.recon.em.run_iterations`)."""
+        return None if len(self.subsets) == 1 else self.subsets[n % len(self.subsets)]
+
+
+class FBSEMRun:
+    """An FBSEM-net reconstruction stepped one unrolled update at a time.
+
+    What :func:`fbsem_reconstruct` and the CIL ``Algorithm``
+    (:class:`sirf_diffusion.integrations.cil.FBSEMNetAlgorithm`) both drive, so that their
+    images are equal bit for bit.  Construction checks the data against the model
+    (:func:`check_applicability`: a ``ValueError`` for another voxel size; the warnings are kept
+    in :attr:`warnings` and issued as :class:`UserWarning` when ``warn``) and computes the
+    :class:`FBSEMPlan`; each :meth:`step` is one update (EM, regularise, fuse) without autograd.
+
+    Parameters
+    ----------
+    likelihood
+        Any :class:`~sirf_diffusion.likelihood.Likelihood` of the data.
+    model
+        A model folder (or a ``train-fbsem`` run folder), a loaded :class:`FBSEMNet`, or
+        ``None`` for the shipped one.
+    meta
+        The ``config.json`` contents of a loaded ``model`` (what the data are checked against;
+        ``None`` with a loaded network: not checked).
+    x0
+        Initial image (default: the uniform image with the measured counts).
+    warn
+        Issue the applicability warnings as :class:`UserWarning`.
+    """
+
+    def __init__(self, likelihood: Likelihood, model: str | os.PathLike[str] | FBSEMNet
+                 | None = None, *, meta: dict[str, Any] | None = None,
+                 x0: torch.Tensor | None = None, warn: bool = True) -> None:
+        import warnings
+
+        if isinstance(model, FBSEMNet):
+            self.net, self.meta = model, meta
+        else:
+            self.net, self.meta = load_fbsem(model)
+        self.likelihood = likelihood
+        self.wall_time_s = 0.0
+        t0 = time.perf_counter()
+        with torch.no_grad(), likelihood.count_projections() as cost:
+            self.plan = self.net.plan(likelihood, x0)
+        self.num_likelihood_evaluations = cost.forward
+        self.warnings = (check_applicability(self.meta, likelihood, self.plan.counts_per_voxel)
+                         if self.meta is not None else [])
+        if warn:
+            for m in self.warnings:
+                warnings.warn(m, UserWarning, stacklevel=2)
+        self.x = self.plan.initial_image
+        #: Updates done so far.
+        self.index = 0
+        self.wall_time_s = time.perf_counter() - t0
+
+    @property
+    def num_updates(self) -> int:
+        """``N K``, the updates of a full reconstruction."""
+        return self.plan.num_updates
+
+    @property
+    def done(self) -> bool:
+        return self.index >= self.plan.num_updates
+
+    def step(self) -> dict[str, Any]:
+        """One unrolled update; returns ``{'iteration', 'epoch', 'subset', 'x'}``.
+
+        Raises ``StopIteration`` when every update has been done.
+        """
+        if self.done:
+            raise StopIteration
+        t0 = time.perf_counter()
+        subset = self.plan.subset(self.index)
+        with torch.no_grad(), self.likelihood.count_projections() as cost:
+            self.x = self.net.step(self.likelihood, self.plan, self.x, subset)
+        self.index += 1
+        self.num_likelihood_evaluations += cost.forward
+        self.wall_time_s += time.perf_counter() - t0
+        k = len(self.plan.subsets)
+        return {"iteration": self.index, "epoch": self.index / k,
+                "subset": None if k == 1 else (self.index - 1) % k, "x": self.x}
+
+    def result(self) -> "FBSEMResult":
+        """The :class:`FBSEMResult` of the updates so far."""
+        return FBSEMResult(image=self.x, wall_time_s=self.wall_time_s,
+                           num_network_evaluations=self.index,
+                           num_likelihood_evaluations=self.num_likelihood_evaluations,
+                           beta_relative=float(self.plan.beta_relative),
+                           counts_per_voxel=self.plan.counts_per_voxel,
+                           warnings=list(self.warnings))
 
 
 # ----------------------------------------------------------------------------- model files
@@ -396,32 +534,28 @@ def check_applicability(meta: dict[str, Any], likelihood: Likelihood,
 
 def fbsem_reconstruct(likelihood: Likelihood, model: str | os.PathLike[str] | FBSEMNet
                       | None = None, *, meta: dict[str, Any] | None = None,
-                      progress: bool = False, warn: bool = True) -> FBSEMResult:
+                      progress: bool = False, warn: bool = True,
+                      callback: Callback | None = None) -> FBSEMResult:
     """Reconstruct with a trained FBSEM-net (default: the shipped one).
 
     ``model``: a model folder, a loaded :class:`FBSEMNet` (with its ``meta`` to check the data
     against) or ``None``.  The data are checked (:func:`check_applicability`: refused for a
     different voxel size, warnings for a grid or count level the model was not trained on,
-    issued as :class:`UserWarning` when ``warn``).
+    issued as :class:`UserWarning` when ``warn``).  ``callback`` is called after every update
+    with :meth:`FBSEMRun.step`'s dict; ``StopIteration`` from it ends the reconstruction there.
     """
-    import warnings
+    from tqdm.auto import tqdm
 
-    if isinstance(model, FBSEMNet):
-        net = model
-    else:
-        net, meta = load_fbsem(model)
-    nu = counts_per_voxel(likelihood)
-    messages = check_applicability(meta, likelihood, nu) if meta is not None else []
-    if warn:
-        for m in messages:
-            warnings.warn(m, UserWarning, stacklevel=2)
-    t0 = time.perf_counter()
-    with torch.no_grad(), likelihood.count_projections() as cost:
-        x = net(likelihood, progress=progress)
-        r = net.relative_beta(nu).item()
-    c = net.config
-    return FBSEMResult(image=x, wall_time_s=time.perf_counter() - t0,
-                       num_network_evaluations=c.num_iterations * c.num_subsets,
-                       num_likelihood_evaluations=cost.forward,
-                       beta_relative=r, counts_per_voxel=nu,
-                       warnings=messages)
+    run = FBSEMRun(likelihood, model, meta=meta, warn=warn)
+    c = run.net.config
+    with tqdm(total=run.num_updates, disable=not progress, leave=False,
+              desc=f"FBSEM-net ({c.num_iterations} x {len(run.plan.subsets)})") as bar:
+        while not run.done:
+            info = run.step()
+            bar.update(1)
+            if callback is not None:
+                try:
+                    callback(info)
+                except StopIteration:
+                    break
+    return run.result()
