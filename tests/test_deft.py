@@ -436,3 +436,16 @@ def test_t_start_sets_the_first_noise_level(problem):
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="t_start"):
             prepare("deft", lik, prior, deft_model=model, num_steps=2, t_start=bad)
+
+
+def test_deft_counts_the_projections_of_its_likelihood_feature(problem):
+    """The h-network's feature (one EM step per generative step) is a likelihood evaluation:
+    the run reports exactly what the likelihood's counter saw during the steps."""
+    lik, _, prior = problem
+    run = prepare("deft", lik, prior, deft_model=deft_model_for(prior, lik), num_steps=3,
+                  num_samples=2)
+    with lik.count_projections() as cost:
+        run.run()
+    result = run.result()
+    assert cost.forward > 0
+    assert result.num_likelihood_evaluations == pytest.approx(cost.forward)

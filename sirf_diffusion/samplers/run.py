@@ -404,7 +404,12 @@ class DiffusionRun:
 
         Raises ``StopIteration`` once every step has been taken.
         """
-        info = self.stepper.step()
+        with self.likelihood.count_projections() as cost:
+            info = self.stepper.step()
+        if not info.get("n_likelihood_evaluations") and cost.forward > 0:
+            # the rules report their own projections; those of a conditional denoiser (PET-DEFT's
+            # likelihood feature) only the likelihood's counter sees
+            info["n_likelihood_evaluations"] = cost.forward
         self._record(info)
         return info
 
