@@ -32,6 +32,7 @@ from sirf_diffusion.diffusion.htransform import (
 from sirf_diffusion.diffusion.normalisation import IntensityNormalisation
 from sirf_diffusion.diffusion.schedules import ContinuousVP
 from sirf_diffusion.diffusion.unet import UNetConfig
+from sirf_diffusion.samplers.defaults import METHOD_DEFAULTS
 from sirf_diffusion.samplers.loop import reverse_diffusion
 from sirf_diffusion.samplers.run import default_sigmas, prepare
 
@@ -116,7 +117,8 @@ def test_zero_hnet_sampling_equals_unconditional_sampling_exactly(problem, eta):
     run = prepare("deft", lik, prior, norm, deft_model=model, num_steps=5, num_samples=3, eta=eta,
                   generator=torch.Generator().manual_seed(4)).run()
     result = run.result()
-    sigmas = default_sigmas(prior, 5)
+    sigmas = default_sigmas(prior, 5, METHOD_DEFAULTS["deft"]["t_start"])  # DEFT's levels
+    assert torch.equal(run.sigmas.to(sigmas.dtype), sigmas)
     with torch.no_grad():
         x = reverse_diffusion(prior, sigmas, shape=(3, 1, 8, 8), eta=eta, progress=False,
                               generator=torch.Generator().manual_seed(4))
