@@ -12,7 +12,9 @@ with only the h-network trainable:
 ``t ~ U(t_min, 1)`` (the prior's continuous VP schedule and ``t_min``), ``x_0`` a ground-truth
 slice in the prior's units, ``y`` its simulated scan (:mod:`sirf_diffusion.data.pairs`),
 ``eps_theta`` the frozen prior's noise estimate and ``x0_hat`` its Tweedie estimate
-(:func:`deft_loss`; :mod:`.htransform` defines ``eps_h`` and ``g``).  Each pair is normalised
+(:func:`deft_loss`; :mod:`.htransform` defines ``eps_h`` and ``g``); with the h-network's
+``'edm'`` output scaling each term is weighted by ``1 / kappa(sigma)^2``, EDM's loss weight
+(Karras et al. 2022; :func:`~.htransform.output_scale`, docs/deft.md).  Each pair is normalised
 as a reconstruction will be: by the support mean of a short OSEM image of its own data
 (:func:`~.htransform.fit_normalisation`).
 

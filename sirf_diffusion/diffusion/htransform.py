@@ -27,6 +27,11 @@ brought back to the prior's normalised units, in one of two forms:
 :class:`~.unet.UNet`) and so is the last layer of :math:`s_\\phi`, so an untrained h-network
 gives :math:`\\epsilon_h = 0` exactly and DEFT sampling *is* unconditional sampling.
 
+By default (:class:`HNetConfig` ``output_scaling='edm'``) the correction is scaled by
+:math:`\\kappa(\\sigma) = \\sigma_d / \\sqrt{\\sigma^2 + \\sigma_d^2}` (:func:`output_scale`,
+EDM's output scaling, Karras et al. 2022) so that it stays bounded in the image at the top of
+the schedule; ``'none'`` is DEFT's form above (docs/deft.md compares them).
+
 In the stepper's variance-exploding parametrisation ``x = x0 + sigma * eps`` the conditional
 Tweedie estimate follows from :math:`\\hat x_0 = x - \\sigma \\epsilon`:
 
