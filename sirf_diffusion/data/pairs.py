@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from ..io.config import dataclass_from_dict
 from ..physics.geometry import ImageGeometry, SinogramGeometry
 from .simulate import SimulationConfig, simulate_scan
 from .splits import check_split, subject_seeds
@@ -115,10 +116,7 @@ class PairConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PairConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown PairConfig fields: {sorted(unknown)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
 
 def image_geometry_2d(scanner: str = "mMR", image_shape: tuple[int, int] = (128, 128)

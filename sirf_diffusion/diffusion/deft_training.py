@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from .._version import __version__
 from ..io.atomic import make_dir, write_json
+from ..io.config import dataclass_from_dict
 from ..training_loop import StepStats, TrainingLoop
 from .checkpointing import (
     _CKPT_FORMAT,
@@ -193,11 +194,7 @@ class DEFTTrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DEFTTrainConfig":
         """Build from a dict; unknown keys raise (keys starting with ``_`` are comments)."""
-        d = {k: v for k, v in d.items() if not k.startswith("_")}
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown DEFTTrainConfig fields: {sorted(unknown)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, comments=True)
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "DEFTTrainConfig":

@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..io.config import dataclass_from_dict
 from .adapters import vp_inputs
 from .denoiser import Denoiser
 from .normalisation import IntensityNormalisation
@@ -140,10 +141,7 @@ class HNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "HNetConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown HNetConfig fields: {sorted(unknown)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
 
 class TimeScale(nn.Module):

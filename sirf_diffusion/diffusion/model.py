@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .._version import __version__
+from ..io.config import dataclass_from_dict
 from .adapters import ADAPTERS, Parametrisation, batch_sigma, vp_inputs
 from .padding import denoise_padded
 from .precision import Precision, check_precision, network_autocast, resolve_precision
@@ -103,10 +104,7 @@ class ScoreModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ScoreModelConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown ScoreModelConfig fields: {sorted(unknown)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
 
 class ScoreModel(nn.Module):

@@ -75,6 +75,7 @@ from ..io.atomic import (
     temporary_dir,
     write_json,
 )
+from ..io.config import check_fields, dataclass_from_dict
 from ..training_loop import StepStats, TrainingLoop
 from .checkpointing import (  # noqa: F401  (re-exported: these helpers lived here)
     _CKPT_FORMAT,
@@ -249,9 +250,7 @@ class TrainConfig:
         check_precision(self.precision, "TrainConfig.precision")
         if not isinstance(self.recipe, dict):
             raise TypeError("TrainConfig.recipe must be a dict of LossRecipe fields")
-        unknown = set(self.recipe) - set(LossRecipe.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig.recipe fields: {sorted(unknown)}")
+        check_fields(self.recipe, LossRecipe, "TrainConfig.recipe")
         LossRecipe(**self.recipe)  # validates
         clash = {"orientation", "image_size"} & set(self.model)
         if clash:
@@ -265,11 +264,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         """Build from a dict; unknown keys raise (keys starting with ``_`` are comments)."""
-        d = {k: v for k, v in d.items() if not k.startswith("_")}
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, comments=True)
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "TrainConfig":

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..io.config import dataclass_from_dict
+
 __all__ = ["UNetConfig", "UNet", "timestep_embedding"]
 
 
@@ -104,11 +106,7 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "UNetConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown UNetConfig fields: {sorted(unknown)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
