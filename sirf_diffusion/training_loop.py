@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,13 +36,56 @@ from tqdm.auto import tqdm
 
 from .io.atomic import atomic_write_text
 
-__all__ = ["LOSS_FIELDS", "VAL_FIELDS", "StepStats", "TrainingLoop", "reset_logs", "read_csv"]
+__all__ = ["LOSS_FIELDS", "VAL_FIELDS", "StepStats", "TrainingLoop", "check_counts",
+           "check_optimiser_fields", "reset_logs", "read_csv"]
 
 #: Columns of ``loss.csv``.
 LOSS_FIELDS = ["step", "loss", "lr", "grad_norm", "seconds"]
 #: Columns of ``val_loss.csv``.
 VAL_FIELDS = ["step", "loss"]
 _LOGS = ("loss.csv", "val_loss.csv")
+
+
+def check_counts(cfg: Any, name: str, positive: tuple[str, ...] = (),
+                 non_negative: tuple[str, ...] = ()) -> None:
+    """Refuse a training config whose integer fields are out of range.
+
+    Raises ``ValueError('NAME.FIELD must be a positive integer, got V')`` for a field of
+    ``positive`` that is not a Python ``int`` >= 1 (the configs are written to JSON; booleans
+    are not integers here), and the same with "a non-negative integer" for the fields of
+    ``non_negative``.
+    """
+    for keys, low, what in ((positive, 1, "a positive"), (non_negative, 0, "a non-negative")):
+        for key in keys:
+            v = getattr(cfg, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{name}.{key} must be {what} integer, got {v!r}")
+
+
+def check_optimiser_fields(cfg: Any, name: str) -> None:
+    """Refuse a training config whose optimiser or checkpoint-retention fields are invalid.
+
+    Checks the fields ``cfg`` has of: ``lr`` (finite, > 0), ``weight_decay`` (>= 0), ``min_lr``
+    (in ``[0, lr]``), ``lr_decay`` (``'constant'`` or ``'cosine'``), ``grad_clip`` (> 0 or
+    ``None``) and ``keep_checkpoints`` (>= 2: retention keeps the previous checkpoint beside
+    the newest, :mod:`sirf_diffusion.diffusion.checkpointing`).  Messages name ``NAME.FIELD``.
+    """
+    lr = getattr(cfg, "lr")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"{name}.lr must be > 0, got {lr!r}")
+    if getattr(cfg, "weight_decay", 0.0) < 0:
+        raise ValueError(f"{name}.weight_decay must be >= 0, got {cfg.weight_decay}")
+    if not 0 <= getattr(cfg, "min_lr", 0.0) <= lr:
+        raise ValueError(f"{name}.min_lr must be in [0, lr], got {cfg.min_lr}")
+    if getattr(cfg, "lr_decay", "constant") not in ("constant", "cosine"):
+        raise ValueError(f"{name}.lr_decay must be 'constant' or 'cosine', got {cfg.lr_decay!r}")
+    clip = getattr(cfg, "grad_clip", None)
+    if clip is not None and not clip > 0:
+        raise ValueError(f"{name}.grad_clip must be > 0 or None, got {clip}")
+    keep = getattr(cfg, "keep_checkpoints", 2)
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 2:
+        raise ValueError(f"{name}.keep_checkpoints must be an integer >= 2 (the previous "
+                         f"checkpoint is kept), got {keep!r}")
 
 
 class StepStats(NamedTuple):

@@ -622,3 +622,28 @@ def test_runs_from_before_run_ids_resume_into_their_own_export(tmp_path):
     names = [p.name for p in list_checkpoints(out)]
     assert names == ["step_00000010.pt", "step_00000015.pt"]  # the legacy one counted as ours
     assert final_state(out)["run_id"].startswith("config-")
+
+
+@pytest.mark.parametrize("cls_path", ["sirf_diffusion.diffusion.training.TrainConfig",
+                                      "sirf_diffusion.diffusion.deft_training.DEFTTrainConfig",
+                                      "sirf_diffusion.recon.fbsem_training.FBSEMTrainConfig"])
+@pytest.mark.parametrize("field_name, value, message", [
+    ("steps", 0, "steps must be a positive integer"),
+    ("batch_size", 2.0, "batch_size must be a positive integer"),
+    ("checkpoint_every", True, "checkpoint_every must be a positive integer"),
+    ("warmup_steps", -1, "warmup_steps must be a non-negative integer"),
+    ("seed", -3, "seed must be a non-negative integer"),
+    ("lr", 0.0, "lr must be > 0"),
+    ("lr", float("nan"), "lr must be > 0"),
+    ("grad_clip", 0.0, "grad_clip must be > 0 or None"),
+    ("keep_checkpoints", 1, "keep_checkpoints must be an integer >= 2"),
+])
+def test_trainer_configs_share_one_validation(cls_path, field_name, value, message):
+    """The three trainers' configs refuse the same bad values with the same words, naming the
+    config class and the field (training_loop.check_counts / check_optimiser_fields)."""
+    import importlib
+
+    module, name = cls_path.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module), name)
+    with pytest.raises(ValueError, match=f"{name}.{message}"):
+        cls(**{field_name: value})

@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 from .._version import __version__
 from ..io.atomic import make_dir, write_json
 from ..io.config import dataclass_from_dict
-from ..training_loop import StepStats, TrainingLoop
+from ..training_loop import StepStats, TrainingLoop, check_counts, check_optimiser_fields
 from .checkpointing import (
     _CKPT_FORMAT,
     _delete_checkpoint,
@@ -157,22 +157,11 @@ class DEFTTrainConfig:
         from ..data.pairs import PairConfig
 
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
-        for key in ("steps", "batch_size", "checkpoint_every", "val_every", "init_subsets",
-                    "init_epochs"):
-            if int(getattr(self, key)) <= 0:
-                raise ValueError(f"DEFTTrainConfig.{key} must be positive, got "
-                                 f"{getattr(self, key)}")
-        for key in ("warmup_steps", "val_pairs", "seed"):
-            if int(getattr(self, key)) < 0:
-                raise ValueError(f"DEFTTrainConfig.{key} must be >= 0, got {getattr(self, key)}")
-        if self.keep_checkpoints < 2:
-            raise ValueError("keep_checkpoints must be >= 2 (the previous checkpoint is kept)")
-        if not self.lr > 0 or self.weight_decay < 0 or not 0 <= self.min_lr <= self.lr:
-            raise ValueError("lr must be > 0, weight_decay >= 0 and min_lr in [0, lr]")
-        if self.lr_decay not in ("constant", "cosine"):
-            raise ValueError(f"lr_decay must be 'constant' or 'cosine', got {self.lr_decay!r}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
+        check_counts(self, "DEFTTrainConfig",
+                     positive=("steps", "batch_size", "checkpoint_every", "val_every",
+                               "init_subsets", "init_epochs"),
+                     non_negative=("warmup_steps", "val_pairs", "seed"))
+        check_optimiser_fields(self, "DEFTTrainConfig")
         check_precision(self.precision, "DEFTTrainConfig.precision")
         if self.pairs.get("split", "train") != "train":
             raise ValueError("DEFTTrainConfig.pairs.split must be 'train' (validation pairs "

@@ -76,7 +76,7 @@ from ..io.atomic import (
     write_json,
 )
 from ..io.config import check_fields, dataclass_from_dict
-from ..training_loop import StepStats, TrainingLoop
+from ..training_loop import StepStats, TrainingLoop, check_counts, check_optimiser_fields
 from .checkpointing import (  # noqa: F401  (re-exported: these helpers lived here)
     _CKPT_FORMAT,
     _LOSS_FIELDS,
@@ -224,27 +224,14 @@ class TrainConfig:
             setattr(self, key, None if v is None else tuple(int(n) for n in v))
         if self.orientation not in ("xy", "yz", "xz"):
             raise ValueError(f"orientation must be 'xy', 'yz' or 'xz', got {self.orientation!r}")
-        for key in ("steps", "batch_size", "checkpoint_every", "num_subjects", "val_every",
-                    "val_batches"):
-            if int(getattr(self, key)) <= 0:
-                raise ValueError(f"TrainConfig.{key} must be positive, got {getattr(self, key)}")
-        for key in ("warmup_steps", "val_subjects", "seed"):
-            if int(getattr(self, key)) < 0:
-                raise ValueError(f"TrainConfig.{key} must be >= 0, got {getattr(self, key)}")
-        if self.keep_checkpoints < 2:
-            raise ValueError("keep_checkpoints must be >= 2 (the previous checkpoint is kept)")
+        check_counts(self, "TrainConfig", positive=("steps", "batch_size", "checkpoint_every",
+                                                    "num_subjects", "val_every", "val_batches"),
+                     non_negative=("warmup_steps", "val_subjects", "seed"))
+        check_optimiser_fields(self, "TrainConfig")
         if self.micro_batches is not None and (
                 self.micro_batches <= 0 or self.batch_size % self.micro_batches):
             raise ValueError(f"micro_batches={self.micro_batches} must be positive and divide "
                              f"batch_size={self.batch_size}")
-        if not self.lr > 0 or self.weight_decay < 0:
-            raise ValueError("lr must be > 0 and weight_decay >= 0")
-        if self.lr_decay not in ("constant", "cosine"):
-            raise ValueError(f"lr_decay must be 'constant' or 'cosine', got {self.lr_decay!r}")
-        if not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"min_lr must be in [0, lr], got {self.min_lr}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
         if not isinstance(self.model, dict):
             raise TypeError("TrainConfig.model must be a dict of ScoreModelConfig fields")
         check_precision(self.precision, "TrainConfig.precision")

@@ -53,7 +53,7 @@ from ..diffusion.datasets import derive_seed
 from ..diffusion.ema import EMA
 from ..diffusion.training import _check_resumable, optimiser_step
 from ..io.atomic import make_dir, write_json
-from ..training_loop import StepStats, TrainingLoop
+from ..training_loop import StepStats, TrainingLoop, check_counts, check_optimiser_fields
 from .fbsem import FBSEMConfig, FBSEMNet, counts_per_voxel, save_fbsem
 
 __all__ = ["FBSEMTrainConfig", "train_fbsem", "relative_squared_error", "pair_sources"]
@@ -103,19 +103,11 @@ class FBSEMTrainConfig:
 
     def __post_init__(self) -> None:
         self.dose_range = tuple(float(v) for v in self.dose_range)  # type: ignore[assignment]
-        for name in ("steps", "batch_size", "train_subjects", "val_subjects", "val_every",
-                     "checkpoint_every", "keep_checkpoints"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("warmup_steps", "val_pairs", "seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
+        check_counts(self, "FBSEMTrainConfig",
+                     positive=("steps", "batch_size", "train_subjects", "val_subjects",
+                               "val_every", "checkpoint_every"),
+                     non_negative=("warmup_steps", "val_pairs", "seed"))
+        check_optimiser_fields(self, "FBSEMTrainConfig")
         if not 0.0 <= float(self.ema_decay) < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         lo, hi = self.dose_range
