@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -384,3 +385,27 @@ def test_json_outputs_are_strict(case, tmp_path, earlier_result):
 
     for p in [*earlier_result.rglob("*.json"), *case.rglob("*.json")]:
         json.loads(p.read_text(), parse_constant=no_constant)
+
+
+@pytest.mark.parametrize("has_run, resume, overwrite, message", [
+    (False, True, None, "--resume: --out d holds no FBSEM-net run"),
+    (True, False, None, "it holds an FBSEM-net run: pass --resume to continue it, or choose"),
+    (True, False, False, "pass --resume to continue it, or --overwrite to start again"),
+    (False, False, False, "pass --overwrite to replace its contents"),
+    (False, False, None, "it holds no run of this command"),
+])
+def test_check_run_folder_refuses_what_would_lose_work(tmp_path, has_run, resume, overwrite,
+                                                      message):
+    """One rule for every training command's --out: a non-empty folder is continued only if it
+    holds the command's run, replaced only with --overwrite, and otherwise refused."""
+    from sirf_diffusion.commands.output import check_run_folder
+
+    old = [tmp_path / "notes.txt"]
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_run_folder(old, "d", kind="FBSEM-net run", has_run=has_run, resume=resume,
+                         overwrite=overwrite, article="an")
+    check_run_folder([], "d", kind="x", has_run=False, resume=resume, overwrite=overwrite)
+    if resume or overwrite is not None:  # what may go ahead: resume a run, overwrite anything
+        check_run_folder(old, "d", kind="x", has_run=True, resume=True, overwrite=overwrite)
+        if overwrite is not None:
+            check_run_folder(old, "d", kind="x", has_run=has_run, resume=False, overwrite=True)

@@ -159,6 +159,52 @@ def check_location(folder: PathLike, flag: str = "--out",
     return real
 
 
+def check_run_folder(old: Sequence[Path], shown: PathLike, *, kind: str, has_run: bool,
+                     resume: bool, overwrite: bool | None, where: str = "no checkpoint",
+                     article: str = "a") -> None:
+    """Refuse to start or continue a training run in ``--out`` when that would lose something.
+
+    Parameters
+    ----------
+    old
+        The folder's entries (:func:`entries`; empty for an absent or empty folder, where any
+        run may start).
+    shown
+        The folder as the user wrote it.
+    kind
+        What a run of this command is called (``'DEFT training run'``).
+    has_run
+        Whether the folder holds this command's checkpoints.
+    resume
+        ``--resume``: continue the run in the folder; a non-empty folder without one is refused.
+    overwrite
+        ``--overwrite`` (a new run replaces the folder's contents; the caller sets them aside);
+        ``None`` for a command without the flag, whose non-empty folder is only ever resumed.
+    where
+        Where the checkpoints were looked for, for the refusal of ``--resume``.
+    article
+        The indefinite article before ``kind`` (``'an'`` for "an FBSEM-net run").
+    """
+    if not old:
+        return
+    if resume:
+        if not has_run:
+            raise ValueError(f"--resume: --out {shown} holds no {kind} ({where}, but "
+                             f"{preview(old)}): there is nothing to continue; choose another "
+                             "folder")
+        return
+    if overwrite:
+        return
+    if has_run:
+        hint = f"it holds {article} {kind}: pass --resume to continue it" + (
+            ", or --overwrite to start again" if overwrite is not None else "")
+    else:
+        hint = "pass --overwrite to replace its contents" if overwrite is not None else \
+            "it holds no run of this command"
+    raise ValueError(f"--out {shown} is not empty (it holds {preview(old)}): {hint}, or choose "
+                     "another folder")
+
+
 def check_replaceable(folder: Path, shown: PathLike, flag: str = "--out") -> None:
     """Refuse to replace the contents of the working folder, a folder above it, the home
     folder or a filesystem root (``--overwrite`` on them would delete unrelated files)."""

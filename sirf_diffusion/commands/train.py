@@ -64,7 +64,7 @@ def _check_resume(folder: Path, shown: str, orientations: tuple[str, ...]) -> bo
     """Whether ``--resume`` continues a run in ``folder`` (``False``: absent or empty, a new run
     starts, so that the same command starts and continues a run); refuses anything else."""
     from ..diffusion.checkpointing import list_checkpoints
-    from .output import entries, preview
+    from .output import check_run_folder, entries
 
     old = entries(folder, "--out") if folder.is_dir() else []
     if not old:
@@ -78,10 +78,9 @@ def _check_resume(folder: Path, shown: str, orientations: tuple[str, ...]) -> bo
                              "produced by `sirf-diffusion train` into this folder; train into "
                              "a new folder")
         found |= has_checkpoints
-    if not found:
-        raise ValueError(f"--resume: --out {shown} holds no training run (no checkpoint in "
-                         f"checkpoints/{'|'.join(orientations)}/, but {preview(old)}): there is "
-                         "nothing to continue; choose another folder")
+    where = f"no checkpoint in checkpoints/{'|'.join(orientations)}/"
+    check_run_folder(old, shown, kind="training run", has_run=found, resume=True,
+                     overwrite=None, where=where)
     return True
 
 
@@ -93,9 +92,9 @@ def run(args: argparse.Namespace) -> int:
         abandon_run,
         check_location,
         check_replaceable,
+        check_run_folder,
         entries,
         make_folders,
-        preview,
         set_aside,
     )
 
@@ -119,15 +118,10 @@ def run(args: argparse.Namespace) -> int:
     folder = check_location(args.out, "--out", protect if args.overwrite else {})
     old = entries(folder, "--out") if folder.is_dir() else []
     continuing = args.resume and _check_resume(folder, args.out, orientations)
-    if args.resume or not old:
-        pass
-    elif not args.overwrite:
-        run_there = any(list_checkpoints(folder / "checkpoints" / o) for o in ("xy", "yz", "xz"))
-        hint = ("it holds a training run: pass --resume to continue it, or --overwrite to "
-                "replace it" if run_there else "pass --overwrite to replace its contents")
-        raise ValueError(f"--out {args.out} is not empty (it holds {preview(old)}): {hint}, "
-                         "or choose another folder")
-    else:
+    if old and not args.resume:
+        check_run_folder(old, args.out, kind="training run", resume=False,
+                         has_run=any(list_checkpoints(folder / "checkpoints" / o)
+                                     for o in ("xy", "yz", "xz")), overwrite=args.overwrite)
         check_replaceable(folder, args.out)
 
     created = make_folders(folder)

@@ -61,21 +61,15 @@ def run(args: argparse.Namespace) -> int:
     """Train (module docstring for what is refused)."""
     from ..diffusion.checkpointing import list_checkpoints
     from ..diffusion.deft_training import train_deft
-    from .output import check_location, entries, preview
+    from .output import check_location, check_run_folder, entries
 
     cfg = _config(args)
     folder = check_location(args.out, "--out", {"--config file": args.config,
                                                  "--prior folder": cfg.prior})
     old = entries(folder, "--out") if folder.is_dir() else []
-    has_run = bool(list_checkpoints(folder))
-    if old and args.resume and not has_run:
-        raise ValueError(f"--resume: --out {args.out} holds no DEFT training run (no checkpoint, "
-                         f"but {preview(old)}); choose another folder")
-    if old and not (args.resume or args.overwrite):
-        hint = ("it holds a DEFT training run: pass --resume to continue it, or --overwrite to "
-                "start again" if has_run else "pass --overwrite to replace its contents")
-        raise ValueError(f"--out {args.out} is not empty (it holds {preview(old)}): {hint}, or "
-                         "choose another folder")
+    check_run_folder(old, args.out, kind="DEFT training run",
+                     has_run=bool(list_checkpoints(folder)), resume=args.resume,
+                     overwrite=args.overwrite)
     model = train_deft(cfg, folder, resume=args.resume, overwrite=args.overwrite,
                        progress=not args.no_progress)
     print(f"train-deft: model in {Path(args.out) / model.name} ({cfg.steps} steps)")

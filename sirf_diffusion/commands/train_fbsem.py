@@ -52,21 +52,15 @@ def run(args: argparse.Namespace) -> int:
     """Train (module docstring for what is refused)."""
     from ..diffusion.checkpointing import list_checkpoints
     from ..recon.fbsem_training import train_fbsem
-    from .output import check_location, entries, make_folders, preview, remove_folders
+    from .output import check_location, check_run_folder, entries, make_folders, remove_folders
 
     cfg = _load_config(args.config, args.steps)
     folder = check_location(args.out, "--out", {"--config file": args.config},
                             replaces_folder=False)
     old = entries(folder, "--out") if folder.is_dir() else []
     has_run = bool(list_checkpoints(folder))
-    if old and not args.resume:
-        hint = ("it holds an FBSEM-net run: pass --resume to continue it" if has_run
-                else "choose an empty or new folder")
-        raise ValueError(f"--out {args.out} is not empty (it holds {preview(old)}): {hint}")
-    if old and not has_run:
-        raise ValueError(f"--resume: --out {args.out} holds no FBSEM-net run (no checkpoint in "
-                         f"checkpoints/, but {preview(old)}): there is nothing to continue; "
-                         "choose another folder")
+    check_run_folder(old, args.out, kind="FBSEM-net run", has_run=has_run, resume=args.resume,
+                     overwrite=None, where="no checkpoint in checkpoints/", article="an")
     created = make_folders(folder)
     command = "sirf-diffusion train-fbsem " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
         if len(sys.argv) > 1 and sys.argv[1] == "train-fbsem" else None
