@@ -20,6 +20,14 @@ bfloat16 autocast, channels-last in evaluation), on the same inputs:
     likelihood work), each as the process's CPU time and as wall-clock time.  The two
     precisions alternate which runs first from scan to scan, so that a drift in the machine's
     load does not favour one.
+(c) **Unconditional sampling**: :func:`sirf_diffusion.samplers.unconditional.sample` (what
+    ``sirf-diffusion sample`` runs) of ``--sample-n`` slices with ``--sample-steps`` steps
+    (ancestral, ``eta = 1``), with each precision ``--sample-repeats`` times in alternating
+    order, the same seed: CPU and wall time of the whole sampler per precision (the fastest
+    repeat) and the relative RMS difference of the two precisions' samples.  Sampling is
+    network work only, so this is the speed-up a user of the sampler sees.
+
+``--parts`` runs a subset (e.g. ``--parts c``); the report then holds only those parts.
 
 Run it with one thread: the CPU time of a one-thread process is the cost of the computation
 itself, while on a shared machine the wall clock also counts the time the process waits for a
@@ -78,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the phantom grid of the Tweedie slices (smoke tests only)")
     p.add_argument("--train-config", default=str(bpd.REPO / "configs" / "default_prior.json"),
                    help="data preparation when the model's config.json has no train config")
+    p.add_argument("--sample-n", type=int, default=16,
+                   help="(c) slices per unconditional sample batch (the sample command's --n)")
+    p.add_argument("--sample-steps", type=int, default=25,
+                   help="(c) generative steps of the unconditional sampler")
+    p.add_argument("--sample-repeats", type=int, default=2,
+                   help="(c) timed runs per precision (alternating; the fastest counts)")
+    p.add_argument("--parts", nargs="+", choices=("a", "b", "c"), default=["a", "b", "c"],
+                   help="which parts to run")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", default="docs/precision", help="output folder")
     p.add_argument("--overwrite", action="store_true",
@@ -207,6 +223,40 @@ def reconstruct_scan(models: dict[str, Any], subject: int, realisation: int, ord
     return out
 
 
+# ------------------------------------------------------------- (c) unconditional sampling
+def sampling_comparison(models: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Time :func:`~sirf_diffusion.samplers.unconditional.sample` with each precision (part c).
+
+    Each precision runs ``--sample-repeats`` times, the order alternating between repeats
+    (fp32 first in even repeats); the fastest run of each counts (the one least disturbed by
+    other jobs).  Returns the times, the speed-ups and the relative RMS difference between the
+    two precisions' samples from the same seed.
+    """
+    from sirf_diffusion.samplers.unconditional import sample
+
+    h, w = (int(n) for n in models["fp32"].config.image_size)
+    shape = (args.sample_n, 1, h, w)
+    times: dict[str, list[np.ndarray]] = {p: [] for p in PRECISIONS}
+    samples: dict[str, torch.Tensor] = {}
+    for r in range(args.sample_repeats):
+        for p in (PRECISIONS if r % 2 == 0 else tuple(reversed(PRECISIONS))):
+            t0 = _clocks()
+            samples[p] = sample(models[p], shape, args.sample_steps, eta=1.0,
+                                generator=torch.Generator().manual_seed(args.seed))
+            times[p].append(_clocks() - t0)
+    best = {p: np.min(np.stack(times[p]), axis=0) for p in PRECISIONS}
+    diff = (samples["bf16"].double() - samples["fp32"].double()).pow(2).mean().sqrt()
+    ref = samples["fp32"].double().pow(2).mean().sqrt()
+    return {"shape": list(shape), "num_steps": args.sample_steps,
+            "repeats": args.sample_repeats,
+            **{f"{k}_s_{p}": float(best[p][i]) for p in PRECISIONS
+               for i, k in enumerate(("wall", "cpu"))},
+            "all_cpu_s": {p: [float(t[1]) for t in times[p]] for p in PRECISIONS},
+            "cpu_speedup": float(best["fp32"][1] / best["bf16"][1]),
+            "wall_speedup": float(best["fp32"][0] / best["bf16"][0]),
+            "rel_rms_sample_difference": float(diff / ref)}
+
+
 # ----------------------------------------------------------------------------- report
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
@@ -219,10 +269,9 @@ def _speed(c: dict[str, Any], key: str) -> str:
 
 def write_markdown(path: Path, results: dict[str, Any]) -> str:
     """``precision.md``: command, machine, the Tweedie table and the reconstruction table."""
-    tw, rc, s = results["tweedie"], results["reconstruction"], results["settings"]
-    sm = rc["summary"]
+    s = results["settings"]
     lines = [
-        "# bfloat16 against float32: Tweedie estimates and reconstructions", "",
+        "# bfloat16 against float32: Tweedie estimates, reconstructions, sampling", "",
         f"Command: `{results['command']}`", "",
         f"Machine: {results['machine']}; total {results['wall_time_s'] / 60:.1f} min.", "",
         f"Model: `{results['model']}`. Both precisions load the same weights "
@@ -230,6 +279,20 @@ def write_markdown(path: Path, results: dict[str, Any]) -> str:
         "in evaluation). Times: CPU = the process's CPU time (one thread: the cost of the "
         "computation), wall = wall clock (also counts waiting for a core on a shared "
         "machine).", "",
+    ]
+    if "tweedie" in results:
+        lines += _tweedie_lines(results["tweedie"])
+    if "reconstruction" in results:
+        lines += _reconstruction_lines(results["reconstruction"], s)
+    if "sampling" in results:
+        lines += _sampling_lines(results["sampling"])
+    text = "\n".join(lines)
+    path.write_text(text)
+    return text
+
+
+def _tweedie_lines(tw: dict[str, Any]) -> list[str]:
+    return [
         f"## (a) Tweedie estimates, {tw['num_slices']} held-out slices of test subjects "
         f"{tw['subjects']}", "",
         "RMS inside the head support, relative to the RMS of the clean slices "
@@ -249,7 +312,12 @@ def write_markdown(path: Path, results: dict[str, Any]) -> str:
                   f"{r['cpu_speedup']:.2f}x",
                   f"{1e3 * r['seconds_per_slice']['fp32']['wall']:.0f}",
                   f"{1e3 * r['seconds_per_slice']['bf16']['wall']:.0f}"] for r in tw["rows"]]),
-        "",
+        ""]
+
+
+def _reconstruction_lines(rc: dict[str, Any], s: dict[str, Any]) -> list[str]:
+    sm = rc["summary"]
+    return [
         f"## (b) PET-LiSch reconstructions, {s['counts']:g} counts/mm^3", "",
         f"PET-LiSch with {s['lisch_options']} (METHOD_DEFAULTS unless overridden), test-split "
         f"subjects {s['subject_seeds']} x {s['realisations']} noise realisations (the scans and "
@@ -277,11 +345,22 @@ def write_markdown(path: Path, results: dict[str, Any]) -> str:
         f"{sm['network_wall_s_bf16']:.1f} s, {sm['network_wall_speedup']:.2f}x. Whole "
         f"reconstructions: CPU {sm['cpu_s_fp32']:.1f} s vs {sm['cpu_s_bf16']:.1f} s, "
         f"{sm['cpu_speedup']:.2f}x; wall {sm['wall_s_fp32']:.1f} s vs {sm['wall_s_bf16']:.1f} "
-        f"s, {sm['wall_speedup']:.2f}x.", "",
-    ]
-    text = "\n".join(lines)
-    path.write_text(text)
-    return text
+        f"s, {sm['wall_speedup']:.2f}x.", ""]
+
+
+def _sampling_lines(sp: dict[str, Any]) -> list[str]:
+    n, _, h, w = sp["shape"]
+    return [
+        f"## (c) Unconditional sampling, {n} slices of {h} x {w}, {sp['num_steps']} steps", "",
+        "`samplers.unconditional.sample` (the `sample` command's sampler, eta 1), the same "
+        f"seed for both precisions; the fastest of {sp['repeats']} alternating runs each.", "",
+        *_table(["precision", "CPU s", "wall s", "CPU s, every run"],
+                [[p, f"{sp[f'cpu_s_{p}']:.1f}", f"{sp[f'wall_s_{p}']:.1f}",
+                  ", ".join(f"{t:.1f}" for t in sp["all_cpu_s"][p])] for p in PRECISIONS]), "",
+        f"Speed-up of bf16: {sp['cpu_speedup']:.2f}x (CPU), {sp['wall_speedup']:.2f}x (wall). "
+        f"Samples bf16 - fp32: relative RMS {sp['rel_rms_sample_difference']:.3f} (ancestral "
+        "sampling amplifies small differences along the trajectory; a sample is one draw, not "
+        "an estimate).", ""]
 
 
 def summarise(scans: list[dict[str, Any]]) -> dict[str, float]:
@@ -296,7 +375,7 @@ def summarise(scans: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run both parts (module docstring); returns what is written to ``results.json``."""
+    """Run the parts (module docstring); returns what is written to ``results.json``."""
     from sirf_diffusion.data.splits import subject_seeds
     from sirf_diffusion.io.atomic import write_json
     from sirf_diffusion.samplers.defaults import defaults_for
@@ -304,6 +383,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     if args.subjects < 1 or args.realisations < 1:
         raise SystemExit("--subjects and --realisations must be >= 1")
+    if args.sample_n < 1 or args.sample_steps < 1 or args.sample_repeats < 1:
+        raise SystemExit("--sample-n, --sample-steps and --sample-repeats must be >= 1")
     torch.set_num_threads(args.threads)
     progress = not args.no_progress
     t_start = time.perf_counter()
@@ -313,22 +394,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     models = _models(args.model)
 
-    print(f"[precision] (a) Tweedie estimates at sigma {args.sigmas}")
-    tweedie = tweedie_comparison(models, args, progress)
+    parts: dict[str, Any] = {}
+    if "a" in args.parts:
+        print(f"[precision] (a) Tweedie estimates at sigma {args.sigmas}")
+        parts["tweedie"] = tweedie_comparison(models, args, progress)
 
-    d = defaults_for("lisch")
-    options = {k: d[k] for k in ("num_steps", "num_mlem_iterations", "num_samples", "eta",
-                                 "alpha", "max_likelihood_steps")}
-    for key, flag in (("num_steps", args.steps), ("num_mlem_iterations", args.lisch_k),
-                      ("num_samples", args.samples)):
-        if flag is not None:
-            options[key] = flag
+    options: dict[str, Any] = {}
     seeds = subject_seeds("test", args.subjects)
-    scans = []
-    for i, (sub, r) in enumerate((s, r) for s in seeds for r in range(args.realisations)):
-        order = list(PRECISIONS) if i % 2 == 0 else list(reversed(PRECISIONS))
-        print(f"[precision] (b) subject {sub}, realisation {r}: PET-LiSch {' then '.join(order)}")
-        scans.append(reconstruct_scan(models, sub, r, order, args, options))
+    if "b" in args.parts:
+        d = defaults_for("lisch")
+        options = {k: d[k] for k in ("num_steps", "num_mlem_iterations", "num_samples", "eta",
+                                     "alpha", "max_likelihood_steps")}
+        for key, flag in (("num_steps", args.steps), ("num_mlem_iterations", args.lisch_k),
+                          ("num_samples", args.samples)):
+            if flag is not None:
+                options[key] = flag
+        scans = []
+        for i, (sub, r) in enumerate((s, r) for s in seeds for r in range(args.realisations)):
+            order = list(PRECISIONS) if i % 2 == 0 else list(reversed(PRECISIONS))
+            print(f"[precision] (b) subject {sub}, realisation {r}: PET-LiSch "
+                  f"{' then '.join(order)}")
+            scans.append(reconstruct_scan(models, sub, r, order, args, options))
+        parts["reconstruction"] = {"scans": scans, "summary": summarise(scans)}
+    if "c" in args.parts:
+        print(f"[precision] (c) unconditional sampling, {args.sample_n} slices, "
+              f"{args.sample_steps} steps")
+        parts["sampling"] = sampling_comparison(models, args)
     command = ("python benchmarks/bench_precision.py " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))).strip()
     results = {
@@ -337,9 +428,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "settings": {"counts": args.counts, "subject_seeds": seeds,
                      "realisations": args.realisations, "seed": args.seed,
                      "lisch_options": options, "num_views": args.num_views,
-                     "sigmas": args.sigmas, "threads": args.threads},
-        "tweedie": tweedie,
-        "reconstruction": {"scans": scans, "summary": summarise(scans)},
+                     "sigmas": args.sigmas, "threads": args.threads,
+                     "sample_n": args.sample_n, "sample_steps": args.sample_steps},
+        **parts, "parts": list(args.parts),
         "wall_time_s": time.perf_counter() - t_start}
     text = write_markdown(out / "precision.md", results)
     write_json(out / "results.json", results)

@@ -321,8 +321,10 @@ def test_bench_precision_quick(tiny_model: Path, tmp_path: Path) -> None:
     res = mod.main(["--model", str(tiny_model), "--subjects", "1", "--realisations", "1",
                     "--steps", "2", "--samples", "1", "--lisch-k", "2", "--num-views", "84",
                     "--sigmas", "0.5", "--slices-per-subject", "2", "--volume-shape", "6", "112",
-                    "112", "--out", str(out), "--no-progress"])
+                    "112", "--sample-n", "2", "--sample-steps", "2", "--sample-repeats", "2",
+                    "--out", str(out), "--no-progress"])
     md = (out / "precision.md").read_text()
+    assert "## (c) Unconditional sampling, 2 slices" in md
     assert "Command: `python benchmarks/bench_precision.py --model" in md and "CPU cores" in md
     data = json.loads((out / "results.json").read_text())
     assert data == json.loads(json.dumps(res))
@@ -336,6 +338,10 @@ def test_bench_precision_quick(tiny_model: Path, tmp_path: Path) -> None:
         assert scan[p]["cpu_s"] >= scan[p]["network_cpu_s"] > 0
     # an untrained eps-network outputs 0 in any precision: identical images and estimates
     assert scan["nrmse_difference"] == 0.0 and scan["image_rel_rms_difference"] == 0.0
+    sp = data["sampling"]
+    assert sp["shape"][:2] == [2, 1] and all(len(sp["all_cpu_s"][p]) == 2 for p in ("fp32", "bf16"))
+    assert sp["cpu_speedup"] == sp["cpu_s_fp32"] / sp["cpu_s_bf16"] > 0
+    assert 0 <= sp["rel_rms_sample_difference"] < 1  # (0 here: see above)
     (row,) = data["tweedie"]["rows"]
     assert row["sigma"] == 0.5 and row["rel_rms_bf16_vs_fp32"] == 0.0
     assert row["rel_rms_other_draw"] > 0 and data["tweedie"]["num_slices"] == 2
