@@ -160,7 +160,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         out.append(
             f"| {LABELS[r['method']]} | {r['samples']} x {r['steps']} | "
-            f"{r['init_s']:.0f} ({r['init_cpu_s']:.0f}) | {r['step_s']:.0f} ({r['step_cpu_s']:.0f}) | "
+            f"{r['init_s']:.0f} ({r['init_cpu_s']:.0f}) | "
+            f"{r['step_s']:.0f} ({r['step_cpu_s']:.0f}) | "
             f"{r['network_s']:.0f} ({r['network_cpu_s']:.0f}) | "
             f"{r['projection_s']:.0f} ({r['projection_cpu_s']:.0f}) "
             f"({r['projections_per_step']:.0f}) | {r['other_s']:.0f} | "
