@@ -23,6 +23,7 @@ def _restore_threads():
     torch.set_num_threads(n)
 
 
+@pytest.mark.slow
 def test_bench_mmr_sampler_runs_on_the_small_geometry(tmp_path, capsys):
     from sirf_diffusion.diffusion import ScoreModel, ScoreModelConfig, UNetConfig, save_model
 
