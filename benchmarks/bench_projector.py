@@ -13,13 +13,16 @@ ray tracing or matrix build, JIT, first forward + adjoint), forward and adjoint 
 and one OSEM epoch (forward + adjoint of every subset, after the setup; subset matrices are
 built during it for ``matrix``), each as the best wall time and the best process CPU time
 (``time.process_time``, all threads: on a shared machine it is less inflated by the load than
-the wall time; with ``--threads 1`` it is the single-thread cost).  The load average is printed
-with the table.
+the wall time; with ``--threads 1`` it is the single-thread cost).  ``--threads`` takes several
+counts, one row each.  A second table gives every implementation's times over those of the
+``matrix`` row of the same case and thread count.  The load average is printed with the tables.
 
 Examples
 --------
     python benchmarks/bench_projector.py                              # every case, 2 threads
     python benchmarks/bench_projector.py --cases 2d 16rings --implementations matrix numba
+    python benchmarks/bench_projector.py --cases 2d 16rings --implementations matrix numba \
+        --threads 1 2 --repeats 3          # CPU time on one thread and wall time on two
     python benchmarks/bench_projector.py --device cuda --implementations matrix torch
 """
 
@@ -145,6 +148,64 @@ def run_one(case: str, implementation: str, *, num_subsets: int, device: str, dt
             **extra}
 
 
+def _measure(case: str, impl: str, threads: int, env: dict, args) -> dict:
+    """One (case, implementation, threads) row, measured in a worker subprocess."""
+    cmd = [sys.executable, __file__, "--worker", case, impl, "--device", args.device,
+           "--dtype", args.dtype, "--threads", str(threads), "--repeats",
+           str(args.repeats if case != "mmr-span11" else 1), "--rings", str(args.rings),
+           "--subsets-2d", str(args.subsets_2d), "--subsets-3d", str(args.subsets_3d)]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                              timeout=args.timeout)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if lines:
+            result = json.loads(lines[-1][7:])
+        else:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            result = {"note": f"failed: {tail[:120]}"}
+    except subprocess.TimeoutExpired:
+        result = {"note": f"timed out after {args.timeout:g} s"}
+    result["wall [s]"] = f"{time.perf_counter() - t0:.1f}"
+    print(f"done: {case} / {impl} / {threads} threads ({result['wall [s]']} s)",
+          file=sys.stderr, flush=True)
+    return result
+
+
+#: columns of the ratio table: (title, column of the main table)
+RATIOS = (("forward CPU", "forward CPU [s]"), ("adjoint CPU", "adjoint CPU [s]"),
+          ("forward wall", "forward [s]"), ("adjoint wall", "adjoint [s]"))
+
+
+def ratio_rows(rows: list[dict]) -> list[dict]:
+    """Every measured row's times over those of the ``matrix`` row of its case and threads."""
+    base = {(r["case"], r["threads"]): r for r in rows
+            if r["implementation"] == "matrix" and "forward [s]" in r}
+    out = []
+    for r in rows:
+        b = base.get((r["case"], r["threads"]))
+        if b is None or r["implementation"] == "matrix" or "forward [s]" not in r:
+            continue
+        row = {"case": r["case"], "implementation": r["implementation"],
+               "threads": r["threads"]}
+        for title, key in RATIOS:
+            row[f"{title} / matrix"] = f"{float(r[key]) / max(float(b[key]), 1e-9):.2f}"
+        both = [sum(float(x[k]) for k in ("forward CPU [s]", "adjoint CPU [s]")) for x in (r, b)]
+        row["forward + adjoint CPU / matrix"] = f"{both[0] / max(both[1], 1e-9):.2f}"
+        out.append(row)
+    return out
+
+
+def markdown(rows: list[dict]) -> str:
+    """``rows`` as a Markdown table (the union of their keys as columns)."""
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(row.get(k, "")) for k in keys) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def _subsets_for(case: str, args) -> int:
     return args.subsets_2d if case == "2d" else args.subsets_3d
 
@@ -159,7 +220,8 @@ def main(argv: list[str] | None = None) -> None:
                              "full mMR)")
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch, numba, STIR)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[2],
+                        help="CPU threads (torch, numba, STIR); several: one row each")
     parser.add_argument("--repeats", type=int, default=2, help="timing repeats (best is kept)")
     parser.add_argument("--rings", type=int, default=16, help="rings of the 16rings case")
     parser.add_argument("--subsets-2d", type=int, default=21, help="OSEM subsets, 2D case")
@@ -168,9 +230,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker", nargs=2, metavar=("CASE", "IMPLEMENTATION"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if any(n < 1 for n in args.threads):
+        parser.error("--threads must be >= 1")
 
     if args.worker:
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads[0])
         case, impl = args.worker
         row = run_one(case, impl, num_subsets=_subsets_for(case, args), device=args.device,
                       dtype=args.dtype, repeats=args.repeats, rings=args.rings)
@@ -178,51 +242,30 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     load0 = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
-               NUMBA_NUM_THREADS=str(args.threads))
     rows = []
     for case in args.cases:
         sino, image = geometries(case, args.rings)
-        for impl in args.implementations:
-            head = {"case": case, "implementation": impl,
-                    "sinograms x views x bins": "x".join(map(str, sino.shape)),
-                    "image (z,y,x)": "x".join(map(str, image.shape))}
-            if (case, impl) in DEFAULT_SKIP and not args.all:
-                rows.append({**head, "note": "skipped (--all runs it)"})
-                continue
-            if impl == "stir" and args.device != "cpu":
-                continue
-            cmd = [sys.executable, __file__, "--worker", case, impl, "--device", args.device,
-                   "--dtype", args.dtype, "--threads", str(args.threads), "--repeats",
-                   str(args.repeats if case != "mmr-span11" else 1), "--rings", str(args.rings),
-                   "--subsets-2d", str(args.subsets_2d), "--subsets-3d", str(args.subsets_3d)]
-            t0 = time.perf_counter()
-            try:
-                proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
-                                      timeout=args.timeout)
-                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-                if lines:
-                    result = json.loads(lines[-1][7:])
-                else:
-                    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-                    result = {"note": f"failed: {tail[:120]}"}
-            except subprocess.TimeoutExpired:
-                result = {"note": f"timed out after {args.timeout:g} s"}
-            result["wall [s]"] = f"{time.perf_counter() - t0:.1f}"
-            rows.append({**head, **result})
-            print(f"done: {case} / {impl} ({result.get('wall [s]')} s)", file=sys.stderr,
-                  flush=True)
-    keys: list[str] = []
-    for row in rows:
-        keys += [k for k in row if k not in keys]
+        for threads in args.threads:
+            env = dict(os.environ, OMP_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads))
+            for impl in args.implementations:
+                head = {"case": case, "implementation": impl, "threads": threads,
+                        "sinograms x views x bins": "x".join(map(str, sino.shape)),
+                        "image (z,y,x)": "x".join(map(str, image.shape))}
+                if (case, impl) in DEFAULT_SKIP and not args.all:
+                    rows.append({**head, "note": "skipped (--all runs it)"})
+                    continue
+                if impl == "stir" and args.device != "cpu":
+                    continue
+                rows.append({**head, **_measure(case, impl, threads, env, args)})
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    print(f"device: {args.device}, dtype: {args.dtype}, threads: {args.threads}, "
-          f"torch {torch.__version__}, load average at the start: {load0[0]:.1f}, at the end: "
-          f"{load[0]:.1f} (1 min), {load[2]:.1f} (15 min)\n")
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
-    for row in rows:
-        print("| " + " | ".join(str(row.get(k, "")) for k in keys) + " |")
+    print(f"device: {args.device}, dtype: {args.dtype}, threads: "
+          f"{' '.join(map(str, args.threads))}, torch {torch.__version__}, load average at the "
+          f"start: {load0[0]:.1f}, at the end: {load[0]:.1f} (1 min), {load[2]:.1f} (15 min)\n")
+    print(markdown(rows))
+    ratios = ratio_rows(rows)
+    if ratios:
+        print("\nTimes over the matrix's (same case and threads; best of the repeats):\n")
+        print(markdown(ratios))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,10 @@ of the group is described by
   whole SIMD blocks (:func:`axpy_block`; the spare slots read planes that exist and are never
   written out; in the adjoint they hold zeros and add nothing).
 
+A view's bins keep their buffers side by side (``[T, aoffs[S]]``), so that the sinogram rows
+``out[sinogram, view, :]`` (forward) and ``y[sinogram, view, :]`` (adjoint) are written and read
+contiguously, once per view.
+
 An element's axial interval ``[umin, umax]`` nearly always meets one or two planes
 (:func:`element`); the rare element that meets more falls back to the loop of :func:`weights`.
 Ranges are stepped by hand (a stepped ``range`` divides).
@@ -128,14 +132,14 @@ def axpy(dst, d0, w, src, s0, count):
 
 
 @numba.njit(inline="always", cache=True)
-def add(adjoint, s, q, w, buf, row, lut, qmins, aoffs):
-    """Weight ``w`` of plane offset ``q`` of segment ``s``: ``buf[slots of s] += w row[...]``
-    (forward) or its transpose ``row[...] += w buf[slots of s]`` (adjoint)."""
-    i = lut[s, q - qmins[s]]
+def add(adjoint, ao, count, i, w, buf, row):
+    """Weight ``w`` of the plane at ``i`` of ``row`` for the segment whose slots are
+    ``buf[ao:ao + count]``: ``buf[slots] += w row[i:i + count]`` (forward) or its transpose
+    ``row[i:i + count] += w buf[slots]`` (adjoint)."""
     if adjoint:
-        axpy(row, i, w, buf, aoffs[s], aoffs[s + 1] - aoffs[s])
+        axpy(row, i, w, buf, ao, count)
     else:
-        axpy(buf, aoffs[s], w, row, i, aoffs[s + 1] - aoffs[s])
+        axpy(buf, ao, w, row, i, count)
 
 
 @numba.njit(inline="always", cache=True)
@@ -146,10 +150,17 @@ def serve(adjoint, s, t, e0, e1, cols, vals, tau0, tau1, buf, rows, rt, ct, f0s,
     ``q``; ``-1``: none), so that the weights are computed once for both.
 
     Forward: ``buf`` is the bin's buffer of axial positions and ``rows`` the plane sums; adjoint:
-    ``buf`` holds the bin's values and ``rows`` is the accumulator.
+    ``buf`` holds the bin's values and ``rows`` is the accumulator.  The segments' tables are
+    read once, before the loop over the elements (the compiler cannot keep them in registers
+    across the stores into ``buf`` or ``rows`` otherwise).
     """
     s2 = mirror[s]
     r, c, f0 = rt[s, t], ct[s, t], f0s[s]
+    ao, n1, lut1, qm1 = aoffs[s], aoffs[s + 1] - aoffs[s], lut[s], qmins[s]
+    pair = s2 >= 0
+    t2 = s2 if pair else s
+    ao2, n2, lut2, qm2 = aoffs[t2], aoffs[t2 + 1] - aoffs[t2], lut[t2], qmins[t2]
+    rf = refl[s] - qm2                      # the mirror's offset q' = refl - q at lut2[rf - q]
     for e in range(e0, e1):
         row = rows[cols[e]]
         scale = vals[e] * c
@@ -157,18 +168,18 @@ def serve(adjoint, s, t, e0, e1, cols, vals, tau0, tau1, buf, rows, rt, ct, f0s,
         q, w0, w1, many = element(u0, u1, scale)
         if many:
             for j in range(weights(u0, u1, scale, qs, ws)):
-                add(adjoint, s, qs[j], ws[j], buf, row, lut, qmins, aoffs)
-                if s2 >= 0:
-                    add(adjoint, s2, refl[s] - qs[j], ws[j], buf, row, lut, qmins, aoffs)
+                add(adjoint, ao, n1, lut1[qs[j] - qm1], ws[j], buf, row)
+                if pair:
+                    add(adjoint, ao2, n2, lut2[rf - qs[j]], ws[j], buf, row)
             continue
         if w0 != 0:
-            add(adjoint, s, q, w0, buf, row, lut, qmins, aoffs)
-            if s2 >= 0:
-                add(adjoint, s2, refl[s] - q, w0, buf, row, lut, qmins, aoffs)
+            add(adjoint, ao, n1, lut1[q - qm1], w0, buf, row)
+            if pair:
+                add(adjoint, ao2, n2, lut2[rf - q], w0, buf, row)
         if w1 != 0:
-            add(adjoint, s, q + 1, w1, buf, row, lut, qmins, aoffs)
-            if s2 >= 0:
-                add(adjoint, s2, refl[s] - q - 1, w1, buf, row, lut, qmins, aoffs)
+            add(adjoint, ao, n1, lut1[q + 1 - qm1], w1, buf, row)
+            if pair:
+                add(adjoint, ao2, n2, lut2[rf - q - 1], w1, buf, row)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -177,20 +188,26 @@ def forward(bin_ptr, views, cols, vals, tau0, tau1, T, rt, ct, f0s, mirror, refl
     S = len(f0s)
     for p in numba.prange(len(views)):
         v = views[p]
-        acc = np.zeros(aoffs[S], planes.dtype)
+        # the view's bins, each with its buffer of axial positions (written out per sinogram
+        # row at the end: rows of ``out`` are contiguous in ``t``, a bin's sinograms are not)
+        vbuf = np.zeros((T, aoffs[S]), planes.dtype)
         qs = np.empty(kmax, np.int64)
         ws = np.empty(kmax)
         for t in range(T):
-            acc[:] = 0
+            e0, e1 = bin_ptr[v * T + t], bin_ptr[v * T + t + 1]
+            if e0 == e1:
+                continue
+            acc = vbuf[t]
             for s in range(S):
                 if not 0 <= mirror[s] < s:          # else served with its mirror
-                    serve(False, s, t, bin_ptr[v * T + t], bin_ptr[v * T + t + 1], cols, vals,
-                          tau0, tau1, acc, planes, rt, ct, f0s, mirror, refl, qmins, lut, aoffs,
-                          qs, ws)
-            for s in range(S):
-                ao = aoffs[s]
-                for a in range(nas[s]):
-                    out[offs[s] + a, p, t] = acc[ao + a]
+                    serve(False, s, t, e0, e1, cols, vals, tau0, tau1, acc, planes, rt, ct,
+                          f0s, mirror, refl, qmins, lut, aoffs, qs, ws)
+        for s in range(S):
+            for a in range(nas[s]):
+                row = out[offs[s] + a, p]
+                k = aoffs[s] + a
+                for t in range(T):
+                    row[t] = vbuf[t, k]
 
 
 @numba.njit(parallel=True, cache=True)
@@ -199,20 +216,24 @@ def adjoint(bin_ptr, views, cols, vals, tau0, tau1, T, rt, ct, f0s, mirror, refl
     S = len(f0s)
     groups = acc.shape[0]
     for g in numba.prange(groups):
-        ybuf = np.zeros(aoffs[S], acc.dtype)
+        # the view's bins, each with its values of the axial positions (read per sinogram row;
+        # the spare slots stay zero)
+        vbuf = np.zeros((T, aoffs[S]), acc.dtype)
         qs = np.empty(kmax, np.int64)
         ws = np.empty(kmax)
         for p in range(g, len(views), groups):
             v = views[p]
+            for s in range(S):
+                for a in range(nas[s]):
+                    row = y[offs[s] + a, p]
+                    k = aoffs[s] + a
+                    for t in range(T):
+                        vbuf[t, k] = row[t]
             for t in range(T):
                 e0, e1 = bin_ptr[v * T + t], bin_ptr[v * T + t + 1]
                 if e0 == e1:
                     continue
                 for s in range(S):
-                    ao = aoffs[s]
-                    for a in range(nas[s]):
-                        ybuf[ao + a] = y[offs[s] + a, p, t]
-                for s in range(S):
                     if not 0 <= mirror[s] < s:
-                        serve(True, s, t, e0, e1, cols, vals, tau0, tau1, ybuf, acc[g], rt, ct,
-                              f0s, mirror, refl, qmins, lut, aoffs, qs, ws)
+                        serve(True, s, t, e0, e1, cols, vals, tau0, tau1, vbuf[t], acc[g], rt,
+                              ct, f0s, mirror, refl, qmins, lut, aoffs, qs, ws)

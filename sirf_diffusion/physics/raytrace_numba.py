@@ -15,8 +15,9 @@ The transaxial path of a 3D line of response is its 2D one (a cylindrical scanne
 over the elements serves every oblique segment: per bin ``(view, t)``, the kernels loop over
 the segments and, for each, over the bin's elements (cached in L1 after the first segment),
 accumulating the bin's axial positions of all segments in one buffer in the input's dtype
-(written once per bin).  Segments ``+d`` and ``-d`` share their weights by reflection
-(:func:`_mirrors`), and the axial positions are applied in SIMD blocks
+(a view's buffers are written into the sinogram rows at the end of the view).  Segments
+``+d`` and ``-d`` share their weights by reflection (:func:`_mirrors`), and the axial
+positions are applied in SIMD blocks
 (:mod:`._raytrace_kernels`).  The forward pass is parallel over views; the adjoint is the
 transpose of the very same loop, parallel over groups of views with one private accumulator
 ``[voxel, plane]`` per group, summed at the end.  Nothing of size ``bins x voxels`` is stored.
