@@ -406,14 +406,36 @@ def _gauss_kernel(sigma: float, dtype, device) -> torch.Tensor:
     return k / k.sum()
 
 
+#: Elements per block of :func:`scatter_like`'s blurs: sinogram elements, and the unfolded
+#: columns of a convolution (:func:`_conv_rows`); 8 M, 64 MiB in float64.
+_BLOCK_ELEMENTS = 1 << 23
+
+
+def _conv_rows(rows: torch.Tensor, k: torch.Tensor, padding: int) -> torch.Tensor:
+    """``conv1d`` of every row of ``rows [N, 1, L]`` with the kernel ``k``, in blocks of rows.
+
+    PyTorch's CPU convolution of float64 (and of other types without a oneDNN kernel) unfolds
+    its input into ``N x L x len(k)`` columns, which for a whole clinical sinogram would be
+    tens of GiB; blocks of at most :data:`_BLOCK_ELEMENTS` unfolded elements bound that, and
+    give the same rows.
+    """
+    n, _, length = rows.shape
+    width = length + 2 * padding
+    step = max(1, _BLOCK_ELEMENTS // (width * k.numel()))
+    out = rows.new_empty((n, 1, width - k.numel() + 1))
+    for i in range(0, n, step):
+        out[i:i + step] = torch.nn.functional.conv1d(rows[i:i + step], k.view(1, 1, -1),
+                                                     padding=padding)
+    return out
+
+
 def _smooth_last(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian smoothing along the last axis with zero padding (``sigma`` in samples)."""
     if sigma <= 0:
         return x
     k = _gauss_kernel(sigma, x.dtype, x.device)
     shape = x.shape
-    y = torch.nn.functional.conv1d(x.reshape(-1, 1, shape[-1]), k.view(1, 1, -1),
-                                   padding=k.numel() // 2)
+    y = _conv_rows(x.reshape(-1, 1, shape[-1]), k, k.numel() // 2)
     return y[..., : shape[-1]].reshape(shape)
 
 
@@ -434,7 +456,7 @@ def _smooth_views(x: torch.Tensor, sigma: float) -> torch.Tensor:
     after = x[:, :p, :][:, :, mirror]
     padded = torch.cat([before, x, after], dim=1)          # [S, V + 2p, T]
     rows = padded.permute(0, 2, 1).reshape(-1, 1, V + 2 * p)
-    y = torch.nn.functional.conv1d(rows, k.view(1, 1, -1))
+    y = _conv_rows(rows, k, 0)
     return y.reshape(S, T, V).permute(0, 2, 1).contiguous()
 
 
@@ -467,20 +489,26 @@ def scatter_like(trues: torch.Tensor, geometry: SinogramGeometry, *, scatter_fra
     sc = geometry.scanner
     t_step = (float(geometry.tangential_sampling_mm) if geometry.arc_corrected
               else sc.effective_ring_radius_mm * math.pi / sc.num_detectors_per_ring)
-    y = _smooth_last(trues, tangential_sigma_mm / t_step)
-    y = _smooth_views(y, math.radians(view_sigma_deg) / (math.pi / geometry.num_views))
-    parts = []
+    # Blocks of about _BLOCK_ELEMENTS keep the temporaries of the convolutions (padding, the
+    # transposed copies) small next to the sinogram: every blur acts along one axis, so blocks
+    # across the other axes give the same numbers as one pass over the whole sinogram.
+    S, V, T = trues.shape
+    out = torch.empty_like(trues)
+    rows = max(1, _BLOCK_ELEMENTS // (V * T))
+    for s0 in range(0, S, rows):
+        y = _smooth_last(trues[s0:s0 + rows], tangential_sigma_mm / t_step)
+        out[s0:s0 + rows] = _smooth_views(y, math.radians(view_sigma_deg)
+                                          / (math.pi / geometry.num_views))
     for seg in geometry.segments:
-        off = geometry.sinogram_offset(seg.number)
-        block = y[off:off + seg.num_axial_positions]                 # [A, V, T]
+        off, n_ax = geometry.sinogram_offset(seg.number), seg.num_axial_positions
         sig = axial_sigma_mm / seg.axial_sampling_mm
-        if seg.num_axial_positions > 1 and sig > 0:
-            b = block.permute(1, 2, 0)
-            # normalised convolution keeps the edges of the axial range unbiased
-            norm = _smooth_last(torch.ones_like(b[:1, :1]), sig)
-            block = (_smooth_last(b, sig) / norm).permute(2, 0, 1)
-        parts.append((off, block))
-    out = torch.empty_like(y)
-    for off, block in parts:
-        out[off:off + block.shape[0]] = block
-    return out * (scatter_fraction / (1 - scatter_fraction) * total / out.sum())
+        if n_ax <= 1 or sig <= 0:
+            continue
+        block = out[off:off + n_ax]                                  # [A, V, T], a view
+        # normalised convolution keeps the edges of the axial range unbiased
+        norm = _smooth_last(torch.ones(1, 1, n_ax, dtype=out.dtype, device=out.device), sig)
+        views = max(1, _BLOCK_ELEMENTS // (n_ax * T))
+        for v0 in range(0, V, views):
+            b = block[:, v0:v0 + views].permute(1, 2, 0)             # [v, T, A]
+            block[:, v0:v0 + views] = (_smooth_last(b, sig) / norm).permute(2, 0, 1)
+    return out.mul_(scatter_fraction / (1 - scatter_fraction) * total / out.sum())
