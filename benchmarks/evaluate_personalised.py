@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", default=None,
                    help="pairs / ants stages: .npz of (target, subject) T1 and GM images")
     p.add_argument("--subjects", type=int, default=2, help="held-out test subjects")
+    p.add_argument("--subject-seeds", type=int, nargs="+", default=None,
+                   help="these test-split seeds instead of the first --subjects (e.g. 10: "
+                        "run one subject's stage while another process runs another's)")
     p.add_argument("--reg-subjects", type=int, default=8,
                    help="training subjects per target in the registration table")
     p.add_argument("--variants", nargs="+", default=["demons"],
@@ -107,6 +110,20 @@ def _target(seed: int) -> Any:
     return brain_phantom(seed, dims=2, shape=(1, 128, 128), voxel_size_mm=vox)
 
 
+def _test_subjects(args: argparse.Namespace) -> list[int]:
+    """``--subject-seeds`` (each checked to be a test-split seed) or the first ``--subjects``
+    test-split seeds."""
+    from sirf_diffusion.data.splits import check_split, subject_seeds
+
+    if args.subject_seeds is None:
+        return subject_seeds("test", args.subjects)
+    try:
+        check_split(args.subject_seeds, "test")
+    except ValueError as e:
+        raise SystemExit(f"--subject-seeds: {e}") from None
+    return list(args.subject_seeds)
+
+
 def _variant(name: str, default_n: int) -> tuple[str, int]:
     if name == "affine":
         return "affine", default_n
@@ -142,7 +159,7 @@ def stage_registration(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from sirf_diffusion.data.splits import subject_seeds
 
     rows: dict[str, list[dict[str, float]]] = {k: [] for k in KINDS}
-    for t in subject_seeds("test", args.subjects):
+    for t in _test_subjects(args):
         tgt = _target(t)
         vox = tgt.geometry.voxel_size_mm
         for s in subject_seeds("train", args.reg_subjects):
@@ -165,11 +182,10 @@ def stage_registration(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
 
 def stage_personalise(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    from sirf_diffusion.data.splits import subject_seeds
     from sirf_diffusion.diffusion.personalise import PersonaliseConfig, personalise_prior
 
     record = _finished(args.models)
-    for t in subject_seeds("test", args.subjects):
+    for t in _test_subjects(args):
         tgt = _target(t)
         for name in args.variants:
             kind, n = _variant(name, args.num_subjects)
@@ -210,7 +226,6 @@ def stage_reconstruct(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from evaluate_methods import scan_seeds
 
     from sirf_diffusion.data.simulate import SimulationConfig, simulate_scan
-    from sirf_diffusion.data.splits import subject_seeds
     from sirf_diffusion.diffusion import load_slice_prior
     from sirf_diffusion.likelihood import PoissonLogLikelihood
     from sirf_diffusion.metrics import image_metrics
@@ -221,7 +236,7 @@ def stage_reconstruct(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     results = _load(out / "reconstructions.json")
     images: dict[str, np.ndarray] = {}
     priors = {"generic": load_slice_prior(None, "xy")}
-    for t in subject_seeds("test", args.subjects):
+    for t in _test_subjects(args):
         done = _finished(args.models)
         variants = [v for v in args.variants
                     if done.get(f"{t}/{v}", {}).get("config", {}).get("steps")
@@ -302,7 +317,7 @@ def stage_pairs(args: argparse.Namespace, out: Path) -> Path:
     from sirf_diffusion.data.splits import subject_seeds
 
     arrays: dict[str, np.ndarray] = {}
-    for t in subject_seeds("test", args.subjects):
+    for t in _test_subjects(args):
         tgt = _target(t)
         arrays[f"t{t}_t1"], arrays[f"t{t}_gm"] = tgt.t1[0], tgt.masks["gm"][0]
         for s in subject_seeds("train", args.reg_subjects):
@@ -447,10 +462,9 @@ def _figure(args: argparse.Namespace, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sirf_diffusion.data.splits import subject_seeds
 
     rec = _load(out / "reconstructions.json")
-    files = [out / f"images_subject{t}.npz" for t in subject_seeds("test", args.subjects)]
+    files = [out / f"images_subject{t}.npz" for t in _test_subjects(args)]
     files = [f for f in files if f.is_file()]
     if not files:
         return
