@@ -142,6 +142,12 @@ def _finished(models: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _records(args: argparse.Namespace, out: Path) -> dict[str, dict[str, Any]]:
+    """The personalisation records of ``out/personalise.json`` (earlier runs, whose models may
+    be gone) updated by the finished ones in ``--models``."""
+    return _load(out / "personalise.json") | _finished(args.models)
+
+
 def _load(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -201,8 +207,9 @@ def stage_personalise(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                                     target_gm=tgt.masks["gm"], target_name=f"test subject {t}",
                                     resume=folder.is_dir(), progress=False)
             record = _finished(args.models)
-            _save(out / "personalise.json", record)
+            _save(out / "personalise.json", _records(args, out))
             print(f"personalised subject {t} ({name}): {res.record['timings_s']}", flush=True)
+    _save(out / "personalise.json", _records(args, out))
     return record
 
 
@@ -382,7 +389,7 @@ def _pm(values: list[float], scale: float = 1.0) -> str:
 
 def stage_report(args: argparse.Namespace, out: Path, command: str, wall: float) -> Path:
     reg = _load(out / "registration.json")
-    pers = _finished(args.models)
+    pers = _records(args, out)
     rec = _load(out / "reconstructions.json")
     lines = ["# Personalised priors: results", "",
              f"Command: `{command}`", "",
@@ -446,6 +453,7 @@ def stage_report(args: argparse.Namespace, out: Path, command: str, wall: float)
                               "(subject/realisation): "
                               + ", ".join(f"{k} {g:+.4f}" for k, g in gains.items())
                               + f"; mean {np.mean(list(gains.values())):+.4f}."]
+        lines += [""] + _ablation_lines(rec, pers)
         lines.append("")
         _figure(args, out)
     _pseudo_figure(args, out)
@@ -454,6 +462,34 @@ def stage_report(args: argparse.Namespace, out: Path, command: str, wall: float)
 
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def _ablation_lines(rec: dict[str, Any], pers: dict[str, Any]) -> list[str]:
+    """Per test subject, PET-DDS / PET-LiSch with the generic and each personalised prior (mean
+    over that subject's realisations) and the gain, so priors measured on different subjects
+    are compared on the same scans."""
+    lines = ["## Ablation: registration and number of training subjects", "",
+             "Mean over each subject's realisations; gain = generic minus personalised NRMSE.",
+             "", "| sampler | subject | prior | training subjects | registration | mean GM Dice "
+             "| NRMSE generic | NRMSE personalised | gain | SSIM personalised |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    subjects = sorted({k.split("/")[0] for k in rec}, key=int)
+    for sampler in ("dds", "lisch"):
+        for t in subjects:
+            scans = [runs for k, runs in rec.items() if k.split("/")[0] == t
+                     and "generic" in runs.get(sampler, {})]
+            variants = sorted({v for runs in scans for v in runs[sampler]} - {"generic"})
+            for v in variants:
+                both = [runs[sampler] for runs in scans if v in runs[sampler]]
+                gen = np.mean([r["generic"]["nrmse"] for r in both])
+                per = np.mean([r[v]["nrmse"] for r in both])
+                reg = pers.get(f"{t}/{v}", {}).get("registration", {})
+                lines.append(
+                    f"| {sampler} | {t} ({len(both)} scans) | {v} | "
+                    f"{reg.get('num_subjects', '-')} | {reg.get('kind', '-')} | "
+                    f"{reg.get('mean_gm_dice', float('nan')):.3f} | {gen:.4f} | {per:.4f} | "
+                    f"{gen - per:+.4f} | {np.mean([r[v]['ssim'] for r in both]):.3f} |")
+    return lines
 
 
 def _figure(args: argparse.Namespace, out: Path) -> None:
