@@ -314,3 +314,33 @@ def test_cli_personalise_interrupted_after_a_checkpoint_resumes(small_case, tiny
     assert record["resumed_at_step"] == 2
     assert record["timings_s"]["fine_tune"] >= round(earlier, 2)  # the interrupted call's steps
     assert record["timings_s"]["phantoms_and_registration"] > 0  # kept from the first call
+
+
+# ------------------------------------------------------------------------------ benchmark
+def test_benchmark_ablation_table_compares_on_the_same_scans():
+    """benchmarks/evaluate_personalised.py: a prior measured on one realisation only is compared
+    with the generic prior on that realisation, not on all of the subject's scans."""
+    from conftest import load_script
+
+    bench = load_script(Path(__file__).resolve().parents[1] / "benchmarks"
+                        / "evaluate_personalised.py")
+
+    def r(nrmse):
+        return {"nrmse": nrmse, "ssim": 0.5}
+
+    rec = {"0/0": {"dds": {"generic": r(0.30), "demons": r(0.20), "demons4": r(0.25)}},
+           "0/1": {"dds": {"generic": r(0.40), "demons": r(0.30)}},
+           "10/0": {"dds": {"generic": r(0.50), "affine": r(0.45)}}}
+    pers = {"0/demons4": {"registration": {"num_subjects": 4, "kind": "demons",
+                                           "mean_gm_dice": 0.9}}}
+    rows = [line.split(" | ") for line in bench._ablation_lines(rec, pers)
+            if line.startswith("| dds")]
+    got = {(row[1], row[2]): (row[6], row[7], row[8]) for row in rows}
+    assert got == {("0 (2 scans)", "demons"): ("0.3500", "0.2500", "+0.1000"),
+                   ("0 (1 scans)", "demons4"): ("0.3000", "0.2500", "+0.0500"),
+                   ("10 (1 scans)", "affine"): ("0.5000", "0.4500", "+0.0500")}
+    assert rows[1][3:6] == ["4", "demons", "0.900"]
+    args = bench.build_parser().parse_args(["--subject-seeds", "10"])
+    assert bench._test_subjects(args) == [10]
+    with pytest.raises(SystemExit, match="--subject-seeds"):
+        bench._test_subjects(bench.build_parser().parse_args(["--subject-seeds", "3"]))
