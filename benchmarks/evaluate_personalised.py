@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", default=None,
                    help="pairs / ants stages: .npz of (target, subject) T1 and GM images")
     p.add_argument("--subjects", type=int, default=2, help="held-out test subjects")
+    p.add_argument("--subject-seeds", type=int, nargs="+", default=None,
+                   help="these test-split seeds instead of the first --subjects (e.g. 10: "
+                        "run one subject's stage while another process runs another's)")
     p.add_argument("--reg-subjects", type=int, default=8,
                    help="training subjects per target in the registration table")
     p.add_argument("--variants", nargs="+", default=["demons"],
@@ -107,6 +110,20 @@ def _target(seed: int) -> Any:
     return brain_phantom(seed, dims=2, shape=(1, 128, 128), voxel_size_mm=vox)
 
 
+def _test_subjects(args: argparse.Namespace) -> list[int]:
+    """``--subject-seeds`` (each checked to be a test-split seed) or the first ``--subjects``
+    test-split seeds."""
+    from sirf_diffusion.data.splits import check_split, subject_seeds
+
+    if args.subject_seeds is None:
+        return subject_seeds("test", args.subjects)
+    try:
+        check_split(args.subject_seeds, "test")
+    except ValueError as e:
+        raise SystemExit(f"--subject-seeds: {e}") from None
+    return list(args.subject_seeds)
+
+
 def _variant(name: str, default_n: int) -> tuple[str, int]:
     if name == "affine":
         return "affine", default_n
@@ -123,6 +140,12 @@ def _finished(models: str) -> dict[str, dict[str, Any]]:
         subject, variant = f.parent.name[len("subject"):].split("_", 1)
         out[f"{subject}/{variant}"] = json.loads(f.read_text())
     return out
+
+
+def _records(args: argparse.Namespace, out: Path) -> dict[str, dict[str, Any]]:
+    """The personalisation records of ``out/personalise.json`` (earlier runs, whose models may
+    be gone) updated by the finished ones in ``--models``."""
+    return _load(out / "personalise.json") | _finished(args.models)
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -142,7 +165,7 @@ def stage_registration(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from sirf_diffusion.data.splits import subject_seeds
 
     rows: dict[str, list[dict[str, float]]] = {k: [] for k in KINDS}
-    for t in subject_seeds("test", args.subjects):
+    for t in _test_subjects(args):
         tgt = _target(t)
         vox = tgt.geometry.voxel_size_mm
         for s in subject_seeds("train", args.reg_subjects):
@@ -165,11 +188,10 @@ def stage_registration(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
 
 def stage_personalise(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    from sirf_diffusion.data.splits import subject_seeds
     from sirf_diffusion.diffusion.personalise import PersonaliseConfig, personalise_prior
 
     record = _finished(args.models)
-    for t in subject_seeds("test", args.subjects):
+    for t in _test_subjects(args):
         tgt = _target(t)
         for name in args.variants:
             kind, n = _variant(name, args.num_subjects)
@@ -185,8 +207,9 @@ def stage_personalise(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                                     target_gm=tgt.masks["gm"], target_name=f"test subject {t}",
                                     resume=folder.is_dir(), progress=False)
             record = _finished(args.models)
-            _save(out / "personalise.json", record)
+            _save(out / "personalise.json", _records(args, out))
             print(f"personalised subject {t} ({name}): {res.record['timings_s']}", flush=True)
+    _save(out / "personalise.json", _records(args, out))
     return record
 
 
@@ -210,7 +233,6 @@ def stage_reconstruct(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from evaluate_methods import scan_seeds
 
     from sirf_diffusion.data.simulate import SimulationConfig, simulate_scan
-    from sirf_diffusion.data.splits import subject_seeds
     from sirf_diffusion.diffusion import load_slice_prior
     from sirf_diffusion.likelihood import PoissonLogLikelihood
     from sirf_diffusion.metrics import image_metrics
@@ -221,7 +243,7 @@ def stage_reconstruct(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     results = _load(out / "reconstructions.json")
     images: dict[str, np.ndarray] = {}
     priors = {"generic": load_slice_prior(None, "xy")}
-    for t in subject_seeds("test", args.subjects):
+    for t in _test_subjects(args):
         done = _finished(args.models)
         variants = [v for v in args.variants
                     if done.get(f"{t}/{v}", {}).get("config", {}).get("steps")
@@ -302,7 +324,7 @@ def stage_pairs(args: argparse.Namespace, out: Path) -> Path:
     from sirf_diffusion.data.splits import subject_seeds
 
     arrays: dict[str, np.ndarray] = {}
-    for t in subject_seeds("test", args.subjects):
+    for t in _test_subjects(args):
         tgt = _target(t)
         arrays[f"t{t}_t1"], arrays[f"t{t}_gm"] = tgt.t1[0], tgt.masks["gm"][0]
         for s in subject_seeds("train", args.reg_subjects):
@@ -367,7 +389,7 @@ def _pm(values: list[float], scale: float = 1.0) -> str:
 
 def stage_report(args: argparse.Namespace, out: Path, command: str, wall: float) -> Path:
     reg = _load(out / "registration.json")
-    pers = _finished(args.models)
+    pers = _records(args, out)
     rec = _load(out / "reconstructions.json")
     lines = ["# Personalised priors: results", "",
              f"Command: `{command}`", "",
@@ -431,6 +453,7 @@ def stage_report(args: argparse.Namespace, out: Path, command: str, wall: float)
                               "(subject/realisation): "
                               + ", ".join(f"{k} {g:+.4f}" for k, g in gains.items())
                               + f"; mean {np.mean(list(gains.values())):+.4f}."]
+        lines += [""] + _ablation_lines(rec, pers)
         lines.append("")
         _figure(args, out)
     _pseudo_figure(args, out)
@@ -441,16 +464,43 @@ def stage_report(args: argparse.Namespace, out: Path, command: str, wall: float)
     return path
 
 
+def _ablation_lines(rec: dict[str, Any], pers: dict[str, Any]) -> list[str]:
+    """Per test subject, PET-DDS / PET-LiSch with the generic and each personalised prior (mean
+    over that subject's realisations) and the gain, so priors measured on different subjects
+    are compared on the same scans."""
+    lines = ["## Ablation: registration and number of training subjects", "",
+             "Mean over each subject's realisations; gain = generic minus personalised NRMSE.",
+             "", "| sampler | subject | prior | training subjects | registration | mean GM Dice "
+             "| NRMSE generic | NRMSE personalised | gain | SSIM personalised |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    subjects = sorted({k.split("/")[0] for k in rec}, key=int)
+    for sampler in ("dds", "lisch"):
+        for t in subjects:
+            scans = [runs for k, runs in rec.items() if k.split("/")[0] == t
+                     and "generic" in runs.get(sampler, {})]
+            variants = sorted({v for runs in scans for v in runs[sampler]} - {"generic"})
+            for v in variants:
+                both = [runs[sampler] for runs in scans if v in runs[sampler]]
+                gen = np.mean([r["generic"]["nrmse"] for r in both])
+                per = np.mean([r[v]["nrmse"] for r in both])
+                reg = pers.get(f"{t}/{v}", {}).get("registration", {})
+                lines.append(
+                    f"| {sampler} | {t} ({len(both)} scans) | {v} | "
+                    f"{reg.get('num_subjects', '-')} | {reg.get('kind', '-')} | "
+                    f"{reg.get('mean_gm_dice', float('nan')):.3f} | {gen:.4f} | {per:.4f} | "
+                    f"{gen - per:+.4f} | {np.mean([r[v]['ssim'] for r in both]):.3f} |")
+    return lines
+
+
 def _figure(args: argparse.Namespace, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sirf_diffusion.data.splits import subject_seeds
 
     rec = _load(out / "reconstructions.json")
-    files = [out / f"images_subject{t}.npz" for t in subject_seeds("test", args.subjects)]
+    files = [out / f"images_subject{t}.npz" for t in _test_subjects(args)]
     files = [f for f in files if f.is_file()]
     if not files:
         return

@@ -164,6 +164,39 @@ def test_personalisation_resumes_and_refuses_a_non_empty_folder(target, tiny_bas
     assert "phantoms_and_registration" in res.record["timings_s"]  # kept from the first call
 
 
+def test_resume_refuses_settings_that_made_another_pseudo_pet_set(target, tiny_base, tmp_path):
+    from sirf_diffusion.diffusion.personalise import personalise_prior
+
+    out = tmp_path / "p"
+    kw = dict(base_prior=tiny_base, progress=False, resume=True)
+    personalise_prior(target.t1, target.geometry, out, tracer="fdg", config=_config(steps=2),
+                      base_prior=tiny_base, progress=False)
+    record = (out / "personalise.json").read_text()
+    for changes, tracer, match in [
+            ({"num_subjects": 3}, "fdg", r"num_subjects \(--subjects\): 2 -> 3"),
+            ({"registration": "none"}, "fdg", "--registration"),
+            ({"num_pseudo": 4}, "fdg", "--pseudo"),
+            ({"seed": 1}, "fdg", "--seed"),
+            ({}, "amyloid", "--tracer"),
+            ({"steps": 1}, "fdg", r"--steps.*already made 2")]:
+        with pytest.raises(ValueError, match=match):
+            personalise_prior(target.t1, target.geometry, out, tracer=tracer,
+                              config=_config(**({"steps": 2} | changes)), **kw)
+    assert (out / "personalise.json").read_text() == record  # nothing was redone
+
+
+def test_earlier_steps_seconds_adds_each_calls_last_time(tmp_path):
+    from sirf_diffusion.diffusion.personalise import _earlier_steps_seconds
+
+    rows = [(1, 1.0), (2, 2.0), (3, 3.5), (4, 0.5), (5, 1.25), (6, 0.75)]  # 3 calls
+    (tmp_path / "loss.csv").write_text("step,loss,lr,grad_norm,seconds\n" + "".join(
+        f"{s},0.1,1e-5,1.0,{t}\n" for s, t in rows))
+    assert _earlier_steps_seconds(tmp_path, 6) == 3.5 + 1.25 + 0.75
+    assert _earlier_steps_seconds(tmp_path, 5) == 3.5 + 1.25
+    assert _earlier_steps_seconds(tmp_path, 3) == 3.5
+    assert _earlier_steps_seconds(tmp_path / "absent", 3) == 0.0
+
+
 def test_personalise_config_is_checked():
     from sirf_diffusion.diffusion.personalise import PersonaliseConfig
 
@@ -197,6 +230,9 @@ def test_cli_personalise_then_reconstruct(small_case, tiny_base, tmp_path, capsy
     assert "reconstruct --model" in capsys.readouterr().out
     assert main(args) == 2
     assert "--resume" in capsys.readouterr().err
+    assert main(args[:-1] + ["--steps", "2", "--resume", "--subjects", "3", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--subjects" in err and err.count("\n") == 1
     assert main(args[:-1] + ["--steps", "2", "--resume", "--no-progress"]) == 0
     assert main(["reconstruct", str(small_case), "--method", "dds", "--model", str(out),
                  "--steps", "1", "--samples", "1", "--out", str(tmp_path / "r"),
@@ -224,3 +260,87 @@ def test_cli_personalise_errors(small_case, tiny_base, tmp_path, capsys, change,
                  "--base", str(base), "--no-progress"]) == 2
     assert match in capsys.readouterr().err
     assert not out.exists()
+
+
+def _interrupt_at(monkeypatch, step):
+    """Make the fine-tuning raise KeyboardInterrupt after step ``step`` (and its checkpoint,
+    if it has one), as a Ctrl-C there would."""
+    import sirf_diffusion.diffusion.training as training
+
+    real = training.train
+
+    def interrupted(*args, **kwargs):
+        def callback(info):
+            if info["step"] == step:
+                raise KeyboardInterrupt
+        return real(*args, callback=callback, **kwargs)
+
+    monkeypatch.setattr(training, "train", interrupted)
+
+
+def test_cli_personalise_interrupted_before_a_checkpoint_leaves_nothing(
+        small_case, tiny_base, tmp_path, capsys, monkeypatch):
+    from sirf_diffusion.cli import main
+
+    _interrupt_at(monkeypatch, 1)  # steps 2, checkpoint every 50: none yet at step 1
+    out = tmp_path / "m"
+    assert main(["personalise", str(small_case), "--out", str(out), "--subjects", "2",
+                 "--registration", "none", "--steps", "2", "--pseudo", "2", "--base",
+                 str(tiny_base), "--precision", "fp32", "--no-progress"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_cli_personalise_interrupted_after_a_checkpoint_resumes(small_case, tiny_base, tmp_path,
+                                                                capsys, monkeypatch):
+    from sirf_diffusion.cli import main
+    from sirf_diffusion.training_loop import read_csv
+
+    out = tmp_path / "m"
+    args = ["personalise", str(small_case), "--out", str(out), "--subjects", "2",
+            "--registration", "none", "--steps", "2", "--pseudo", "2", "--base", str(tiny_base),
+            "--precision", "fp32", "--no-progress"]
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 2)  # the last step: its checkpoint is written, then Ctrl-C
+        assert main(args) == 130
+    assert (out / "checkpoints" / "xy" / "loss.csv").is_file()
+    assert not (out / "personalise.json").exists()  # the call did not finish
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(args + ["--resume"]) == 0
+    record = json.loads((out / "personalise.json").read_text())
+    earlier = read_csv(out / "checkpoints" / "xy" / "loss.csv")["seconds"][-1]
+    assert record["resumed_at_step"] == 2
+    assert record["timings_s"]["fine_tune"] >= round(earlier, 2)  # the interrupted call's steps
+    assert record["timings_s"]["phantoms_and_registration"] > 0  # kept from the first call
+
+
+# ------------------------------------------------------------------------------ benchmark
+def test_benchmark_ablation_table_compares_on_the_same_scans():
+    """benchmarks/evaluate_personalised.py: a prior measured on one realisation only is compared
+    with the generic prior on that realisation, not on all of the subject's scans."""
+    from conftest import load_script
+
+    bench = load_script(Path(__file__).resolve().parents[1] / "benchmarks"
+                        / "evaluate_personalised.py")
+
+    def r(nrmse):
+        return {"nrmse": nrmse, "ssim": 0.5}
+
+    rec = {"0/0": {"dds": {"generic": r(0.30), "demons": r(0.20), "demons4": r(0.25)}},
+           "0/1": {"dds": {"generic": r(0.40), "demons": r(0.30)}},
+           "10/0": {"dds": {"generic": r(0.50), "affine": r(0.45)}}}
+    pers = {"0/demons4": {"registration": {"num_subjects": 4, "kind": "demons",
+                                           "mean_gm_dice": 0.9}}}
+    rows = [line.split(" | ") for line in bench._ablation_lines(rec, pers)
+            if line.startswith("| dds")]
+    got = {(row[1], row[2]): (row[6], row[7], row[8]) for row in rows}
+    assert got == {("0 (2 scans)", "demons"): ("0.3500", "0.2500", "+0.1000"),
+                   ("0 (1 scans)", "demons4"): ("0.3000", "0.2500", "+0.0500"),
+                   ("10 (1 scans)", "affine"): ("0.5000", "0.4500", "+0.0500")}
+    assert rows[1][3:6] == ["4", "demons", "0.900"]
+    args = bench.build_parser().parse_args(["--subject-seeds", "10"])
+    assert bench._test_subjects(args) == [10]
+    with pytest.raises(SystemExit, match="--subject-seeds"):
+        bench._test_subjects(bench.build_parser().parse_args(["--subject-seeds", "3"]))

@@ -8,7 +8,9 @@ folder that ``reconstruct --model`` reads.
 Like ``train``, the run writes into ``--out`` itself so that ``--resume`` can continue it after
 a kill: ``--out`` must be absent or empty, unless ``--resume`` (continue the run there) or
 ``--overwrite`` (replace all of it); it may not be inside the case folder or the base prior.  A
-run that fails before its first checkpoint leaves nothing behind.
+run that fails before its first checkpoint leaves nothing behind.  ``--resume`` keeps the run's
+pseudo-PET set, so it refuses ``--subjects``, ``--registration``, ``--pseudo``, ``--seed`` or
+``--tracer`` other than the run's, and ``--steps`` below the steps already made.
 """
 
 from __future__ import annotations

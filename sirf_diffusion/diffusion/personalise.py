@@ -158,18 +158,81 @@ def _fine_tune_config(cfg: PersonaliseConfig, base_xy: Path, geometry: ImageGeom
         recipe=base.get("recipe", {}))
 
 
-def _save_sets(path: Path, warped: WarpedSubjects, pseudo: PseudoPETSet) -> None:
+#: What the pseudo-PET set depends on: PersonaliseConfig field -> its ``personalise`` flag.
+_SET_FIELDS = {"num_subjects": "--subjects", "registration": "--registration",
+               "num_pseudo": "--pseudo", "subset_size": None, "concentration": None,
+               "seed": "--seed", "tracer": "--tracer"}
+
+
+def _set_settings(cfg: PersonaliseConfig, tracer: str) -> dict[str, Any]:
+    """The settings a pseudo-PET set was made with (saved with it, compared on resume)."""
+    d = cfg.to_dict() | {"tracer": tracer}
+    return {k: d[k] for k in _SET_FIELDS}
+
+
+def _save_sets(path: Path, warped: WarpedSubjects, pseudo: PseudoPETSet,
+               settings: dict[str, Any], timings: dict[str, float]) -> None:
     def write(f: Any) -> None:
         np.savez(f, warped=warped.pet, seeds=np.asarray(warped.seeds), images=pseudo.images,
                  weights=pseudo.weights,
                  warped_summary=np.asarray(json.dumps(warped.summary())),
-                 registration_time_s=np.asarray(warped.time_s))
+                 registration_time_s=np.asarray(warped.time_s),
+                 settings=np.asarray(json.dumps(settings)),
+                 timings_s=np.asarray(json.dumps(timings)))
     atomic_write_bytes(path, write)
 
 
-def _load_sets(path: Path) -> tuple[dict[str, Any], np.ndarray]:
+def _load_sets(path: Path) -> tuple[dict[str, Any], np.ndarray, dict[str, Any],
+                                    dict[str, float]]:
+    """Summary, images, settings and timings of a saved set (a set saved before the settings
+    and timings were stored: the settings its summary and images show, no timings)."""
     with np.load(path, allow_pickle=False) as z:
-        return json.loads(str(z["warped_summary"])), np.asarray(z["images"], np.float32)
+        summary = json.loads(str(z["warped_summary"]))
+        images = np.asarray(z["images"], np.float32)
+        settings = json.loads(str(z["settings"])) if "settings" in z.files else {
+            "num_subjects": summary["num_subjects"], "registration": summary["kind"],
+            "num_pseudo": int(images.shape[0])}
+        timings = json.loads(str(z["timings_s"])) if "timings_s" in z.files else {}
+    return summary, images, settings, timings
+
+
+def _check_same_set(saved: dict[str, Any], wanted: dict[str, Any], out: Path) -> None:
+    """Refuse to resume a run whose pseudo-PET set was made with other settings (the run would
+    go on training on the old set while recording the new settings)."""
+    diff = [k for k in _SET_FIELDS if k in saved and saved[k] != wanted[k]]
+    if diff:
+        details = "; ".join(
+            f"{k}{f' ({_SET_FIELDS[k]})' if _SET_FIELDS[k] else ''}: {saved[k]!r} -> "
+            f"{wanted[k]!r}" for k in diff)
+        raise ValueError(f"cannot resume the personalisation in {out}: its pseudo-PET set was "
+                         f"made with other settings ({details}); resume with the run's "
+                         "settings, or start again with overwrite (--overwrite)")
+
+
+def _checkpoint_step(run_dir: Path) -> int:
+    """Step of the latest checkpoint file of a fine-tuning run (0 without one)."""
+    from .checkpointing import list_checkpoints
+
+    steps = [int(p.stem.split("_")[-1]) for p in list_checkpoints(run_dir)
+             if p.stem.split("_")[-1].isdigit()]
+    return max(steps, default=0)
+
+
+def _earlier_steps_seconds(run_dir: Path, upto: int) -> float:
+    """Fine-tuning time of steps ``1..upto`` made by earlier calls, from ``loss.csv``: its
+    ``seconds`` column restarts at every resumption, so the time is the sum of each call's last
+    value."""
+    from ..training_loop import read_csv
+
+    log = read_csv(run_dir / "loss.csv")
+    total, last = 0.0, 0.0
+    for step, sec in zip(log.get("step", []), log.get("seconds", [])):
+        if step > upto:
+            break
+        if sec < last:  # a new call started here
+            total += last
+        last = sec
+    return total + last
 
 
 def _annotate_model(xy_dir: Path, record: dict[str, Any]) -> None:
@@ -219,7 +282,11 @@ def personalise_prior(target_t1: np.ndarray, geometry: ImageGeometry,
         Recorded as the target (e.g. the case folder).
     resume, overwrite, progress
         As :func:`~.training.train` (``overwrite`` starts a new run and replaces the files this
-        function writes; other files in ``out_dir`` are left alone).
+        function writes; other files in ``out_dir`` are left alone).  ``resume`` reuses the
+        saved pseudo-PET set and refuses (``ValueError``) settings that would have made another
+        set (subjects, registration, pseudo-PET count and mixing, seed, tracer) and ``steps``
+        below the steps already made.  The recorded fine-tuning time then adds the earlier
+        calls' steps (from ``loss.csv``) to this call's.
     """
     from ..models import default_prior_dir
     from .training import train
@@ -241,11 +308,19 @@ def personalise_prior(target_t1: np.ndarray, geometry: ImageGeometry,
 
     timings: dict[str, float] = {}
     sets_path = out / PSEUDO_PET_FILE
+    run_dir = out / "checkpoints" / "xy"
+    done = _checkpoint_step(run_dir) if resume else 0
+    if done > cfg.steps:
+        raise ValueError(f"PersonaliseConfig.steps (--steps) = {cfg.steps}: the run in {out} "
+                         f"has already made {done} fine-tuning steps; resume with steps >= "
+                         f"{done}")
+    settings = _set_settings(cfg, tracer)
     if resume and sets_path.is_file():
-        summary, images = _load_sets(sets_path)
-        previous = json.loads((out / RECORD_FILE).read_text()) if (out / RECORD_FILE).is_file() \
-            else {}
-        timings.update({k: v for k, v in previous.get("timings_s", {}).items()
+        summary, images, saved, set_timings = _load_sets(sets_path)
+        _check_same_set(saved, settings, out)
+        if not set_timings and (out / RECORD_FILE).is_file():  # a set saved without them
+            set_timings = json.loads((out / RECORD_FILE).read_text()).get("timings_s", {})
+        timings.update({k: v for k, v in set_timings.items()
                         if k in ("phantoms_and_registration", "pseudo_pet")})
     else:
         seeds = subject_seeds("train", cfg.num_subjects)
@@ -256,17 +331,19 @@ def personalise_prior(target_t1: np.ndarray, geometry: ImageGeometry,
         t0 = time.perf_counter()
         pseudo = make_pseudo_pet(warped.pet, cfg.num_pseudo, seed=cfg.seed,
                                  subset_size=cfg.subset_size, concentration=cfg.concentration)
-        _save_sets(sets_path, warped, pseudo)
         timings["pseudo_pet"] = time.perf_counter() - t0
+        _save_sets(sets_path, warped, pseudo, settings, timings)
         summary, images = warped.summary(), pseudo.images
 
     from .datasets import split_seeds
 
     source = _PseudoPETSource(images, split_seeds("train", cfg.num_pseudo))
     t0 = time.perf_counter()
-    train(fine_tune, out / "checkpoints" / "xy", resume=resume, progress=progress,
+    train(fine_tune, run_dir, resume=resume, progress=progress,
           volume_source=source, export_dir=out / "xy", overwrite=overwrite)
-    timings["fine_tune"] = time.perf_counter() - t0
+    # this call's wall time, plus the steps earlier calls made (a resumed run)
+    timings["fine_tune"] = time.perf_counter() - t0 + (
+        _earlier_steps_seconds(run_dir, done) if done else 0.0)
     for o in _ORIENTATIONS[1:]:  # a 3D case needs every orientation: the base's, unchanged
         if geometry.shape[0] > 1 and (base / o / "config.json").is_file() \
                 and not (out / o).exists():
@@ -282,7 +359,8 @@ def personalise_prior(target_t1: np.ndarray, geometry: ImageGeometry,
               "base_model": {"path": str(base_xy),
                              "weights_sha256": json.loads((base_xy / "config.json").read_text())
                              ["weights"]["sha256"]},
-              "timings_s": {k: round(v, 2) for k, v in timings.items()}}
+              "timings_s": {k: round(v, 2) for k, v in timings.items()},
+              "resumed_at_step": done}
     write_json(out / RECORD_FILE, record)
     _annotate_model(out / "xy", record)
     return PersonalisedPrior(out, record)
