@@ -19,7 +19,8 @@ __all__ = ["METHOD_DEFAULTS", "defaults_for"]
 # section 4.1) was the only one within 0.003 NRMSE of PET-LiSch at its best K; larger learning
 # rates, more Adam steps or fits at the late steps only were 0.006-0.055 worse
 _STEER: Mapping[str, Any] = MappingProxyType({
-    "steer": False, "steer_rank": 4, "steer_steps": 2, "steer_adam_steps": 8, "steer_lr": 1e-4})
+    "steer": False, "steer_rank": 4, "steer_steps": 2, "steer_adam_steps": 8, "steer_lr": 1e-4,
+    "steer_layers": "all", "steer_weight_decay": 0.0, "steer_discrepancy": None})
 
 METHOD_DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     # docs/evaluation/speed_accuracy: 15-20 steps with K 30 gave LiSch's lowest NRMSE at
