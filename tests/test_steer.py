@@ -308,3 +308,22 @@ def test_evaluate_steering_quick(tiny_prior, tmp_path):
         summary = data["results"][domain]["summary"]
         assert list(summary) == list(mod.METHODS)
         assert summary["lisch-scd"]["net_evals"] > summary["lisch"]["net_evals"]
+
+
+def test_evaluate_steering_flags():
+    from pathlib import Path
+
+    from conftest import load_script
+
+    mod = load_script(Path(__file__).resolve().parents[1] / "benchmarks" / "evaluate_steering.py")
+    p = mod.build_parser()
+    one = mod.steering_options(p.parse_args(["--steer-steps", "3"]))
+    assert one["steer_steps"] == 3 and one["steer_layers"] == "all"
+    args = p.parse_args(["--split", "val", "--steer-steps", "0", "1", "2", "--steer-layers",
+                         "deepest", "--steer-weight-decay", "5", "--steer-discrepancy", "1.1"])
+    opts = mod.steering_options(args)
+    assert args.split == "val" and opts["steer_steps"] == [0, 1, 2]
+    assert opts["steer_layers"] == "deepest" and opts["steer_weight_decay"] == 5.0
+    assert opts["steer_discrepancy"] == 1.1
+    with pytest.raises(SystemExit):
+        p.parse_args(["--steer-layers", "deep"])
