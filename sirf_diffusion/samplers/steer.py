@@ -64,8 +64,8 @@ from ..likelihood import Likelihood
 from .em_steps import check_positive_float, check_positive_int, field_of_view
 from .loop import StepContext
 
-__all__ = ["STEER_OPTIONS", "STEER_LAYERS", "LAST_ADAPTED_STEPS", "steering_schedule", "SteeringAdaptation",
-           "Steering", "steer_denoiser"]
+__all__ = ["STEER_OPTIONS", "STEER_LAYERS", "LAST_ADAPTED_STEPS", "steering_schedule",
+           "SteeringAdaptation", "Steering", "steer_denoiser"]
 
 #: Options of the steerable variants (``steer`` switches them on).
 STEER_OPTIONS: tuple[str, ...] = ("steer", "steer_rank", "steer_steps", "steer_adam_steps",
@@ -143,8 +143,9 @@ class SteeringAdaptation:
     -----
     Adds to ``context.info``: ``steer_loss`` (the batch's NLL before each Adam step, up to a
     constant), with ``discrepancy`` also ``steer_deviance`` (the deviance per bin before each
-    Adam step, the last one the value the fit stopped at) and its projections to ``n_likelihood_evaluations``; the fitting passes count as
-    network evaluations (``context.denoiser``).
+    Adam step, the last one the value the fit stopped at) and its projections to
+    ``n_likelihood_evaluations``; the fitting passes count as network evaluations
+    (``context.denoiser``).
     """
 
     adapters: list[LoRA]
