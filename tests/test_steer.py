@@ -189,7 +189,8 @@ def test_weight_decay_and_deepest_layers():
         return sum(float(p.detach().square().sum()) for a in ad.adapters
                    for p in a.parameters()), r
 
-    free, _ = adapter_norm()
+    free, r = adapter_norm(steer_weight_decay=0.0)
+    assert type(r.stepper.adapt.optimizer) is torch.optim.Adam
     decayed, r = adapter_norm(steer_weight_decay=50.0)   # lr 1e-2: 50 % shrink per step
     assert isinstance(r.stepper.adapt.optimizer, torch.optim.AdamW)
     assert decayed < 0.9 * free and r.config["steer_weight_decay"] == 50.0
