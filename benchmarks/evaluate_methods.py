@@ -337,7 +337,8 @@ def run_job(job: Job) -> dict[str, Any]:
                 "image": img(res.mean), "time_s": res.wall_time_s,
                 "net_evals": res.num_network_evaluations,
                 "lik_evals": res.num_likelihood_evaluations + res.num_init_evaluations,
-                "options": {k: float(v) for k, v in options.items()}}
+                "options": {k: float(v) if isinstance(v, (bool, int, float)) else v
+                            for k, v in options.items()}}
             if res.sample.shape[0] > 1:
                 runs[method][value]["std"] = img(res.std)
     return {"reference": scan.reference.numpy().astype(np.float64), "masks": scan.masks,

@@ -1,7 +1,8 @@
 """Domain shift: does steerable conditional diffusion help the FDG prior on other scans?
 
 The shipped prior was trained on lesion-free FDG brains (grey matter hotter than white).  Two
-shifted domains, on held-out test subjects (``subject_seeds('test', n)``), 2D mMR scans at
+shifted domains, on held-out test subjects (``subject_seeds('test', n)``; ``--split val`` for
+validation subjects, to choose settings), 2D mMR scans at
 ``--counts`` true counts per mm^3:
 
 * ``amyloid``: amyloid-negative scans (``simulate --phantom brain-amyloid``: white matter
@@ -53,7 +54,8 @@ FULL = {"subjects": 2, "realisations": 2, "osem_epochs": 12, "rdp_beta": [0.5, 1
         "map_iterations": 15, "lisch_k": [10, 20, 30], "scd_k": [10, 20, 30]}
 QUICK = {"subjects": 1, "realisations": 2, "osem_epochs": 3, "rdp_beta": [1.0],
          "map_iterations": 2, "lisch_k": [5], "scd_k": [5]}
-STEER_FLAGS = {"steer_rank": int, "steer_steps": int, "steer_adam_steps": int, "steer_lr": float}
+STEER_FLAGS = {"steer_rank": int, "steer_steps": int, "steer_adam_steps": int, "steer_lr": float,
+               "steer_layers": str, "steer_weight_decay": float, "steer_discrepancy": float}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,8 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scd-k", type=int, nargs="+", default=None,
                    help=f"PET-LiSch-SCD K sweep {d('scd_k')}")
     for flag, kind in STEER_FLAGS.items():
-        p.add_argument("--" + flag.replace("_", "-"), type=kind, default=None,
+        extra: dict[str, Any] = {"type": kind}
+        if flag == "steer_steps":   # one value: an interval; several: the step indices
+            extra["nargs"] = "+"
+        if flag == "steer_layers":
+            extra = {"choices": ("all", "deepest")}
+        p.add_argument("--" + flag.replace("_", "-"), default=None, **extra,
                        help=f"PET-LiSch-SCD {flag} (default: METHOD_DEFAULTS)")
+    p.add_argument("--split", choices=("test", "val"), default="test",
+                   help="subjects of this split (data/splits.py): 'val' to choose settings, "
+                        "'test' for the held-out evaluation")
     p.add_argument("--model", default=None, help="prior folder (default: the shipped prior)")
     p.add_argument("--seed", type=int, default=0, help="base seed of the noise and the samplers")
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
@@ -104,6 +114,8 @@ def steering_options(args: argparse.Namespace) -> dict[str, Any]:
     opts: dict[str, Any] = {"steer": True}
     for flag in STEER_FLAGS:
         v = getattr(args, flag)
+        if flag == "steer_steps" and v is not None and len(v) == 1:
+            v = v[0]
         opts[flag] = d[flag] if v is None else v
     return opts
 
@@ -133,7 +145,8 @@ def evaluate_domain(domain: str, args: argparse.Namespace, s: dict[str, Any],
                    lisch_max_steps=None, steps=s["steps"], methods=["osem", "mapem-rdp", "lisch"],
                    model=args.model, threads=args.threads, samples=args.samples,
                    lesions=lesions, tracer=spec["tracer"])
-            for sub in subject_seeds("test", s["subjects"]) for r in range(s["realisations"])]
+            for sub in subject_seeds(args.split, s["subjects"])
+            for r in range(s["realisations"])]
     scd = [replace(j, methods=["lisch"], lisch_k=list(s["scd_k"]), lisch_options=steer)
            for j in jobs]
     progress = not args.no_progress
@@ -182,7 +195,7 @@ def plot_domains(path: Path, results: dict[str, Any], examples: dict[str, Any]) 
             ax.imshow(im, cmap=cmap, vmin=lo, vmax=hi)
             ax.set_title(title, fontsize=7)
             ax.axis("off")
-    fig.suptitle("FDG prior on shifted domains: first test subject, noise realisation 0",
+    fig.suptitle("FDG prior on shifted domains: first subject, noise realisation 0",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -198,7 +211,8 @@ def write_markdown(path: Path, command: str, settings: dict[str, Any],
              f"Command: `{command}`", "",
              f"Machine: {em.machine_line(settings['workers'], settings['threads'])}; total wall "
              f"time {wall / 60:.1f} min.", "",
-             f"Test subjects {settings['subject_seeds']}, {settings['realisations']} noise "
+             f"{'Test' if settings['split'] == 'test' else 'Validation'} subjects "
+             f"{settings['subject_seeds']}, {settings['realisations']} noise "
              f"realisations, {settings['counts']:g} counts/mm^3, {settings['steps']} steps, "
              f"{settings['samples']} chain(s); steering {settings['steer']}.", ""]
     for domain, res in results.items():
@@ -259,7 +273,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     command = ("python benchmarks/evaluate_steering.py " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))).strip()
     settings = {**s, "counts": args.counts, "samples": args.samples, "steer": steer,
-                "subject_seeds": subject_seeds("test", s["subjects"]), "workers": args.workers,
+                "split": args.split, "subject_seeds": subject_seeds(args.split, s["subjects"]),
+                "workers": args.workers,
                 "threads": args.threads, "domains": args.domains, "model": args.model}
     write_markdown(out / "steering.md", command, settings, results, wall)
     plot_domains(out / "steering.png", results, examples)

@@ -13,8 +13,10 @@ from torch import nn
 from sirf_diffusion.diffusion.lora import (
     LoRALayer,
     base_weights_sha256,
+    block_downsampling,
     inject_lora,
     load_lora,
+    lowest_resolution_layers,
 )
 from sirf_diffusion.diffusion.unet import Attention, ResBlock
 
@@ -149,3 +151,37 @@ def test_bad_arguments():
     inject_lora(model, rank=2)
     with pytest.raises(ValueError, match="already holds"):
         base_weights_sha256(model)
+
+
+def test_lowest_resolution_layers_are_those_of_the_coarsest_blocks():
+    """Tiny UNet, 2 levels: the encoder's second block, the middle and the decoder's first two
+    blocks see half-resolution inputs; only their layers are chosen, and adapting them alone
+    leaves the output bit-identical and trains only them."""
+    model = tiny_score_model(seed=3).eval()
+    factors = block_downsampling(model)
+    assert set(factors.values()) == {1, 2}
+    assert factors["unet.down.0.0"] == 1 and factors["unet.mid.1"] == 2
+    assert factors["unet.up.0.0"] == 2 and factors["unet.up.2.0"] == 1
+    deep = lowest_resolution_layers(model)
+    coarse = [b for b, f in factors.items() if f == 2]
+    assert deep and all(any(n.startswith(b + ".") for b in coarse) for n in deep)
+    assert "unet.mid.1.qkv" in deep and "unet.down.0.0.conv1" not in deep
+    # every conv/linear of the coarse blocks, no other layer
+    named = dict(model.named_modules())
+    for b in coarse:
+        inner = [f"{b}.{n}" for n, m in named[b].named_modules()
+                 if isinstance(m, (nn.Conv2d, nn.Linear))]
+        assert set(inner) <= set(deep)
+    x, t = _inputs()
+    with torch.no_grad():
+        ref = model(x, t)
+    lora = inject_lora(model, rank=2, layers=deep)
+    assert sorted(lora.layers) == sorted(deep)
+    with torch.no_grad():
+        assert torch.equal(model(x, t), ref)
+    _nonzero_up(lora)
+    model(x, t).square().sum().backward()
+    trained = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert trained and all(n.rsplit(".", 2)[0] in deep for n in trained)
+    with pytest.raises(ValueError, match="no UNet blocks"):
+        lowest_resolution_layers(nn.Sequential(nn.Linear(2, 2)))

@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import gaussian_denoiser, poisson_problem, tiny_score_model
 
+from sirf_diffusion.diffusion.grid import slice_models
 from sirf_diffusion.diffusion.lora import LoRALayer
 from sirf_diffusion.samplers.methods import reconstruct
 from sirf_diffusion.samplers.run import prepare
@@ -135,8 +136,71 @@ def test_steering_options_are_checked():
     with pytest.raises(ValueError, match="ScoreModel-based prior"):
         prepare("lisch", lik, gaussian_denoiser(IMG), num_steps=3, num_mlem_iterations=2,
                 steer=True)
+    for bad, needle in [({"steer_layers": "deep"}, "steer_layers must be one of"),
+                        ({"steer_weight_decay": -1.0}, "steer_weight_decay"),
+                        ({"steer_discrepancy": 0.0}, "steer_discrepancy")]:
+        with pytest.raises(ValueError, match=needle):
+            prepare("lisch", lik, model, num_steps=3, num_mlem_iterations=2, steer=True, **bad)
     with pytest.raises(TypeError, match="did you mean steer_lr"):
         prepare("lisch", lik, model, num_steps=3, steer_lrr=1.0)
+
+
+def test_discrepancy_stops_the_fits_at_the_poisson_deviance():
+    """Morozov: a fit stops before an Adam step once the deviance per bin is at most the
+    target.  An unreachable target never stops (every Adam step runs); a target above every
+    deviance stops each fit before its first step, so the adapter stays zero and the result is
+    the unsteered one bit for bit."""
+    lik, _ = _problem()
+    model = _model()
+    y = lik.data.double()
+    pos = y > 0
+    sat = float(torch.where(pos, y * torch.log(torch.where(pos, y, 1.0)) - y, 0.0).sum())
+    common = dict(num_steps=5, num_samples=2, num_mlem_iterations=3, progress=False)
+    fits: list[tuple[list[float], list[float]]] = []
+
+    def run(**kw):
+        fits.clear()
+        return reconstruct("lisch", lik, model, generator=torch.Generator().manual_seed(4),
+                           callback=lambda d: fits.append((d["steer_loss"], d["steer_deviance"]))
+                           if "steer_loss" in d else None, **common, **kw)
+
+    plain = reconstruct("lisch", lik, model, generator=torch.Generator().manual_seed(4),
+                        **common)
+    run(**STEER, steer_discrepancy=1e-12)
+    assert len(fits) == 4 and all(len(lo) == len(dev) == 3 for lo, dev in fits)
+    for losses, devs in fits:   # D = 2 (L_sat - L) / M, the chains' mean; loss = -sum L
+        for loss, dev in zip(losses, devs):
+            assert dev == pytest.approx((2 * sat + loss) / y.numel(), rel=1e-5)  # float32 L
+    stopped = run(**STEER, steer_discrepancy=1e12)
+    assert len(fits) == 4 and all(len(lo) == 1 for lo, _ in fits)
+    assert torch.equal(stopped.sample, plain.sample)
+    assert stopped.config["steer_discrepancy"] == 1e12
+
+
+def test_weight_decay_and_deepest_layers():
+    lik, _ = _problem()
+    model = _model()
+    kw = dict(num_steps=4, num_mlem_iterations=3, **{**STEER, "steer_adam_steps": 4})
+
+    def adapter_norm(**extra):
+        r = prepare("lisch", lik, model, **kw, **extra)
+        r.run()
+        ad = r.stepper.adapt
+        return sum(float(p.detach().square().sum()) for a in ad.adapters
+                   for p in a.parameters()), r
+
+    free, r = adapter_norm(steer_weight_decay=0.0)
+    assert type(r.stepper.adapt.optimizer) is torch.optim.Adam
+    decayed, r = adapter_norm(steer_weight_decay=50.0)   # lr 1e-2: 50 % shrink per step
+    assert isinstance(r.stepper.adapt.optimizer, torch.optim.AdamW)
+    assert decayed < 0.9 * free and r.config["steer_weight_decay"] == 50.0
+    _, deep = adapter_norm(steer_layers="deepest")
+    from sirf_diffusion.diffusion.lora import lowest_resolution_layers
+
+    (adapted,) = slice_models(deep.stepper.denoiser).values()
+    wrapped = {n for n, m in adapted.named_modules() if isinstance(m, LoRALayer)}
+    assert wrapped == set(lowest_resolution_layers(model))
+    assert deep.config["steer_layers"] == "deepest"
 
 
 def test_cil_algorithm_passes_the_steering_options(fake_cil):
@@ -173,6 +237,9 @@ def test_sirf_objective_route_steers_like_the_embedded_physics():
                     **kw)
     b = reconstruct("lisch", dense, model, generator=torch.Generator().manual_seed(2), **kw)
     np.testing.assert_allclose(a.mean.numpy(), b.mean.numpy(), rtol=2e-3, atol=2e-3)
+    with pytest.raises(ValueError, match="steer_discrepancy needs a likelihood that holds"):
+        prepare("lisch", lik, model, num_steps=4, num_mlem_iterations=3, **STEER,
+                steer_discrepancy=1.0)
     assert isinstance(problem["img"], fs.ImageData)
 
 
@@ -199,6 +266,12 @@ def test_cli_reconstruct_steer(cli_case, tiny_prior, tmp_path, capsys):
     (["--method", "osem", "--steer"], "--steer does not apply to method osem"),
     (["--method", "dps", "--steer"], "--steer does not apply to method dps"),
     (["--method", "lisch", "--steer", "--steer-lr", "0"], "argument --steer-lr"),
+    (["--method", "lisch", "--steer-layers", "deepest"], "--steer-layers applies only with"),
+    (["--method", "lisch", "--steer", "--steer-layers", "deep"], "argument --steer-layers"),
+    (["--method", "lisch", "--steer", "--steer-weight-decay", "-1"],
+     "argument --steer-weight-decay"),
+    (["--method", "lisch", "--steer", "--steer-discrepancy", "0"],
+     "argument --steer-discrepancy"),
 ])
 def test_cli_steer_flags_are_checked(cli_case, tmp_path, capsys, args, needle):
     from sirf_diffusion.cli import main
@@ -236,3 +309,22 @@ def test_evaluate_steering_quick(tiny_prior, tmp_path):
         summary = data["results"][domain]["summary"]
         assert list(summary) == list(mod.METHODS)
         assert summary["lisch-scd"]["net_evals"] > summary["lisch"]["net_evals"]
+
+
+def test_evaluate_steering_flags():
+    from pathlib import Path
+
+    from conftest import load_script
+
+    mod = load_script(Path(__file__).resolve().parents[1] / "benchmarks" / "evaluate_steering.py")
+    p = mod.build_parser()
+    one = mod.steering_options(p.parse_args(["--steer-steps", "3"]))
+    assert one["steer_steps"] == 3 and one["steer_layers"] == "all"
+    args = p.parse_args(["--split", "val", "--steer-steps", "0", "1", "2", "--steer-layers",
+                         "deepest", "--steer-weight-decay", "5", "--steer-discrepancy", "1.1"])
+    opts = mod.steering_options(args)
+    assert args.split == "val" and opts["steer_steps"] == [0, 1, 2]
+    assert opts["steer_layers"] == "deepest" and opts["steer_weight_decay"] == 5.0
+    assert opts["steer_discrepancy"] == 1.1
+    with pytest.raises(SystemExit):
+        p.parse_args(["--steer-layers", "deep"])

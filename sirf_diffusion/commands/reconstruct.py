@@ -24,6 +24,7 @@ from .arguments import (
     add_precision_argument,
     check_applicable,
     check_device,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
@@ -80,9 +81,13 @@ APPLIES_TO: dict[str, tuple[str, ...]] = {
     "steer_steps": ("lisch", "dds"),
     "steer_adam_steps": ("lisch", "dds"),
     "steer_lr": ("lisch", "dds"),
+    "steer_layers": ("lisch", "dds"),
+    "steer_weight_decay": ("lisch", "dds"),
+    "steer_discrepancy": ("lisch", "dds"),
 }
 #: The flags that tune steering (``--steer`` switches it on).
-STEER_FLAGS = ("steer_rank", "steer_steps", "steer_adam_steps", "steer_lr")
+STEER_FLAGS = ("steer_rank", "steer_steps", "steer_adam_steps", "steer_lr", "steer_layers",
+               "steer_weight_decay", "steer_discrepancy")
 
 
 def _per_method(key: str, table: Any, methods: tuple[str, ...]) -> str:
@@ -150,6 +155,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{d['lisch']['steer_adam_steps']})")
     p.add_argument("--steer-lr", metavar="LR", type=positive_float, default=None,
                    help=f"with --steer: Adam learning rate (default: {d['lisch']['steer_lr']:g})")
+    p.add_argument("--steer-layers", choices=("all", "deepest"), default=None,
+                   help="with --steer: adapt every layer of the residual and attention blocks, "
+                        "or only those at the network's coarsest resolution (default: "
+                        f"{d['lisch']['steer_layers']})")
+    p.add_argument("--steer-weight-decay", metavar="W", type=non_negative_float, default=None,
+                   help="with --steer: AdamW weight decay tying the adapter to zero (default: "
+                        f"{d['lisch']['steer_weight_decay']:g})")
+    p.add_argument("--steer-discrepancy", metavar="D", type=positive_float, default=None,
+                   help="with --steer: stop each fit once the estimate's Poisson deviance per "
+                        "bin is at most D (Morozov's discrepancy principle; default: "
+                        f"{d['lisch']['steer_discrepancy'] or 'off'})")
     p.add_argument("--deft-model", metavar="DIR", default=None,
                    help="PET-DEFT: the h-network's model folder, trained for --model's prior by "
                         "`sirf-diffusion train-deft` (default: the shipped one, for the shipped "

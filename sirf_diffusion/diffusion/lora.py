@@ -15,7 +15,9 @@ autocast); the base weights are frozen.  :meth:`LoRA.merge` folds ``(alpha/r) B 
 (no extra cost per evaluation) and :meth:`LoRA.unmerge` restores the exact original weights.
 
 By default every convolution and linear layer of the UNet's residual and attention blocks is
-wrapped, as in steerable conditional diffusion's CT code (Barbano et al., arXiv 2308.14409).
+wrapped, as in steerable conditional diffusion's CT code (Barbano et al., arXiv 2308.14409);
+:func:`lowest_resolution_layers` names only those of the blocks at the UNet's coarsest
+resolution (an adapter there can change large-scale contrast but hardly single voxels).
 :meth:`LoRA.save` writes the adapter as safetensors with the sha256 of the base weights (the
 same digest :func:`~.modelio.save_model` records for a float32 model) in its metadata;
 :func:`load_lora` refuses an adapter saved for other weights.
@@ -36,10 +38,11 @@ from torch import nn
 from ..io.atomic import atomic_write_bytes
 from ..io.weights import encode_weights
 from .modelio import FORMAT as MODEL_FORMAT
-from .unet import Attention, ResBlock
+from .unet import Attention, ResBlock, UNet
 
 __all__ = ["LoRALayer", "LoRA", "DEFAULT_BLOCKS", "inject_lora", "load_lora",
-           "base_weights_sha256", "LORA_FORMAT"]
+           "base_weights_sha256", "block_downsampling", "lowest_resolution_layers",
+           "LORA_FORMAT"]
 
 #: Format tag in the metadata of an adapter file.
 LORA_FORMAT = "sirf-diffusion-lora/1"
@@ -155,6 +158,57 @@ class LoRA:
         meta = {"format": LORA_FORMAT, "base_sha256": self.base_sha256, "rank": str(self.rank),
                 "alpha": repr(self.alpha), "layers": json.dumps(sorted(self.layers))}
         return atomic_write_bytes(Path(path), save(self.state_dict(), metadata=meta))
+
+
+def block_downsampling(model: nn.Module, blocks: tuple[type[nn.Module], ...] = DEFAULT_BLOCKS
+                       ) -> dict[str, int]:
+    """Downsampling factor of the input of every block of ``blocks`` types inside the
+    :class:`~.unet.UNet` s of ``model`` (1: full resolution), by qualified name.
+
+    Measured by one forward pass of each UNet on a zero image of ``4 * size_multiple`` pixels
+    (hooks record each block's input size), so it follows any :class:`~.unet.UNetConfig`.
+    """
+    factors: dict[str, int] = {}
+    for prefix, unet in model.named_modules():
+        if not isinstance(unet, UNet):
+            continue
+        cfg = unet.config
+        size = 4 * cfg.size_multiple
+        hooks = []
+        for name, blk in unet.named_modules():
+            if isinstance(blk, blocks):
+                full = f"{prefix}.{name}" if prefix else name
+
+                def record(_m: nn.Module, args: tuple, full: str = full) -> None:
+                    factors[full] = size // int(args[0].shape[-1])
+                hooks.append(blk.register_forward_pre_hook(record))
+        try:
+            p = next(unet.parameters())
+            with torch.no_grad():
+                unet(torch.zeros(1, cfg.in_channels, size, size, dtype=p.dtype, device=p.device),
+                     torch.zeros(1, dtype=p.dtype, device=p.device))
+        finally:
+            for h in hooks:
+                h.remove()
+    return factors
+
+
+def lowest_resolution_layers(model: nn.Module,
+                             blocks: tuple[type[nn.Module], ...] = DEFAULT_BLOCKS) -> list[str]:
+    """The ``Conv2d``/``Linear`` layers inside the blocks that run at the coarsest resolution
+    of each UNet (:func:`block_downsampling`), for :func:`inject_lora`'s ``layers``.
+
+    For the shipped prior (128 x 128 slices, downsampling 8): the blocks at 16 x 16 pixels
+    (the last encoder stage, the middle and the first decoder stages), where one pixel is 8 x 8
+    voxels: an adapter there can change regional contrast (white against grey matter) but has
+    no direct handle on single voxels, hence on the data's Poisson noise.
+    """
+    factors = block_downsampling(model, blocks)
+    if not factors:
+        raise ValueError(f"no UNet blocks in {type(model).__name__} to choose layers from")
+    deepest = {b for b, f in factors.items() if f == max(factors.values())}
+    return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+            and any(n.startswith(b + ".") for b in deepest)]
 
 
 def inject_lora(model: nn.Module, rank: int = 8, alpha: float | None = None,

@@ -514,9 +514,8 @@ def prepare(method: Method, likelihood: Likelihood, denoiser: Denoiser,
         denoiser = parts.wrap_denoiser(denoiser)
     adapt = noise_denoiser = None
     if opt.get("steer"):  # steerable conditional diffusion (.steer): a fresh adapter per run
-        steering = steer_denoiser(denoiser, likelihood, norm, n_steps, rank=opt["steer_rank"],
-                                  steps=opt["steer_steps"], adam_steps=opt["steer_adam_steps"],
-                                  lr=opt["steer_lr"])
+        steering = steer_denoiser(denoiser, likelihood, norm, n_steps,
+                                  **{k.removeprefix("steer_"): opt[k] for k in STEER_OPTIONS[1:]})
         denoiser, adapt, noise_denoiser = (steering.denoiser, steering.adaptation,
                                            steering.noise_denoiser)
         config.update(steering.config)

@@ -45,6 +45,12 @@ autograd, so the misfit is taken where the rule starts and the rule then makes t
 estimate data-consistent.  In this stepper the adaptation runs after the step's data
 consistency (:class:`~.loop.DenoiserAdaptation`), so the fit at ``x_i`` is first used at
 ``x_{i+1}``; the schedule is shifted by one step accordingly (no fit after the final step).
+
+Against fitting the data's noise (docs/steering.md section 5: the first fit, from pure noise,
+already brings the estimate's Poisson deviance per bin from about 8 to 2): ``steer_weight_decay``
+(AdamW: each Adam step shrinks the adapter towards zero, i.e. towards the prior),
+``steer_layers='deepest'`` (adapters only at the UNet's coarsest resolution) and
+``steer_discrepancy`` (Morozov: stop a fit once the deviance per bin reaches the noise level).
 """
 
 from __future__ import annotations
@@ -58,18 +64,23 @@ import torch
 
 from ..diffusion.denoiser import Denoiser
 from ..diffusion.grid import slice_models
-from ..diffusion.lora import LoRA, inject_lora
+from ..diffusion.lora import LoRA, inject_lora, lowest_resolution_layers
 from ..diffusion.normalisation import IntensityNormalisation
 from ..likelihood import Likelihood
 from .em_steps import check_positive_float, check_positive_int, field_of_view
 from .loop import StepContext
 
-__all__ = ["STEER_OPTIONS", "LAST_ADAPTED_STEPS", "steering_schedule", "SteeringAdaptation",
-           "Steering", "steer_denoiser"]
+__all__ = ["STEER_OPTIONS", "STEER_LAYERS", "LAST_ADAPTED_STEPS", "steering_schedule",
+           "SteeringAdaptation", "Steering", "steer_denoiser"]
 
 #: Options of the steerable variants (``steer`` switches them on).
 STEER_OPTIONS: tuple[str, ...] = ("steer", "steer_rank", "steer_steps", "steer_adam_steps",
-                                  "steer_lr")
+                                  "steer_lr", "steer_layers", "steer_weight_decay",
+                                  "steer_discrepancy")
+#: Values of ``steer_layers``: every layer of the residual and attention blocks (the CT
+#: code's), or only those at the UNet's coarsest resolution (:func:`~sirf_diffusion.diffusion.
+#: lora.lowest_resolution_layers`).
+STEER_LAYERS: tuple[str, ...] = ("all", "deepest")
 #: The CT code also adapts at each of its last four steps.
 LAST_ADAPTED_STEPS = 4
 
@@ -116,6 +127,20 @@ class SteeringAdaptation:
         Steps after which to fit (:func:`steering_schedule`).
     adam_steps, lr
         ``K`` Adam steps per fit and their learning rate.
+    weight_decay
+        Decoupled weight decay (AdamW; Loshchilov and Hutter, ICLR 2019): every Adam step also
+        shrinks the adapter's weights by the factor ``1 - lr * weight_decay``, tying the
+        adapted network to the prior (a fresh adapter is zero): the fit can keep only what the
+        data keep asking for.  0: plain Adam (the CT code's).
+    discrepancy
+        Morozov's discrepancy principle for Poisson data (e.g. Bertero et al., Inverse Problems
+        26, 2010): a fit stops before an Adam step once the Poisson deviance per bin of the
+        chains' estimates, ``D = 2 (L_sat - L(u_theta)) / M`` averaged over the chains
+        (``L_sat`` the log-likelihood at ``ybar = y``, ``M`` the number of bins), is at or
+        below this value; its expectation for the true image is about 1 (0.5 log-likelihood
+        per bin), so a smaller deviance means the adapter is fitting noise.  ``None``: every
+        fit runs its ``adam_steps``.  Needs a likelihood with its data
+        (:class:`~sirf_diffusion.likelihood.ProjectingLikelihood`).
     fov_fraction
         Field of view of the loss, as the data-consistency rules'
         (:func:`~.em_steps.field_of_view`).
@@ -123,8 +148,10 @@ class SteeringAdaptation:
     Notes
     -----
     Adds to ``context.info``: ``steer_loss`` (the batch's NLL before each Adam step, up to a
-    constant) and its projections to ``n_likelihood_evaluations``; the fitting passes count as
-    network evaluations (``context.denoiser``).
+    constant), with ``discrepancy`` also ``steer_deviance`` (the deviance per bin before each
+    Adam step, the last one the value the fit stopped at) and its projections to
+    ``n_likelihood_evaluations``; the fitting passes count as network evaluations
+    (``context.denoiser``).
     """
 
     adapters: list[LoRA]
@@ -133,17 +160,40 @@ class SteeringAdaptation:
     schedule: tuple[int, ...]
     adam_steps: int
     lr: float
+    weight_decay: float = 0.0
+    discrepancy: float | None = None
     fov_fraction: float = 0.01
     optimizer: torch.optim.Optimizer = field(init=False, repr=False)
     _fov: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _saturated: float = field(default=0.0, init=False, repr=False)
+    _num_bins: int = field(default=1, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.adam_steps = check_positive_int(self.adam_steps, "steer_adam_steps")
         self.lr = check_positive_float(self.lr, "steer_lr")
+        self.weight_decay = check_positive_float(self.weight_decay, "steer_weight_decay",
+                                                 allow_zero=True)
         params = [p for a in self.adapters for p in a.parameters()]
         if not params:
             raise ValueError("steering needs LoRA adapters on the denoiser")
-        self.optimizer = torch.optim.Adam(params, lr=self.lr)
+        self.optimizer = (torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+                          if self.weight_decay > 0 else torch.optim.Adam(params, lr=self.lr))
+        if self.discrepancy is not None:
+            self.discrepancy = check_positive_float(self.discrepancy, "steer_discrepancy")
+            y = getattr(self.likelihood, "data", None)
+            if not isinstance(y, torch.Tensor):
+                raise ValueError("steer_discrepancy needs a likelihood that holds its data (a "
+                                 "ProjectingLikelihood such as PoissonLogLikelihood), got "
+                                 f"{type(self.likelihood).__name__}")
+            pos = y > 0
+            y64 = y.double()
+            self._saturated = float(torch.where(pos, y64 * torch.log(torch.where(pos, y64, 1.0))
+                                                - y64, torch.zeros_like(y64)).sum())
+            self._num_bins = y.numel()
+
+    def deviance_per_bin(self, pll: torch.Tensor) -> float:
+        """``2 (L_sat - L) / M`` averaged over the chains (``discrepancy``'s measure)."""
+        return float((2.0 * (self._saturated - pll.double()) / self._num_bins).mean())
 
     def misfit_backward(self, denoiser: Denoiser, x: torch.Tensor, sigma: torch.Tensor
                         ) -> torch.Tensor:
@@ -166,15 +216,21 @@ class SteeringAdaptation:
             return
         x = context.x.detach()
         sigma = context.sigma.expand(x.shape[0])
-        losses = []
+        losses, deviances = [], []
         with self.likelihood.count_projections() as cost:
             for _ in range(self.adam_steps):
                 self.optimizer.zero_grad(set_to_none=True)
                 pll = self.misfit_backward(context.denoiser, x, sigma)
                 losses.append(-float(pll.sum()))
+                if self.discrepancy is not None:
+                    deviances.append(self.deviance_per_bin(pll))
+                    if deviances[-1] <= self.discrepancy:
+                        break   # Morozov: the estimate explains the data to the noise level
                 self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         context.info["steer_loss"] = losses
+        if self.discrepancy is not None:
+            context.info["steer_deviance"] = deviances
         context.info["n_likelihood_evaluations"] = (
             float(context.info.get("n_likelihood_evaluations", 0.0)) + cost.forward)
 
@@ -203,8 +259,18 @@ class Steering:
 
 def steer_denoiser(denoiser: Denoiser, likelihood: Likelihood,
                    normalisation: IntensityNormalisation, num_steps: int, *, rank: int,
-                   steps: int | Sequence[int], adam_steps: int, lr: float) -> Steering:
+                   steps: int | Sequence[int], adam_steps: int, lr: float,
+                   layers: str = "all", weight_decay: float = 0.0,
+                   discrepancy: float | None = None) -> Steering:
     """A fresh adapted copy of ``denoiser`` and its adaptation (module docstring, steps 1-2).
+
+    ``rank``, ``steps``, ``adam_steps``, ``lr``, ``layers``, ``weight_decay`` and
+    ``discrepancy`` are the options ``steer_rank`` ... ``steer_discrepancy``
+    (:data:`STEER_OPTIONS`; their defaults in :data:`~.defaults.METHOD_DEFAULTS`).
+    ``layers``: ``'all'`` adapts every convolution and linear layer of the residual and
+    attention blocks (the CT code's choice); ``'deepest'`` only those at the UNet's coarsest
+    resolution (:func:`~sirf_diffusion.diffusion.lora.lowest_resolution_layers`: a regional
+    contrast correction with less freedom to reproduce the data's voxel noise).
 
     Raises
     ------
@@ -217,14 +283,21 @@ def steer_denoiser(denoiser: Denoiser, likelihood: Likelihood,
         raise ValueError("steer=True needs a ScoreModel-based prior (a slice model or a "
                          f"PerpendicularPrior3D) to adapt; got {type(denoiser).__name__}")
     rank = check_positive_int(rank, "steer_rank")
+    if layers not in STEER_LAYERS:
+        raise ValueError(f"steer_layers must be one of {STEER_LAYERS}, got {layers!r}")
     schedule = steering_schedule(num_steps, steps)
     adapted = copy.deepcopy(denoiser)
     # the adapters' random down-projections come from a fixed seed, not from the sampler's
     # generator, so a steered run starts from the same noise as the unsteered one
     g = torch.Generator(device="cpu").manual_seed(0)
-    adapters = [inject_lora(m, rank, generator=g) for m in slice_models(adapted).values()]
-    adaptation = SteeringAdaptation(adapters, likelihood, normalisation, schedule, adam_steps, lr)
+    adapters = [inject_lora(m, rank, generator=g,
+                            layers=lowest_resolution_layers(m) if layers == "deepest" else None)
+                for m in slice_models(adapted).values()]
+    adaptation = SteeringAdaptation(adapters, likelihood, normalisation, schedule, adam_steps, lr,
+                                    weight_decay, discrepancy)
     config = {"steer": True, "steer_rank": rank, "steer_steps": list(schedule),
               "steer_adam_steps": adaptation.adam_steps, "steer_lr": adaptation.lr,
+              "steer_layers": layers, "steer_weight_decay": adaptation.weight_decay,
+              "steer_discrepancy": adaptation.discrepancy,
               "steer_parameters": sum(a.num_parameters for a in adapters)}
     return Steering(adapted, adaptation, denoiser, config)
