@@ -186,12 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scan geometry (default mmr-span11; small: a smoke test)")
     p.add_argument("--threads", type=int, default=2, help="torch and numba threads (default 2)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
+    p.add_argument("--simulate-only", action="store_true",
+                   help="stop after the simulation (its time and peak memory)")
     return p
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Run the benchmark (module docstring); returns the rows."""
     import os
+    import resource
 
     from sirf_diffusion.data.simulate import simulate_scan
     from sirf_diffusion.data.splits import check_split
@@ -218,10 +221,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     timer = TimedProjector(model.projector)
     reference, mask = scan.reference, region(scan.masks)
     rss_sim = b3.rss_mib() / 1024
+    peak_sim = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
     print(f"[bench_mmr_sampler] simulated {tuple(lik.data.shape)} sinograms, image "
           f"{tuple(lik.image_shape)} in {sim_s:.0f} s (CPU {sim_cpu:.0f} s), projector "
-          f"{model.projector.implementation}, RSS {rss_sim:.2f} GiB, load {load0:.1f}",
-          flush=True)
+          f"{model.projector.implementation}, RSS {rss_sim:.2f} GiB (peak so far "
+          f"{peak_sim:.2f} GiB), load {load0:.1f} -> {os.getloadavg()[0]:.1f}", flush=True)
+    if args.simulate_only:
+        return []
     del scan
     prior = b3.ev3.load_prior(args.model, int(lik.image_shape[0]), args.chunk_size)
     rows = []
