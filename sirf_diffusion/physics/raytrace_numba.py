@@ -66,10 +66,10 @@ class PackedElements:
     ----------
     bin_ptr
         ``bin_ptr[v T + t] .. bin_ptr[v T + t + 1]``: the elements of bin ``(v, t)`` (int64).
-    cols
-        Voxel ``iy * nx + ix`` of each element (int32).
-    values, tau0, tau1
-        As in :class:`~sirf_diffusion.physics.raytrace.RayElements` (float64).
+    rec
+        Element ``e`` at ``rec[4 e:4 e + 4]`` (float64): its value, ``tau0`` and ``tau1`` (as in
+        :class:`~sirf_diffusion.physics.raytrace.RayElements`) and its voxel ``iy * nx + ix``
+        (exact in float64).  One record per element keeps the kernels' loop to one pointer.
     num_tangential
         ``T``.
     max_span
@@ -79,10 +79,7 @@ class PackedElements:
     """
 
     bin_ptr: np.ndarray
-    cols: np.ndarray
-    values: np.ndarray
-    tau0: np.ndarray
-    tau1: np.ndarray
+    rec: np.ndarray
     num_tangential: int
     max_span: float
     traced: np.ndarray
@@ -97,8 +94,8 @@ def pack(e: RayElements, num_views: int, num_tangential: int) -> PackedElements:
     tau0, tau1 = e.tau0.numpy(), e.tau1.numpy()
     span = float(np.abs(tau1 - tau0).max()) if len(rows) else 0.0
     traced = counts.reshape(num_views, num_tangential).sum(0) > 0
-    return PackedElements(bin_ptr, e.cols.numpy().astype(np.int32), e.values.numpy(), tau0, tau1,
-                          int(num_tangential), span, traced)
+    rec = np.stack([e.values.numpy(), tau0, tau1, e.cols.numpy().astype(np.float64)], 1)
+    return PackedElements(bin_ptr, rec.ravel(), int(num_tangential), span, traced)
 
 
 @dataclass(frozen=True)
@@ -214,8 +211,8 @@ def forward_oblique(packed: PackedElements, segments: Sequence[_AxialSegment],
         X2 = plane_sums(X, g.n, g.lo, g.hi)                                   # [B, L, npix]
         for b in range(B):
             planes = _split_residues(X2[b], g.n, g.J, g.width)
-            fwd(packed.bin_ptr, views, packed.cols, packed.values, packed.tau0, packed.tau1,
-                packed.num_tangential, planes=planes, out=out[b], **g.tables)
+            fwd(packed.bin_ptr, views, packed.rec, packed.num_tangential, planes=planes,
+                out=out[b], **g.tables)
 
 
 def adjoint_oblique(packed: PackedElements, segments: Sequence[_AxialSegment],
@@ -233,8 +230,8 @@ def adjoint_oblique(packed: PackedElements, segments: Sequence[_AxialSegment],
         L = g.hi - g.lo + 2 - g.n
         for b in range(B):
             acc = np.zeros((max(1, threads), npix, g.width), dtype=Y.dtype)
-            adj(packed.bin_ptr, views, packed.cols, packed.values, packed.tau0, packed.tau1,
-                packed.num_tangential, y=Y[b], acc=acc, **g.tables)
+            adj(packed.bin_ptr, views, packed.rec, packed.num_tangential, y=Y[b], acc=acc,
+                **g.tables)
             total = acc.sum(0) if len(acc) > 1 else acc[0]
             add_plane_sums_adjoint(out[b:b + 1], _merge_residues(total, g.n, g.J, L)[None],
                                    g.n, g.lo, g.hi)
