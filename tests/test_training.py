@@ -180,6 +180,16 @@ def test_only_previous_checkpoint_is_kept(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000004.pt", "step_00000006.pt"]
 
 
+def test_checkpoint_steps_come_from_the_file_names(tmp_path):
+    from sirf_diffusion.diffusion.checkpointing import checkpoint_step, latest_checkpoint_step
+
+    assert latest_checkpoint_step(tmp_path / "missing") == 0
+    run(tiny_config(steps=6, checkpoint_every=2), tmp_path)
+    assert [checkpoint_step(p) for p in list_checkpoints(tmp_path)] == [4, 6]
+    assert latest_checkpoint_step(tmp_path) == 6
+    assert checkpoint_step("step_abc.pt") is None and checkpoint_step("model_00000003.pt") is None
+
+
 def test_corrupt_checkpoint_error_and_fallback(continuous, tmp_path):
     run(tiny_config(), tmp_path)
     newest = list_checkpoints(tmp_path)[-1]

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..samplers.defaults import METHOD_DEFAULTS
+from ..samplers.defaults import METHOD_DEFAULTS, STEER_LAYERS
 from .arguments import (
     add_precision_argument,
     check_applicable,
@@ -155,7 +155,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{d['lisch']['steer_adam_steps']})")
     p.add_argument("--steer-lr", metavar="LR", type=positive_float, default=None,
                    help=f"with --steer: Adam learning rate (default: {d['lisch']['steer_lr']:g})")
-    p.add_argument("--steer-layers", choices=("all", "deepest"), default=None,
+    p.add_argument("--steer-layers", choices=STEER_LAYERS, default=None,
                    help="with --steer: adapt every layer of the residual and attention blocks, "
                         "or only those at the network's coarsest resolution (default: "
                         f"{d['lisch']['steer_layers']})")

@@ -46,7 +46,8 @@ from ..training_loop import open_csv as _open_csv  # noqa: F401
 from ..training_loop import read_csv as _read_csv
 from ..training_loop import truncate_csv as _truncate_csv  # noqa: F401
 
-__all__ = ["CheckpointError", "load_checkpoint", "list_checkpoints", "checkpoint_run_id",
+__all__ = ["CheckpointError", "load_checkpoint", "list_checkpoints", "checkpoint_step",
+           "latest_checkpoint_step", "checkpoint_run_id",
            "check_run_folder", "new_run_id", "remove_stale_checkpoint_temporaries", "plot_loss"]
 
 _CKPT_FORMAT = "sirf_diffusion.train_checkpoint/1"
@@ -69,6 +70,19 @@ def list_checkpoints(out_dir: str | os.PathLike) -> list[Path]:
     """Checkpoint files of a run folder (``step_*.pt``, readable or not), oldest first."""
     d = Path(out_dir) / "checkpoints"
     return sorted(d.glob("step_*.pt")) if d.is_dir() else []
+
+
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """The step in a checkpoint's file name (``step_XXXXXXXX.pt``), or None for another name."""
+    digits = Path(path).stem.removeprefix("step_")
+    return int(digits) if digits.isdigit() and Path(path).stem.startswith("step_") else None
+
+
+def latest_checkpoint_step(out_dir: str | os.PathLike) -> int:
+    """The largest step among a run folder's checkpoint file names (0 without one); the files
+    are not read."""
+    steps = (checkpoint_step(p) for p in list_checkpoints(out_dir))
+    return max((s for s in steps if s is not None), default=0)
 
 
 def legacy_run_id(config: dict[str, Any]) -> str:

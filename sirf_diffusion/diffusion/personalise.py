@@ -209,15 +209,6 @@ def _check_same_set(saved: dict[str, Any], wanted: dict[str, Any], out: Path) ->
                          "settings, or start again with overwrite (--overwrite)")
 
 
-def _checkpoint_step(run_dir: Path) -> int:
-    """Step of the latest checkpoint file of a fine-tuning run (0 without one)."""
-    from .checkpointing import list_checkpoints
-
-    steps = [int(p.stem.split("_")[-1]) for p in list_checkpoints(run_dir)
-             if p.stem.split("_")[-1].isdigit()]
-    return max(steps, default=0)
-
-
 def _earlier_steps_seconds(run_dir: Path, upto: int) -> float:
     """Fine-tuning time of steps ``1..upto`` made by earlier calls, from ``loss.csv``: its
     ``seconds`` column restarts at every resumption, so the time is the sum of each call's last
@@ -289,6 +280,7 @@ def personalise_prior(target_t1: np.ndarray, geometry: ImageGeometry,
         calls' steps (from ``loss.csv``) to this call's.
     """
     from ..models import default_prior_dir
+    from .checkpointing import latest_checkpoint_step
     from .training import train
 
     cfg = dataclasses.replace(config or PersonaliseConfig())
@@ -309,7 +301,7 @@ def personalise_prior(target_t1: np.ndarray, geometry: ImageGeometry,
     timings: dict[str, float] = {}
     sets_path = out / PSEUDO_PET_FILE
     run_dir = out / "checkpoints" / "xy"
-    done = _checkpoint_step(run_dir) if resume else 0
+    done = latest_checkpoint_step(run_dir) if resume else 0
     if done > cfg.steps:
         raise ValueError(f"PersonaliseConfig.steps (--steps) = {cfg.steps}: the run in {out} "
                          f"has already made {done} fine-tuning steps; resume with steps >= "

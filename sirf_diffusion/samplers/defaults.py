@@ -12,7 +12,12 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any, Mapping
 
-__all__ = ["METHOD_DEFAULTS", "defaults_for"]
+__all__ = ["METHOD_DEFAULTS", "STEER_LAYERS", "defaults_for"]
+
+#: Values of ``steer_layers`` (samplers/steer.py): LoRA on every layer of the residual and
+#: attention blocks (the CT code's), or only on those at the UNet's coarsest resolution
+#: (:func:`~sirf_diffusion.diffusion.lora.lowest_resolution_layers`)
+STEER_LAYERS: tuple[str, ...] = ("all", "deepest")
 
 # Steerable conditional diffusion (samplers/steer.py), off by default.  When on: the best of
 # the settings tried on validation subjects 1 and 11 (amyloid, 2.5 and 10 counts/mm^3,

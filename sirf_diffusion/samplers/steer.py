@@ -67,20 +67,17 @@ from ..diffusion.grid import slice_models
 from ..diffusion.lora import LoRA, inject_lora, lowest_resolution_layers
 from ..diffusion.normalisation import IntensityNormalisation
 from ..likelihood import Likelihood
+from .defaults import STEER_LAYERS
 from .em_steps import check_positive_float, check_positive_int, field_of_view
 from .loop import StepContext
 
-__all__ = ["STEER_OPTIONS", "STEER_LAYERS", "LAST_ADAPTED_STEPS", "steering_schedule",
+__all__ = ["STEER_OPTIONS", "LAST_ADAPTED_STEPS", "steering_schedule",
            "SteeringAdaptation", "Steering", "steer_denoiser"]
 
 #: Options of the steerable variants (``steer`` switches them on).
 STEER_OPTIONS: tuple[str, ...] = ("steer", "steer_rank", "steer_steps", "steer_adam_steps",
                                   "steer_lr", "steer_layers", "steer_weight_decay",
                                   "steer_discrepancy")
-#: Values of ``steer_layers``: every layer of the residual and attention blocks (the CT
-#: code's), or only those at the UNet's coarsest resolution (:func:`~sirf_diffusion.diffusion.
-#: lora.lowest_resolution_layers`).
-STEER_LAYERS: tuple[str, ...] = ("all", "deepest")
 #: The CT code also adapts at each of its last four steps.
 LAST_ADAPTED_STEPS = 4
 
