@@ -48,7 +48,8 @@ LABELS = {"dds": "PET-DDS", "lisch": "PET-LiSch"}
 
 #: ``--geometry`` choices: (rings, span, maximum ring difference, in-plane voxels, planes);
 #: ``small`` is for smoke tests only
-GEOMETRIES = {"mmr-span11": (64, 11, 60, 285, 127), "small": (8, 3, 5, 32, 15)}
+GEOMETRIES = {"mmr-span11": (64, 11, 60, 285, 127), "mmr-span1": (64, 1, 60, 285, 127),
+              "small": (8, 3, 5, 32, 15)}
 
 
 def mmr_config(args: argparse.Namespace) -> Any:
@@ -183,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=16,
                    help="slices per network call of the 3D prior (default 16, as the CLI)")
     p.add_argument("--geometry", choices=tuple(GEOMETRIES), default="mmr-span11",
-                   help="scan geometry (default mmr-span11; small: a smoke test)")
+                   help="scan geometry (default mmr-span11; mmr-span1: span 1 with a maximum "
+                        "ring difference of 60; small: a smoke test)")
     p.add_argument("--threads", type=int, default=2, help="torch and numba threads (default 2)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
     p.add_argument("--simulate-only", action="store_true",

@@ -1,7 +1,8 @@
 """Time and peak memory of the projector implementations, side by side (not a test).
 
-Cases: a 2D mMR slice, a 16-ring mMR-like 3D scanner (span 1) and the full Siemens mMR in span
-11 (837 sinograms x 252 views x 344 bins, 127 x 285 x 285 voxels).  Implementations: the
+Cases: a 2D mMR slice, a 16-ring mMR-like 3D scanner (span 1), the full Siemens mMR in span
+11 (837 sinograms x 252 views x 344 bins, 127 x 285 x 285 voxels) and in span 1 with a maximum
+ring difference of 60 (4084 sinograms).  Implementations: the
 embedded projector with stored matrices (``matrix``), matrix-free with the numba kernels
 (``numba``) and with chunked torch matrices (``torch``), and STIR's
 ``ProjMatrixByBinUsingRayTracing`` through ``stir_wrappers.STIRPhysics`` (``stir``, when STIR's
@@ -48,11 +49,12 @@ from sirf_diffusion.physics.geometry import (  # noqa: E402
     get_scanner,
 )
 
-CASES = ("2d", "16rings", "mmr-span11")
+CASES = ("2d", "16rings", "mmr-span11", "mmr-span1")
 IMPLEMENTATIONS = ("matrix", "numba", "torch", "stir")
 #: implementations left out of a case by default: the matrix of the full mMR needs more memory
 #: than the 8 GiB target, STIR's matrix would take hours there, the torch path is the fallback
-DEFAULT_SKIP = {("mmr-span11", "matrix"), ("mmr-span11", "stir"), ("mmr-span11", "torch")}
+DEFAULT_SKIP = {(case, impl) for case in ("mmr-span11", "mmr-span1")
+                for impl in ("matrix", "stir", "torch")}
 
 
 def geometries(case: str, rings: int = 16) -> tuple[SinogramGeometry, ImageGeometry]:
@@ -66,8 +68,9 @@ def geometries(case: str, rings: int = 16) -> tuple[SinogramGeometry, ImageGeome
         sc = mmr.with_rings(rings)
         return (SinogramGeometry(sc, 252, span=1, max_ring_difference=(rings - 2) // 2),
                 ImageGeometry((2 * rings - 1, 128, 128), (mmr.ring_spacing_mm / 2, vx, vx)))
-    if case == "mmr-span11":
-        return (SinogramGeometry(mmr, 252, span=11, max_ring_difference=60),
+    if case in ("mmr-span11", "mmr-span1"):
+        return (SinogramGeometry(mmr, 252, span=11 if case == "mmr-span11" else 1,
+                                 max_ring_difference=60),
                 ImageGeometry((127, 285, 285), (mmr.ring_spacing_mm / 2, vx, vx)))
     raise ValueError(f"unknown case {case!r}; known: {', '.join(CASES)}")
 
@@ -152,7 +155,7 @@ def _measure(case: str, impl: str, threads: int, env: dict, args) -> dict:
     """One (case, implementation, threads) row, measured in a worker subprocess."""
     cmd = [sys.executable, __file__, "--worker", case, impl, "--device", args.device,
            "--dtype", args.dtype, "--threads", str(threads), "--repeats",
-           str(args.repeats if case != "mmr-span11" else 1), "--rings", str(args.rings),
+           str(args.repeats if not case.startswith("mmr") else 1), "--rings", str(args.rings),
            "--subsets-2d", str(args.subsets_2d), "--subsets-3d", str(args.subsets_3d)]
     t0 = time.perf_counter()
     try:

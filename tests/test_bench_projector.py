@@ -34,3 +34,12 @@ def test_ratios_are_taken_against_the_matrix_of_the_same_case_and_threads():
     table = bench.markdown(ratios).splitlines()
     assert table[0].startswith("| case | implementation | threads | forward CPU / matrix")
     assert table[1] == "|" + "---|" * 8 and len(table) == 4
+
+
+def test_full_mmr_cases_have_the_scanner_geometries():
+    bench = load_script(ROOT / "benchmarks" / "bench_projector.py")
+    for case, sinograms in (("mmr-span11", 837), ("mmr-span1", 4084)):
+        sino, image = bench.geometries(case)
+        assert (sino.num_sinograms, sino.num_views, sino.num_tangential) == (sinograms, 252, 344)
+        assert image.shape == (127, 285, 285)
+        assert {(case, "matrix"), (case, "stir")} <= bench.DEFAULT_SKIP
