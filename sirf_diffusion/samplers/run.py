@@ -64,7 +64,7 @@ from ..diffusion.normalisation import (
     support_mean,
     well_sampled,
 )
-from ..diffusion.window import WindowedDenoiser
+from ..diffusion.window import WindowedDenoiser, drop_specks
 from ..likelihood import Likelihood
 from .dds import AnchoredEMDC
 from .defaults import METHOD_DEFAULTS
@@ -228,7 +228,9 @@ def _prior_window(denoiser: Denoiser, likelihood: Likelihood, image: torch.Tenso
     """The denoiser, windowed around the object when the field of view asks for it (step 4).
 
     The object is ``mask`` when given, else the support of the initial ``image`` (above 5 % of
-    its maximum over the well-sampled voxels); without either there is no window.
+    its maximum over the well-sampled voxels) without its specks (:func:`~sirf_diffusion.
+    diffusion.window.drop_specks`: isolated noisy background voxels); without either there is
+    no window.
     """
     if option is not None and not isinstance(option, bool):
         raise ValueError(f"prior_window must be True, False or None (auto), got {option!r}")
@@ -243,7 +245,8 @@ def _prior_window(denoiser: Denoiser, likelihood: Likelihood, image: torch.Tenso
     if mask is None:
         assert image is not None
         eligible = well_sampled(likelihood.sensitivity(None, like=image))
-        mask = support_mask(image.reshape(likelihood.image_shape), eligible=eligible)
+        mask = drop_specks(support_mask(image.reshape(likelihood.image_shape),
+                                        eligible=eligible))
     return fit_prior_to_grid(denoiser, likelihood.image_shape, likelihood.voxel_size_mm,
                              support=mask.to(torch.bool), warn=False)
 
