@@ -73,13 +73,17 @@ def _tiny(kind: str, **kw) -> RayTracingProjector:
     geoms = {"span1": SinogramGeometry(TINY, 32, span=1, max_ring_difference=3),
              "span3": SinogramGeometry(TINY, 16, span=3, max_ring_difference=3),
              "nonarc": SinogramGeometry(TINY, 32, arc_corrected=False, span=1,
-                                        max_ring_difference=2)}
-    return RayTracingProjector(geoms[kind], TINY_IMG, **kw)
+                                        max_ring_difference=2),
+             "thick": SinogramGeometry(TINY, 32, span=1, max_ring_difference=3)}
+    # "thick": planes as thick as a ring, so that an oblique segment's axial positions are
+    # consecutive planes (one axial ray, n = 1); the others have half-ring planes (n = 2)
+    image = ImageGeometry((4, 24, 24), (4.0, 2.0, 2.0)) if kind == "thick" else TINY_IMG
+    return RayTracingProjector(geoms[kind], image, **kw)
 
 
 @pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("kind,num_rays", [("span1", 1), ("span3", 1), ("nonarc", 1),
-                                           ("span1", 3)])
+                                           ("span1", 3), ("thick", 1)])
 def test_matrix_free_adjointness_float64(kind, num_rays, kernels):
     P = _tiny(kind, num_rays=num_rays, mode="matrix-free", chunk_bytes=SMALL_CHUNKS,
               kernels=kernels)
@@ -94,7 +98,7 @@ def test_matrix_free_adjointness_float64(kind, num_rays, kernels):
 
 
 @pytest.mark.parametrize("kind,num_rays", [("span1", 1), ("span3", 1), ("nonarc", 1),
-                                           ("span1", 3)])
+                                           ("span1", 3), ("thick", 1)])
 def test_matrix_free_float64_equals_matrix_for_every_kernel_and_chunking(kind, num_rays):
     matrix = _tiny(kind, num_rays=num_rays, mode="matrix")
     small = _tiny(kind, num_rays=num_rays, mode="matrix-free", chunk_bytes=SMALL_CHUNKS,

@@ -75,6 +75,42 @@ def test_misfit_gradient_is_the_gradient_of_the_poisson_nll():
         torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-6)
 
 
+def test_smoothed_misfit_gradient_is_the_blurred_likelihood_gradient():
+    """With steer_smoothing_mm the adapter's gradient is -(du/dtheta)^T G grad L, G the
+    Gaussian of that FWHM: the same as autograd through <G grad L(u0), u> at u0 = u."""
+    from sirf_diffusion.diffusion.normalisation import IntensityNormalisation
+    from sirf_diffusion.physics.geometry import ImageGeometry
+    from sirf_diffusion.physics.psf import GaussianPSF
+
+    lik, _ = _problem()
+    norm = IntensityNormalisation(2.0)
+    s = steer_denoiser(_model(), lik, norm, 4, rank=2, steps=1, adam_steps=1, lr=1e-3,
+                       smoothing_mm=6.0)
+    assert s.config["steer_smoothing_mm"] == 6.0
+    lora = s.adaptation.adapters[0]
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in lora.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    x = torch.randn(2, 1, 8, 8, generator=g) * 0.5 + 1.0
+    sigma = torch.full((2,), 0.4)
+    params = list(lora.parameters())
+    s.adaptation.misfit_backward(s.denoiser, x, sigma)
+    ours = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    u = norm.from_prior(torch.clamp(s.denoiser(x, sigma), min=0)) * s.adaptation._fov
+    _, grad = lik.value_and_gradient(u.detach())
+    blur = GaussianPSF(ImageGeometry(IMG, tuple(lik.voxel_size_mm)), 6.0, 6.0)
+    blurred = blur(grad.to(u.dtype))
+    assert not torch.allclose(blurred, grad.to(u.dtype))          # the blur does something
+    (-(blurred * u).sum()).backward()
+    for a, p in zip(ours, params):
+        torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-6)
+    unsmoothed = steer_denoiser(_model(), lik, norm, 4, rank=2, steps=1, adam_steps=1, lr=1e-3)
+    assert unsmoothed.config["steer_smoothing_mm"] is None
+
+
 @pytest.mark.parametrize("method,options", [("lisch", {"num_mlem_iterations": 5}),
                                             ("dds", {"num_subsets": 2})])
 def test_steered_run_fits_a_fresh_adapter_on_a_copy(method, options):
@@ -138,7 +174,9 @@ def test_steering_options_are_checked():
                 steer=True)
     for bad, needle in [({"steer_layers": "deep"}, "steer_layers must be one of"),
                         ({"steer_weight_decay": -1.0}, "steer_weight_decay"),
-                        ({"steer_discrepancy": 0.0}, "steer_discrepancy")]:
+                        ({"steer_discrepancy": 0.0}, "steer_discrepancy"),
+                        ({"steer_smoothing_mm": 0.0}, "steer_smoothing_mm"),
+                        ({"steer_smoothing_mm": -2.0}, "steer_smoothing_mm")]:
         with pytest.raises(ValueError, match=needle):
             prepare("lisch", lik, model, num_steps=3, num_mlem_iterations=2, steer=True, **bad)
     with pytest.raises(TypeError, match="did you mean steer_lr"):
@@ -272,6 +310,9 @@ def test_cli_reconstruct_steer(cli_case, tiny_prior, tmp_path, capsys):
      "argument --steer-weight-decay"),
     (["--method", "lisch", "--steer", "--steer-discrepancy", "0"],
      "argument --steer-discrepancy"),
+    (["--method", "lisch", "--steer", "--steer-smoothing-mm", "0"],
+     "argument --steer-smoothing-mm"),
+    (["--method", "lisch", "--steer-smoothing-mm", "8"], "--steer-smoothing-mm applies only with"),
 ])
 def test_cli_steer_flags_are_checked(cli_case, tmp_path, capsys, args, needle):
     from sirf_diffusion.cli import main

@@ -84,10 +84,11 @@ APPLIES_TO: dict[str, tuple[str, ...]] = {
     "steer_layers": ("lisch", "dds"),
     "steer_weight_decay": ("lisch", "dds"),
     "steer_discrepancy": ("lisch", "dds"),
+    "steer_smoothing_mm": ("lisch", "dds"),
 }
 #: The flags that tune steering (``--steer`` switches it on).
 STEER_FLAGS = ("steer_rank", "steer_steps", "steer_adam_steps", "steer_lr", "steer_layers",
-               "steer_weight_decay", "steer_discrepancy")
+               "steer_weight_decay", "steer_discrepancy", "steer_smoothing_mm")
 
 
 def _per_method(key: str, table: Any, methods: tuple[str, ...]) -> str:
@@ -166,6 +167,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --steer: stop each fit once the estimate's Poisson deviance per "
                         "bin is at most D (Morozov's discrepancy principle; default: "
                         f"{d['lisch']['steer_discrepancy'] or 'off'})")
+    p.add_argument("--steer-smoothing-mm", metavar="FWHM", type=positive_float, default=None,
+                   help="with --steer: blur the data misfit's gradient by a Gaussian of this "
+                        "FWHM (mm) before it reaches the adapter, so that it fits the data's "
+                        "regional contrast, not its noise (default: "
+                        f"{d['lisch']['steer_smoothing_mm'] or 'off'})")
     p.add_argument("--deft-model", metavar="DIR", default=None,
                    help="PET-DEFT: the h-network's model folder, trained for --model's prior by "
                         "`sirf-diffusion train-deft` (default: the shipped one, for the shipped "

@@ -24,10 +24,13 @@ STEER_LAYERS: tuple[str, ...] = ("all", "deepest")
 # docs/steering.md sections 4.1 and 5.2): learning rate 1e-3 with AdamW weight decay 50 (5 %
 # shrink per Adam step), mean NRMSE 0.1975 over both subjects at 2.5 (PET-LiSch 0.1976, the
 # earlier lr 1e-4 without decay 0.1998); the deepest layers only, Morozov stopping, stronger or
-# late-only fits were 0.003-0.065 worse.  No setting beat PET-LiSch by more than the noise
+# late-only fits were 0.003-0.065 worse; a blurred misfit gradient (steer_smoothing_mm, 8 or 16
+# mm, section 6) was 0.007-0.009 worse without decay and level with it.  No setting beat
+# PET-LiSch by more than the noise
 _STEER: Mapping[str, Any] = MappingProxyType({
     "steer": False, "steer_rank": 4, "steer_steps": 2, "steer_adam_steps": 8, "steer_lr": 1e-3,
-    "steer_layers": "all", "steer_weight_decay": 50.0, "steer_discrepancy": None})
+    "steer_layers": "all", "steer_weight_decay": 50.0, "steer_discrepancy": None,
+    "steer_smoothing_mm": None})
 
 METHOD_DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     # docs/evaluation/speed_accuracy: 15-20 steps with K 30 gave LiSch's lowest NRMSE at

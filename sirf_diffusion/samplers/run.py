@@ -29,9 +29,10 @@ Steps of :func:`prepare`:
 4. when the image's in-plane field of view is more than
    :data:`~sirf_diffusion.diffusion.grid.FIELD_OF_VIEW_RATIO` times that of the prior's training
    slices (real scanner grids such as 181 x 181 or 285 x 285 voxels of about 2 mm), the prior
-   denoises a window around the object (the support of the initial image) and returns zero
-   activity outside it (:class:`~sirf_diffusion.diffusion.window.WindowedDenoiser`): on the
-   whole of such a grid the shipped prior is no better than OSEM (``docs/prior_boundary``).
+   denoises a window around the object (the support of the initial image, without its
+   isolated noisy specks) and returns zero activity outside it
+   (:class:`~sirf_diffusion.diffusion.window.WindowedDenoiser`): on the whole of such a grid
+   the shipped prior is no better than OSEM (``docs/prior_boundary``).
    ``prior_window=True`` forces the window, ``False`` turns it off, ``None`` (default) decides
    by the field of view;
 5. a :class:`~.loop.DiffusionStepper` starts ``num_samples`` chains at once (batch dimension)

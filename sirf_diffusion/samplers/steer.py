@@ -67,6 +67,8 @@ from ..diffusion.grid import slice_models
 from ..diffusion.lora import LoRA, inject_lora, lowest_resolution_layers
 from ..diffusion.normalisation import IntensityNormalisation
 from ..likelihood import Likelihood
+from ..physics.geometry import ImageGeometry
+from ..physics.psf import GaussianPSF
 from .defaults import STEER_LAYERS
 from .em_steps import check_positive_float, check_positive_int, field_of_view
 from .loop import StepContext
@@ -77,7 +79,7 @@ __all__ = ["STEER_OPTIONS", "LAST_ADAPTED_STEPS", "steering_schedule",
 #: Options of the steerable variants (``steer`` switches them on).
 STEER_OPTIONS: tuple[str, ...] = ("steer", "steer_rank", "steer_steps", "steer_adam_steps",
                                   "steer_lr", "steer_layers", "steer_weight_decay",
-                                  "steer_discrepancy")
+                                  "steer_discrepancy", "steer_smoothing_mm")
 #: The CT code also adapts at each of its last four steps.
 LAST_ADAPTED_STEPS = 4
 
@@ -138,6 +140,15 @@ class SteeringAdaptation:
         per bin), so a smaller deviance means the adapter is fitting noise.  ``None``: every
         fit runs its ``adam_steps``.  Needs a likelihood with its data
         (:class:`~sirf_diffusion.likelihood.ProjectingLikelihood`).
+    smoothing_mm
+        ``None`` (default): the gradient of the Poisson NLL as it is.  A FWHM in mm: the
+        likelihood's gradient ``grad L(u)`` is blurred by a Gaussian of that width (in plane
+        and axially, zero padding; :class:`~sirf_diffusion.physics.psf.GaussianPSF`) before it
+        is back-propagated through the network, i.e. the adapter descends along
+        ``(du/dtheta)^T G grad L``, ``G`` symmetric positive semi-definite: a preconditioned
+        step on the same NLL, which cannot see the data's misfit at scales finer than the
+        blur.  Its fixed points have ``G grad L = 0``: the estimate explains the data's
+        regional contrast, not its voxel noise (docs/steering.md section 6).
     fov_fraction
         Field of view of the loss, as the data-consistency rules'
         (:func:`~.em_steps.field_of_view`).
@@ -159,8 +170,10 @@ class SteeringAdaptation:
     lr: float
     weight_decay: float = 0.0
     discrepancy: float | None = None
+    smoothing_mm: float | None = None
     fov_fraction: float = 0.01
     optimizer: torch.optim.Optimizer = field(init=False, repr=False)
+    _blur: GaussianPSF | None = field(default=None, init=False, repr=False)
     _fov: torch.Tensor | None = field(default=None, init=False, repr=False)
     _saturated: float = field(default=0.0, init=False, repr=False)
     _num_bins: int = field(default=1, init=False, repr=False)
@@ -175,6 +188,11 @@ class SteeringAdaptation:
             raise ValueError("steering needs LoRA adapters on the denoiser")
         self.optimizer = (torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
                           if self.weight_decay > 0 else torch.optim.Adam(params, lr=self.lr))
+        if self.smoothing_mm is not None:
+            self.smoothing_mm = check_positive_float(self.smoothing_mm, "steer_smoothing_mm")
+            grid = ImageGeometry(tuple(self.likelihood.image_shape),
+                                 tuple(self.likelihood.voxel_size_mm))
+            self._blur = GaussianPSF(grid, self.smoothing_mm, self.smoothing_mm)
         if self.discrepancy is not None:
             self.discrepancy = check_positive_float(self.discrepancy, "steer_discrepancy")
             y = getattr(self.likelihood, "data", None)
@@ -204,6 +222,8 @@ class SteeringAdaptation:
                 self._fov = torch.ones((), dtype=torch.bool) if fov is None else fov
             u = u * self._fov.to(u.device)
             value, grad = self.likelihood.value_and_gradient(u.detach())
+            if self._blur is not None:
+                grad = self._blur(grad.to(u.dtype))
             # d(-L)/dtheta = -(du/dtheta)^T grad L: autograd through the network only
             (-(grad.to(u.dtype) * u).sum()).backward()
         return value.detach()
@@ -258,11 +278,13 @@ def steer_denoiser(denoiser: Denoiser, likelihood: Likelihood,
                    normalisation: IntensityNormalisation, num_steps: int, *, rank: int,
                    steps: int | Sequence[int], adam_steps: int, lr: float,
                    layers: str = "all", weight_decay: float = 0.0,
-                   discrepancy: float | None = None) -> Steering:
+                   discrepancy: float | None = None, smoothing_mm: float | None = None
+                   ) -> Steering:
     """A fresh adapted copy of ``denoiser`` and its adaptation (module docstring, steps 1-2).
 
-    ``rank``, ``steps``, ``adam_steps``, ``lr``, ``layers``, ``weight_decay`` and
-    ``discrepancy`` are the options ``steer_rank`` ... ``steer_discrepancy``
+    ``rank``, ``steps``, ``adam_steps``, ``lr``, ``layers``, ``weight_decay``,
+    ``discrepancy`` and ``smoothing_mm`` are the options ``steer_rank`` ...
+    ``steer_smoothing_mm``
     (:data:`STEER_OPTIONS`; their defaults in :data:`~.defaults.METHOD_DEFAULTS`).
     ``layers``: ``'all'`` adapts every convolution and linear layer of the residual and
     attention blocks (the CT code's choice); ``'deepest'`` only those at the UNet's coarsest
@@ -291,10 +313,11 @@ def steer_denoiser(denoiser: Denoiser, likelihood: Likelihood,
                             layers=lowest_resolution_layers(m) if layers == "deepest" else None)
                 for m in slice_models(adapted).values()]
     adaptation = SteeringAdaptation(adapters, likelihood, normalisation, schedule, adam_steps, lr,
-                                    weight_decay, discrepancy)
+                                    weight_decay, discrepancy, smoothing_mm)
     config = {"steer": True, "steer_rank": rank, "steer_steps": list(schedule),
               "steer_adam_steps": adaptation.adam_steps, "steer_lr": adaptation.lr,
               "steer_layers": layers, "steer_weight_decay": adaptation.weight_decay,
               "steer_discrepancy": adaptation.discrepancy,
+              "steer_smoothing_mm": adaptation.smoothing_mm,
               "steer_parameters": sum(a.num_parameters for a in adapters)}
     return Steering(adapted, adaptation, denoiser, config)
