@@ -169,8 +169,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{d['lisch']['steer_discrepancy'] or 'off'})")
     p.add_argument("--steer-smoothing-mm", metavar="FWHM", type=positive_float, default=None,
                    help="with --steer: blur the data misfit's gradient by a Gaussian of this "
-                        "FWHM (mm) before it reaches the adapter, so that it fits the data's "
-                        "regional contrast, not its noise (default: "
+                        "FWHM (mm) before it reaches the adapter, so that the fit sees the "
+                        "misfit at coarser scales only (docs/steering.md section 6; default: "
                         f"{d['lisch']['steer_smoothing_mm'] or 'off'})")
     p.add_argument("--deft-model", metavar="DIR", default=None,
                    help="PET-DEFT: the h-network's model folder, trained for --model's prior by "

@@ -74,8 +74,9 @@ def list_checkpoints(out_dir: str | os.PathLike) -> list[Path]:
 
 def checkpoint_step(path: str | os.PathLike) -> int | None:
     """The step in a checkpoint's file name (``step_XXXXXXXX.pt``), or None for another name."""
-    digits = Path(path).stem.removeprefix("step_")
-    return int(digits) if digits.isdigit() and Path(path).stem.startswith("step_") else None
+    stem = Path(path).stem
+    digits = stem[len("step_"):] if stem.startswith("step_") else ""
+    return int(digits) if digits.isdigit() else None
 
 
 def latest_checkpoint_step(out_dir: str | os.PathLike) -> int:

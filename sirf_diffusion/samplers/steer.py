@@ -148,7 +148,8 @@ class SteeringAdaptation:
         ``(du/dtheta)^T G grad L``, ``G`` symmetric positive semi-definite: a preconditioned
         step on the same NLL, which cannot see the data's misfit at scales finer than the
         blur.  Its fixed points have ``G grad L = 0``: the estimate explains the data's
-        regional contrast, not its voxel noise (docs/steering.md section 6).
+        regional contrast, not its voxel noise.  On the amyloid scans it did not lower the
+        NRMSE either (docs/steering.md section 6).
     fov_fraction
         Field of view of the loss, as the data-consistency rules'
         (:func:`~.em_steps.field_of_view`).
