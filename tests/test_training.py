@@ -249,6 +249,20 @@ def test_default_prior_config_is_valid():
     assert cfg.voxel_size_mm[1:] == (2.08626, 2.08626)
 
 
+@pytest.mark.parametrize("name", ["default_prior_stage4", "default_prior_stage5", "prior_yz",
+                                  "prior_xz", "prior_gpu"])
+def test_prior_stage_configs_are_valid_and_start_from_shipped_models(name):
+    """The recorded stage configs and the prepared GPU config parse, and every warm start
+    names a model folder that exists for each orientation they train."""
+    import dataclasses
+
+    cfg = TrainConfig.from_json(TESTS.parent / "configs" / f"{name}.json")
+    orientations = ("xy", "yz", "xz") if "{orientation}" in cfg.init_from else (cfg.orientation,)
+    for o in orientations:
+        path = TESTS.parent / dataclasses.replace(cfg, orientation=o).init_path()
+        assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
 def test_training_uses_train_split_subjects_only(tmp_path):
     from sirf_diffusion.data.splits import subject_seeds, subject_split
 
@@ -408,6 +422,30 @@ def test_warm_start_from_a_model_folder(tmp_path):
                       model={"unet": {**unet, "base_channels": 16}})
     with pytest.raises(ValueError, match="does not fit"):
         train(bad, tmp_path / "d", progress=False, volume_source=blob_volume)
+
+
+def test_warm_start_path_per_orientation(tmp_path):
+    """``{orientation}`` in ``init_from`` names each orientation's own starting model, so one
+    config warm-starts xy, yz and xz together."""
+    from sirf_diffusion.diffusion.modelio import load_model
+
+    assert tiny_config(init_from="m/{orientation}", orientation="yz").init_path() == "m/yz"
+    assert tiny_config().init_path() is None
+    unet = {"base_channels": 8, "channel_mults": [1, 2], "attention_resolutions": [],
+            "groupnorm_groups": 4}
+    for o, seed in (("xy", 1), ("yz", 2)):
+        first = train(tiny_config(steps=1, checkpoint_every=1, seed=seed, orientation=o,
+                                  model={"unet": unet}), tmp_path / "run" / o, progress=False,
+                      volume_source=blob_volume, export_dir=tmp_path / "models" / o)
+    starts = {o: load_model(tmp_path / "models" / o).state_dict() for o in ("xy", "yz")}
+    assert first == tmp_path / "models" / "yz"
+    cfg = tiny_config(steps=1, checkpoint_every=1, lr=1e-12, warmup_steps=0, orientation="yz",
+                      model={"unet": unet}, init_from=str(tmp_path / "models" / "{orientation}"))
+    warm = load_model(train(cfg, tmp_path / "warm", progress=False,
+                            volume_source=blob_volume)).state_dict()
+    for k in warm:
+        torch.testing.assert_close(warm[k], starts["yz"][k], rtol=0, atol=1e-6)
+    assert any(not torch.allclose(warm[k], starts["xy"][k], atol=1e-4) for k in warm)
 
 
 def test_exports_record_their_stages_and_the_warm_start_lineage(tmp_path):

@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
         configs = [dataclasses.replace(cfg, orientation=o, **changes) for o in orientations]
     except ValueError as exc:
         raise ValueError(f"--config {args.config}: {exc}") from None
-    protect = {"--config file": args.config, "init_from model": cfg.init_from}
+    protect = {"--config file": args.config,
+               **{f"init_from model ({c.orientation})": c.init_path() for c in configs}}
     folder = check_location(args.out, "--out", protect if args.overwrite else {})
     old = entries(folder, "--out") if folder.is_dir() else []
     continuing = args.resume and _check_resume(folder, args.out, orientations)

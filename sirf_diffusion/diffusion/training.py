@@ -177,7 +177,9 @@ class TrainConfig:
         A model folder (:func:`~.modelio.load_model`) whose weights start the network and its
         EMA: a warm start, e.g. to continue training the shipped prior (its architecture must
         match ``model``).  Only for a new run: a resumed run takes everything from its
-        checkpoint.
+        checkpoint.  ``{orientation}`` in the path is replaced by :attr:`orientation`, so one
+        config (``--orientation all``) warm-starts each orientation from its own model, e.g.
+        ``"sirf_diffusion/models/default/{orientation}"``.
     """
 
     orientation: Orientation = "xy"
@@ -243,6 +245,12 @@ class TrainConfig:
         if clash:
             raise ValueError(f"TrainConfig.model must not set {sorted(clash)}: they come from "
                              "the training config")
+
+    def init_path(self) -> str | None:
+        """The warm-start folder of this orientation: :attr:`init_from` with
+        ``{orientation}`` replaced (``None`` without a warm start)."""
+        return None if not self.init_from else self.init_from.replace("{orientation}",
+                                                                      self.orientation)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -745,14 +753,14 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
     if ckpt is None and cfg.init_from:
         from .modelio import load_model
 
-        warm = load_model(cfg.init_from)
+        warm = load_model(cfg.init_path())
         try:
             model.load_state_dict(warm.state_dict())
         except RuntimeError as e:
-            raise ValueError(f"init_from={cfg.init_from!r} does not fit the configured model: "
+            raise ValueError(f"init_from={cfg.init_path()!r} does not fit the configured model: "
                              f"{e}") from None
         if main:
-            tqdm.write(f"warm start from {cfg.init_from}")
+            tqdm.write(f"warm start from {cfg.init_path()}")
     model.to(device)
     if hasattr(model, "precision"):
         model.precision = cfg.precision
@@ -777,7 +785,7 @@ def _train(cfg: TrainConfig, out: Path, dist_ctx: _Dist, resume: bool, progress:
         if start > 0 and (out / "train_config.json").is_file():
             run_lineage = json.loads((out / "train_config.json").read_text()).get("_lineage", {})
         elif cfg.init_from:
-            run_lineage = lineage(cfg.init_from)
+            run_lineage = lineage(cfg.init_path())
         resolved = {**cfg_dict, "_world_size": dist_ctx.world_size, "_lineage": run_lineage,
                     "_torch": str(torch.__version__),
                     "_sirf_diffusion": __version__, "_dataset": train_ds.describe(),
