@@ -7,7 +7,10 @@ run (without steering) of that subject and dose in ``runs.jsonl`` is then matche
 iterate of the same deviance per bin (the same likelihood level: the matching of the PET-SCD
 paper, arXiv 2510.13441): if the two have the same regional bias, the bias is the data fit's
 (resolution not yet recovered at that likelihood), which no adaptation of the prior to the data
-can remove; if PET-LiSch's is larger, it is the prior's.  Prints one JSON line per match.
+can remove; if PET-LiSch's is larger, it is the prior's.  Prints one JSON line per match, with
+the NRMSE PET-LiSch would have if the grey-matter offset the prior adds (PET-LiSch's grey-matter
+bias minus MLEM's) were removed exactly: a region's mean offset is orthogonal to the error left
+within the region, so ``nrmse^2`` falls by ``(b m_GM)^2 N_GM / ||ref||^2`` in the brain.
 
     PYTHONPATH=$PWD python docs/steering/validation/matched_mlem.py 2.5 1 11
 """
@@ -39,6 +42,8 @@ def main(argv: list[str]) -> None:
         sat = float(torch.where(pos, y * torch.log(torch.where(pos, y, 1.0)) - y, 0.0).sum())
         ref = scan.reference.numpy()
         masks = {r: scan.masks[r] > 0.5 for r in ("gm", "wm")}
+        brain_energy = float((ref[scan.masks["brain"] > 0.5] ** 2).sum())
+        gm_mean, gm_voxels = float(ref[masks["gm"]].mean()), int(masks["gm"].sum())
         history: list[dict[str, float]] = []
 
         def record(info: dict) -> None:
@@ -58,13 +63,18 @@ def main(argv: list[str]) -> None:
                 continue
             seen.add((r["K"], r["dev_per_bin"]))
             match = min(history, key=lambda h: abs(h["dev_per_bin"] - r["dev_per_bin"]))
+            added = r["bias"]["gm"] - match["gm"]
+            drop = (added * gm_mean) ** 2 * gm_voxels / brain_energy
             print(json.dumps({
                 "subject": subject, "counts": counts, "lisch_K": r["K"],
                 "lisch_dev_per_bin": r["dev_per_bin"], "lisch_bias": r["bias"],
                 "mlem_iteration": match["iteration"],
                 "mlem_dev_per_bin": round(match["dev_per_bin"], 4),
                 "mlem_bias": {k: round(match[k], 4) for k in masks},
-                "mlem_at_K": {k: round(history[r["K"] - 1][k], 4) for k in masks}}), flush=True)
+                "mlem_at_K": {k: round(history[r["K"] - 1][k], 4) for k in masks},
+                "lisch_nrmse": r["nrmse"], "gm_offset_added_by_prior": round(added, 4),
+                "lisch_nrmse_without_it": round(max(r["nrmse"] ** 2 - drop, 0.0) ** 0.5, 4)}),
+                  flush=True)
 
 
 if __name__ == "__main__":
