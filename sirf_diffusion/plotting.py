@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["central_slice", "save_image_row", "save_curves"]
+__all__ = ["central_slice", "save_image_row", "save_curves", "save_slice_grid"]
 
 
 def central_slice(image: Any) -> np.ndarray:
@@ -95,3 +95,38 @@ def save_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], p
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save_png(plt, fig, path)
+
+
+def save_slice_grid(slices: Any, path: str | Path, title: str) -> Path:
+    """Save 2D slices ``[n, h, w]`` as a grid PNG (atomically) and return its path.
+
+    Every panel shares one grey scale, from 0 to the 99.5th percentile of all slices (dark is
+    hot), so that panels can be compared with each other and with another grid drawn the same
+    way (e.g. unconditional samples against real slices).
+    """
+    import io
+
+    from matplotlib.figure import Figure
+
+    from .io.atomic import atomic_write_bytes, make_dir
+
+    x = np.asarray(slices.detach().cpu() if hasattr(slices, "detach") else slices,
+                   dtype=np.float32)
+    if x.ndim != 3 or x.shape[0] < 1:
+        raise ValueError(f"slices must be [n, h, w] with n >= 1, got shape {x.shape}")
+    n, h, w = x.shape
+    cols = int(min(n, max(1, round(n**0.5 * 1.2))))
+    rows = -(-n // cols)
+    vmax = float(max(1e-12, np.quantile(x, 0.995)))
+    fig = Figure(figsize=(1.6 * cols * w / max(h, w), 1.6 * rows * h / max(h, w) + 0.3))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if k < n:
+            ax.imshow(x[k], cmap="gray_r", vmin=0.0, vmax=vmax, interpolation="nearest")
+    fig.suptitle(title, fontsize=8)
+    out = Path(path)
+    make_dir(out.parent)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=100, format=out.suffix.lstrip(".").lower() or "png")
+    return atomic_write_bytes(out, buf.getvalue())

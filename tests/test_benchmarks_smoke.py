@@ -384,3 +384,37 @@ def test_evaluate_supervised_cache_round_trips_without_pickle(tmp_path: Path, mo
     other = sup.ev.Job(**{**job.__dict__, "realisation": 1})
     sup.cached_run_job(other, str(tmp_path))
     assert len(calls) == 2
+
+
+def test_sample_realism_statistics_and_quick_run(tiny_model: Path, tmp_path: Path) -> None:
+    """``sample_realism``: the per-image measures against a hand computation, then a quick run
+    that writes both grids and the JSON, and refuses a non-empty output folder."""
+    mod = _load("sample_realism")
+    im = np.zeros((1, 10, 10))
+    im[0, 2:6, 2:6] = 1.0
+    im[0, 3, 3] = 3.0
+    st = mod.image_stats(im, 0.05)
+    # 16 of 100 pixels above 0.05 x 3; the 99.5th percentile of 15 ones and a 3 (linear
+    # interpolation at position 14.925) over their mean 18/16
+    assert st["support"][0] == pytest.approx(0.16)
+    assert st["peak"][0] == pytest.approx((1 + 0.925 * 2) / (18 / 16))
+    out = tmp_path / "realism"
+    res = mod.main(["--model", str(tiny_model), "--subjects", "1", "--n", "4", "--steps", "2",
+                    "--volume-shape", "6", "112", "112", "--out", str(out)])
+    assert _is_png(out / "real_slices.png") and _is_png(out / "samples.png")
+    data = json.loads((out / "realism.json").read_text())
+    assert data["samples_inside"] == sum(s["inside"] for s in data["samples"]) == \
+        res["samples_inside"] and len(data["samples"]) == 4
+    lo, hi = data["real_central_98"]["support"]
+    assert 0 < lo <= hi <= 1 and data["num_real_slices"] >= 1
+    with pytest.raises(SystemExit, match="not empty"):
+        mod.main(["--model", str(tiny_model), "--out", str(out)])
+
+
+def test_save_slice_grid_writes_a_png_and_refuses_bad_shapes(tmp_path: Path) -> None:
+    from sirf_diffusion.plotting import save_slice_grid
+
+    path = save_slice_grid(np.random.default_rng(0).random((5, 16, 12)), tmp_path / "g.png", "t")
+    assert path == tmp_path / "g.png" and _is_png(path)
+    with pytest.raises(ValueError, match=r"\[n, h, w\]"):
+        save_slice_grid(np.zeros((16, 16)), tmp_path / "bad.png", "t")

@@ -9,7 +9,6 @@ learnt plausible slices (:func:`sample_grid_png`).
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
@@ -18,7 +17,6 @@ import torch
 from ..diffusion.denoiser import Denoiser
 from ..diffusion.model import ScoreModel
 from ..diffusion.sampling import ScheduleName, sampling_sigmas
-from ..io.atomic import atomic_write_bytes, make_dir
 from .loop import reverse_diffusion
 
 __all__ = ["sample", "sample_grid_png"]
@@ -63,7 +61,7 @@ def sample_grid_png(model_or_dir: ScoreModel | str | os.PathLike[str],
     ``image_size``; each panel is shown with a shared grey scale from 0 to the 99.5th
     percentile of all samples.  ``progress`` shows a tqdm bar over the sampling steps.
     """
-    from matplotlib.figure import Figure
+    from ..plotting import save_slice_grid
 
     if isinstance(model_or_dir, ScoreModel):
         model = model_or_dir
@@ -74,20 +72,6 @@ def sample_grid_png(model_or_dir: ScoreModel | str | os.PathLike[str],
         raise ValueError(f"n must be >= 1, got {n}")
     h, w = model.config.image_size
     x = sample(model.eval(), (n, 1, h, w), num_steps, eta=eta, schedule=schedule,
-               generator=generator, progress=progress).float().cpu()[:, 0].numpy()
-    cols = int(min(n, max(1, round(n**0.5 * 1.2))))
-    rows = -(-n // cols)
-    vmax = float(max(1e-12, torch.quantile(torch.from_numpy(x).flatten(), 0.995)))
-    fig = Figure(figsize=(1.6 * cols * w / max(h, w), 1.6 * rows * h / max(h, w) + 0.3))
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        ax.set_axis_off()
-        if k < n:
-            ax.imshow(x[k], cmap="gray_r", vmin=0.0, vmax=vmax, interpolation="nearest")
-    fig.suptitle(f"{n} samples, {model.config.orientation}, {num_steps} steps, eta={eta}",
-                 fontsize=8)
-    out = Path(out_png)
-    make_dir(out.parent)
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=100, format=out.suffix.lstrip(".").lower() or "png")
-    return atomic_write_bytes(out, buf.getvalue())
+               generator=generator, progress=progress).float().cpu()[:, 0]
+    return save_slice_grid(x, out_png, f"{n} samples, {model.config.orientation}, "
+                                       f"{num_steps} steps, eta={eta}")
