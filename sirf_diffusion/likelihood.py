@@ -43,7 +43,7 @@ import torch
 from .physics.base import PETPhysics, Subset, ViewSubset
 
 __all__ = ["Likelihood", "ProjectingLikelihood", "PoissonLogLikelihood", "ProjectionCount",
-           "ProjectionCounter", "CountsProjections", "check_prompts"]
+           "ProjectionCounter", "CountsProjections", "check_prompts", "saturated_log_likelihood"]
 
 
 def check_prompts(y: torch.Tensor, name: str = "prompts") -> None:
@@ -53,6 +53,19 @@ def check_prompts(y: torch.Tensor, name: str = "prompts") -> None:
     if (y < 0).any():
         raise ValueError(f"{name} contain negative values (min {float(y.min()):.4g}); "
                          "Poisson data must be >= 0")
+
+
+def saturated_log_likelihood(y: torch.Tensor) -> float:
+    """The Poisson log-likelihood of data ``y`` at their own mean, ``sum(y log y - y)`` in
+    float64 (``0 log 0 = 0``; without the ``log y!`` term, as :class:`PoissonLogLikelihood`).
+
+    ``2 (L_sat - L(x)) / M`` is the Poisson deviance per bin of an image ``x`` (about 1 for the
+    true image; ``M`` bins), the measure of steering's discrepancy principle.
+    """
+    pos = y > 0
+    y64 = y.double()
+    return float(torch.where(pos, y64 * torch.log(torch.where(pos, y64, 1.0)) - y64,
+                             torch.zeros_like(y64)).sum())
 
 
 # ----------------------------------------------------------------------------- cost counting

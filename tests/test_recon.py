@@ -270,3 +270,20 @@ def test_algorithms_count_their_own_projections():
         lik.value(torch.ones(IMAGE, dtype=torch.float64))
     assert (inner.forward, inner.adjoint) == (0.25, 0.25)
     assert (outer.forward, outer.adjoint) == (1.25, 0.25)
+
+
+def test_saturated_log_likelihood_is_the_pll_at_the_data_and_its_maximum():
+    """``sum(y log y - y)`` by hand (0 log 0 = 0), equal to the PLL of a model whose mean is the
+    data exactly, and no PLL of another mean exceeds it (zero deviance at the data)."""
+    import math
+
+    from sirf_diffusion.likelihood import saturated_log_likelihood
+
+    y = torch.tensor([0.0, 1.0, math.e, 4.0])
+    assert saturated_log_likelihood(y) == pytest.approx(0 - 1 + 0 + (4 * math.log(4) - 4))
+    phys = DenseMatrixPhysics(torch.eye(4, dtype=torch.float64), (1, 2, 2), (1, 2, 2),
+                              additive=torch.full((1, 2, 2), 1e-12, dtype=torch.float64))
+    lik = PoissonLogLikelihood(phys, y.double().reshape(1, 2, 2))
+    at_data = float(lik.value(y.double().reshape(1, 2, 2)))
+    assert at_data == pytest.approx(saturated_log_likelihood(y), abs=1e-9)
+    assert float(lik.value(torch.full((1, 2, 2), 1.5, dtype=torch.float64))) < at_data

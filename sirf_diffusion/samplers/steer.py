@@ -66,7 +66,7 @@ from ..diffusion.denoiser import Denoiser
 from ..diffusion.grid import slice_models
 from ..diffusion.lora import LoRA, inject_lora, lowest_resolution_layers
 from ..diffusion.normalisation import IntensityNormalisation
-from ..likelihood import Likelihood
+from ..likelihood import Likelihood, saturated_log_likelihood
 from ..physics.geometry import ImageGeometry
 from ..physics.psf import GaussianPSF
 from .defaults import STEER_LAYERS
@@ -201,10 +201,7 @@ class SteeringAdaptation:
                 raise ValueError("steer_discrepancy needs a likelihood that holds its data (a "
                                  "ProjectingLikelihood such as PoissonLogLikelihood), got "
                                  f"{type(self.likelihood).__name__}")
-            pos = y > 0
-            y64 = y.double()
-            self._saturated = float(torch.where(pos, y64 * torch.log(torch.where(pos, y64, 1.0))
-                                                - y64, torch.zeros_like(y64)).sum())
+            self._saturated = saturated_log_likelihood(y)
             self._num_bins = y.numel()
 
     def deviance_per_bin(self, pll: torch.Tensor) -> float:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from sirf_diffusion.data.simulate import SimulationConfig, simulate_scan
-from sirf_diffusion.likelihood import PoissonLogLikelihood
+from sirf_diffusion.likelihood import PoissonLogLikelihood, saturated_log_likelihood
 from sirf_diffusion.recon.em import mlem
 
 
@@ -38,8 +38,7 @@ def main(argv: list[str]) -> None:
                                               tracer="amyloid", noise_seed=7), progress=False)
         lik = PoissonLogLikelihood(scan.acquisition_model(12), scan.prompts)
         y = lik.data.double()
-        pos = y > 0
-        sat = float(torch.where(pos, y * torch.log(torch.where(pos, y, 1.0)) - y, 0.0).sum())
+        sat = saturated_log_likelihood(y)
         ref = scan.reference.numpy()
         masks = {r: scan.masks[r] > 0.5 for r in ("gm", "wm")}
         brain_energy = float((ref[scan.masks["brain"] > 0.5] ** 2).sum())

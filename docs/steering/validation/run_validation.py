@@ -22,7 +22,7 @@ import torch
 
 from sirf_diffusion.data.simulate import SimulationConfig, simulate_scan
 from sirf_diffusion.diffusion.loading import load_slice_prior
-from sirf_diffusion.likelihood import PoissonLogLikelihood
+from sirf_diffusion.likelihood import PoissonLogLikelihood, saturated_log_likelihood
 from sirf_diffusion.metrics import image_metrics
 from sirf_diffusion.samplers.methods import reconstruct
 
@@ -34,8 +34,7 @@ def main(argv: list[str]) -> None:
                                           noise_seed=7), progress=False)
     lik = PoissonLogLikelihood(scan.acquisition_model(12), scan.prompts)
     y = lik.data.double()
-    pos = y > 0
-    sat = float(torch.where(pos, y * torch.log(torch.where(pos, y, 1.0)) - y, 0.0).sum())
+    sat = saturated_log_likelihood(y)
 
     def deviance(image: torch.Tensor) -> float:
         return 2 * (sat - float(lik.value(image.reshape(lik.image_shape)[None].to(lik.dtype))
