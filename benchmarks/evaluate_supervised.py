@@ -179,11 +179,28 @@ def _decode(obj: Any, arrays: Any) -> Any:
     return obj
 
 
+def prior_weights_sha256(model: str | None) -> str | None:
+    """The weights' sha256 recorded in the xy model folder of ``model`` (``None``: the shipped
+    prior), or ``None`` where there is no such folder."""
+    import json
+
+    from sirf_diffusion.models import default_prior_dir
+
+    d = Path(model) if model is not None else default_prior_dir()
+    for folder in (d / "xy", d):
+        cfg = folder / "config.json"
+        if cfg.is_file():
+            return json.loads(cfg.read_text()).get("weights", {}).get("sha256")
+    return None
+
+
 def cached_run_job(job: ev.Job, cache: str | None) -> dict[str, Any]:
     """:func:`evaluate_methods.run_job`, stored in ``cache`` (``<sha256 of the job>.json`` +
     ``.npz``, loaded without pickle) and reused by a later run with the same job, so that the
     supervised methods can be re-evaluated with new models without rerunning the baselines.
-    The key is the job only: clear the folder when the baseline methods' code changes."""
+    The key is the job and the sha256 of the prior's weights it runs with (so that a new
+    shipped prior at the same path is not served stale results): clear the folder when the
+    baseline methods' code changes."""
     import hashlib
     import json
 
@@ -191,7 +208,8 @@ def cached_run_job(job: ev.Job, cache: str | None) -> dict[str, Any]:
 
     if cache is None:
         return ev.run_job(job)
-    key = hashlib.sha256(json.dumps(asdict(job), sort_keys=True).encode()).hexdigest()[:24]
+    keyed = {**asdict(job), "prior_weights": prior_weights_sha256(job.model)}
+    key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:24]
     meta, data = Path(cache) / f"{key}.json", Path(cache) / f"{key}.npz"
     if meta.is_file() and data.is_file():
         with np.load(data, allow_pickle=False) as arrays:

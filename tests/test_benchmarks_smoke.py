@@ -350,7 +350,8 @@ def test_bench_precision_quick(tiny_model: Path, tmp_path: Path) -> None:
 
 def test_evaluate_supervised_cache_round_trips_without_pickle(tmp_path: Path, monkeypatch) -> None:
     """The baseline cache gives back what the runner gave (arrays, nested dicts with numeric
-    keys, tensors as arrays) and does not run the job a second time."""
+    keys, tensors as arrays) and does not run the job a second time; new prior weights at the
+    same model path make a new key."""
     import numpy as np
     import torch
 
@@ -384,6 +385,18 @@ def test_evaluate_supervised_cache_round_trips_without_pickle(tmp_path: Path, mo
     other = sup.ev.Job(**{**job.__dict__, "realisation": 1})
     sup.cached_run_job(other, str(tmp_path))
     assert len(calls) == 2
+    # new weights at the same prior path are a new key, the same weights are not
+    prior = tmp_path / "prior" / "xy"
+    prior.mkdir(parents=True)
+    (prior / "config.json").write_text('{"weights": {"sha256": "aa"}}')
+    at_path = sup.ev.Job(**{**job.__dict__, "model": str(prior.parent)})
+    cache = str(tmp_path / "cache")
+    sup.cached_run_job(at_path, cache)
+    sup.cached_run_job(at_path, cache)
+    assert len(calls) == 3
+    (prior / "config.json").write_text('{"weights": {"sha256": "bb"}}')
+    sup.cached_run_job(at_path, cache)
+    assert len(calls) == 4
 
 
 def test_sample_realism_statistics_and_quick_run(tiny_model: Path, tmp_path: Path) -> None:

@@ -220,10 +220,11 @@ class SteeringAdaptation:
                 self._fov = torch.ones((), dtype=torch.bool) if fov is None else fov
             u = u * self._fov.to(u.device)
             value, grad = self.likelihood.value_and_gradient(u.detach())
+            grad = grad.to(u.dtype)
             if self._blur is not None:
-                grad = self._blur(grad.to(u.dtype))
+                grad = self._blur(grad)
             # d(-L)/dtheta = -(du/dtheta)^T grad L: autograd through the network only
-            (-(grad.to(u.dtype) * u).sum()).backward()
+            (-(grad * u).sum()).backward()
         return value.detach()
 
     def __call__(self, context: StepContext) -> None:
