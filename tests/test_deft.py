@@ -451,3 +451,35 @@ def test_deft_counts_the_projections_of_its_likelihood_feature(problem):
     result = run.result()
     assert cost.forward > 0
     assert result.num_likelihood_evaluations == pytest.approx(cost.forward)
+
+
+def test_deft_prior_change_script_matches_the_checked_path_and_refuses_test_subjects(capsys):
+    """benchmarks/deft_prior_change.py: with the prior the h-network was trained against, its
+    fingerprint bypass gives exactly the NRMSE of the ordinary (checked) path; a test-split
+    subject is refused with exit code 2."""
+    from pathlib import Path
+
+    import torch
+    from conftest import load_script
+
+    from sirf_diffusion.data.simulate import SimulationConfig, simulate_scan
+    from sirf_diffusion.diffusion.loading import load_slice_prior
+    from sirf_diffusion.likelihood import PoissonLogLikelihood
+    from sirf_diffusion.metrics import image_metrics
+    from sirf_diffusion.models import default_prior_dir
+    from sirf_diffusion.samplers.deft import shipped_deft_model_dir
+    from sirf_diffusion.samplers.methods import reconstruct
+
+    mod = load_script(Path(__file__).resolve().parents[1] / "benchmarks" / "deft_prior_change.py")
+    deft_dir, prior_dir = str(shipped_deft_model_dir()), str(default_prior_dir())
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--pair", deft_dir, prior_dir, "--seeds", "0"])
+    assert e.value.code == 2 and "not validation-split" in capsys.readouterr().err
+    got = mod.main(["--pair", deft_dir, prior_dir, "--seeds", "1", "--doses", "2.5"])
+    scan = simulate_scan(SimulationConfig(seed=1, counts_per_mm3=2.5, noise_seed=7),
+                         progress=False)
+    lik = PoissonLogLikelihood(scan.acquisition_model(), scan.prompts)
+    r = reconstruct("deft", lik, load_slice_prior(), deft_model=shipped_deft_model_dir(),
+                    generator=torch.Generator().manual_seed(3), progress=False)
+    want = image_metrics(r.mean, scan.reference, scan.masks)["nrmse"]
+    assert list(got.values()) == [[pytest.approx(want, rel=1e-6)]]
