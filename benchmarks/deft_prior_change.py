@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     bad = [s for s in args.seeds if subject_split(s) != "val"]
     if bad:
         p.exit(2, f"deft_prior_change: --seeds {bad} are not validation-split subjects\n")
+    if not all(d > 0 for d in args.doses):
+        p.exit(2, f"deft_prior_change: --doses must be > 0, got {args.doses}\n")
+    if args.threads < 1:
+        p.exit(2, f"deft_prior_change: --threads must be >= 1, got {args.threads}\n")
     torch.set_num_threads(args.threads)
     pairs = []
     for deft_dir, prior_dir in args.pair:

@@ -475,6 +475,10 @@ def test_deft_prior_change_script_matches_the_checked_path_and_refuses_test_subj
     with pytest.raises(SystemExit) as e:
         mod.main(["--pair", deft_dir, prior_dir, "--seeds", "0"])
     assert e.value.code == 2 and "not validation-split" in capsys.readouterr().err
+    for flag, value in (("--doses", "0"), ("--threads", "0")):
+        with pytest.raises(SystemExit) as e:
+            mod.main(["--pair", deft_dir, prior_dir, flag, value])
+        assert e.value.code == 2 and flag in capsys.readouterr().err
     got = mod.main(["--pair", deft_dir, prior_dir, "--seeds", "1", "--doses", "2.5"])
     scan = simulate_scan(SimulationConfig(seed=1, counts_per_mm3=2.5, noise_seed=7),
                          progress=False)
