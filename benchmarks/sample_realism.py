@@ -65,12 +65,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from sirf_diffusion.plotting import save_slice_grid
     from sirf_diffusion.samplers.unconditional import sample
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.n < 1 or args.subjects < 1 or args.steps < 1:
-        raise SystemExit("--n, --subjects and --steps must be >= 1")
+        parser.exit(2, "sample_realism: --n, --subjects and --steps must be >= 1\n")
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
-        raise SystemExit(f"--out {out} is not empty")
+        parser.exit(2, f"sample_realism: --out {out} is not empty\n")
     torch.set_num_threads(args.threads)
     model_dir = Path(args.model) if args.model else default_prior_dir() / "xy"
     model = load_model(model_dir).eval()

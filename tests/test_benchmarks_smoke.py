@@ -399,7 +399,8 @@ def test_evaluate_supervised_cache_round_trips_without_pickle(tmp_path: Path, mo
     assert len(calls) == 4
 
 
-def test_sample_realism_statistics_and_quick_run(tiny_model: Path, tmp_path: Path) -> None:
+def test_sample_realism_statistics_and_quick_run(tiny_model: Path, tmp_path: Path,
+                                                  capsys) -> None:
     """``sample_realism``: the per-image measures against a hand computation, then a quick run
     that writes both grids and the JSON, and refuses a non-empty output folder."""
     mod = _load("sample_realism")
@@ -420,8 +421,9 @@ def test_sample_realism_statistics_and_quick_run(tiny_model: Path, tmp_path: Pat
         res["samples_inside"] and len(data["samples"]) == 4
     lo, hi = data["real_central_98"]["support"]
     assert 0 < lo <= hi <= 1 and data["num_real_slices"] >= 1
-    with pytest.raises(SystemExit, match="not empty"):
+    with pytest.raises(SystemExit) as e:
         mod.main(["--model", str(tiny_model), "--out", str(out)])
+    assert e.value.code == 2 and "not empty" in capsys.readouterr().err
 
 
 def test_save_slice_grid_writes_a_png_and_refuses_bad_shapes(tmp_path: Path) -> None:
